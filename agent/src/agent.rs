@@ -1,0 +1,156 @@
+//! `memlens agent`: loads the probes, refreshes the model on a timer, serves the API.
+//!
+//! Data flows one way: kernel maps and files -> collectors -> model (a [`Snapshot`]) -> API.
+
+use std::{
+    path::PathBuf,
+    sync::{mpsc, Arc},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use tokio::sync::watch;
+
+use crate::{
+    api::server::{self, AppState, InstanceLock},
+    cgroup::{self, CgroupLayout},
+    collectors::pages::PageCensus,
+    loader::{LoadOptions, Probes},
+    model::{self, Snapshot},
+    physmem::PageState,
+    status::StatusSource,
+    units::PageSize,
+};
+
+/// Settings of the agent (from flags).
+#[derive(Clone, Debug)]
+pub struct AgentSettings {
+    pub socket: PathBuf,
+    pub load: LoadOptions,
+    pub refresh: Duration,
+    pub max_cgroups: usize,
+}
+
+pub fn run(settings: &AgentSettings) -> Result<()> {
+    // Claim the socket before touching the kernel: a second agent fails here, cleanly.
+    let _lock = InstanceLock::acquire(&settings.socket)?;
+    let layout = CgroupLayout::detect()?;
+    tracing::info!("cgroups: {layout}");
+    let probes = Probes::load(&settings.load)?;
+    let census = match PageState::open() {
+        Ok(state) => Ok(PageCensus::new(state, probes.report.sample_shift)),
+        Err(e) => {
+            let why = format!(
+                "cannot open /proc/kpagecgroup and /proc/kpageflags ({e}); held-page estimates \
+                 need a kernel with CONFIG_PROC_PAGE_MONITOR=y"
+            );
+            tracing::warn!("{why}");
+            Err(why)
+        }
+    };
+    let status = StatusSource::new(
+        probes.report.clone(),
+        layout.clone(),
+        census.as_ref().err().cloned(),
+    );
+
+    let mut refresher = Refresher {
+        layout,
+        probes,
+        census: census.ok(),
+        max_cgroups: settings.max_cgroups,
+        page_size: PageSize::system(),
+    };
+    let (tx, rx) = watch::channel(Arc::new(refresher.snapshot()));
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let interval = settings.refresh;
+    let worker = thread::Builder::new()
+        .name("refresh".into())
+        .spawn(move || loop {
+            match stop_rx.recv_timeout(interval) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = tx.send(Arc::new(refresher.snapshot()));
+                }
+                _ => break,
+            }
+        })
+        .context("cannot start the refresh thread")?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let served = runtime.block_on(serve(settings, rx, status));
+    let _ = stop_tx.send(());
+    let _ = worker.join();
+    tracing::info!("stopped");
+    served
+}
+
+async fn serve(
+    settings: &AgentSettings,
+    rx: watch::Receiver<Arc<Snapshot>>,
+    status: StatusSource,
+) -> Result<()> {
+    let listener = server::bind(&settings.socket)?;
+    tracing::info!("API on {}", settings.socket.display());
+    let state = AppState {
+        snapshot: rx,
+        status: Arc::new(move |snapshot| status.report(snapshot)),
+    };
+    axum::serve(listener, server::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("API server failed")?;
+    let _ = std::fs::remove_file(&settings.socket);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers, run until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    tracing::info!("stopping");
+}
+
+/// Owns everything one refresh reads.
+struct Refresher {
+    layout: CgroupLayout,
+    probes: Probes,
+    census: Option<PageCensus>,
+    max_cgroups: usize,
+    page_size: PageSize,
+}
+
+impl Refresher {
+    fn snapshot(&mut self) -> Snapshot {
+        let census = self
+            .census
+            .as_ref()
+            .map(|c| c.take(&self.probes.page_allocs));
+        let discovery = cgroup::discover(&self.layout, self.max_cgroups).unwrap_or_else(|e| {
+            tracing::warn!("cannot list cgroups: {e}");
+            cgroup::Discovery::default()
+        });
+        let mut snapshot = model::build(&self.layout, &discovery, census.as_ref(), self.page_size);
+        snapshot.sample_shift = self.probes.report.sample_shift;
+        snapshot.counters = self
+            .probes
+            .counter_totals()
+            .into_iter()
+            .map(|(c, n)| (c.name().to_string(), n))
+            .collect();
+        snapshot
+    }
+}

@@ -1,0 +1,76 @@
+//! The agent's local HTTP API (over a Unix socket), its wire types and its client.
+//!
+//! One HTTP stack (axum/hyper) so that later endpoints and `/metrics` share one server.
+
+pub mod client;
+pub mod server;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{CensusSummary, CgroupRow};
+
+/// Where the agent listens by default.
+pub const DEFAULT_SOCKET: &str = "/run/memlens/memlens.sock";
+
+/// Largest number of rows one `/v1/top` answer carries.
+pub const MAX_TOP_ROWS: usize = 10_000;
+
+/// State of one capability, for `memlens status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CapabilityState {
+    Ok,
+    Degraded,
+    Unavailable,
+}
+
+/// One line of `memlens status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Capability {
+    pub name: String,
+    pub state: CapabilityState,
+    pub detail: String,
+}
+
+/// `GET /v1/status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusResponse {
+    pub version: String,
+    pub pid: u32,
+    pub started_at_unix_ms: u64,
+    pub capabilities: Vec<Capability>,
+    /// Kernel programs' counters (drops and failures included), summed over CPUs.
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// `GET /v1/top`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TopResponse {
+    pub taken_at_unix_ms: u64,
+    /// One page in `2^sample_shift` is sampled for the held estimates.
+    pub sample_shift: u32,
+    pub page_size: u64,
+    /// Rows, largest usage first.
+    pub cgroups: Vec<CgroupRow>,
+    /// Rows left out by the limit.
+    pub truncated: usize,
+    pub census: Option<CensusSummary>,
+}
+
+/// Query of `GET /v1/top`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopQuery {
+    /// At most this many rows (default and maximum: `MAX_TOP_ROWS`).
+    pub limit: Option<usize>,
+    /// Only the cgroup with this id, or whose path is or ends with this.
+    pub cgroup: Option<String>,
+}
+
+/// Body of every error answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

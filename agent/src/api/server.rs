@@ -1,0 +1,167 @@
+//! The API server: axum on a Unix socket (mode 0600), one instance per socket.
+
+use std::{
+    fs::File,
+    io::{Read as _, Seek as _, Write as _},
+    os::{fd::AsRawFd as _, unix::fs::PermissionsExt as _},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use axum::{
+    extract::{rejection::QueryRejection, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use tokio::sync::watch;
+
+use super::{ErrorBody, StatusResponse, TopQuery, TopResponse, MAX_TOP_ROWS};
+use crate::model::Snapshot;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("another memlens agent is already running{pid} (it holds {lock}); stop it first, or give this one another --socket")]
+    AlreadyRunning { pid: String, lock: PathBuf },
+    #[error("cannot use {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {
+    move |source| ServerError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Exclusive claim on a socket path: an flock'ed `<socket>.lock` holding our pid.
+pub struct InstanceLock {
+    _file: File,
+}
+
+impl InstanceLock {
+    pub fn acquire(socket: &Path) -> Result<InstanceLock, ServerError> {
+        if let Some(dir) = socket.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        let lock = PathBuf::from(format!("{}.lock", socket.display()));
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock)
+            .map_err(io_err(&lock))?;
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim();
+            let pid = if pid.is_empty() {
+                String::new()
+            } else {
+                format!(" (pid {pid})")
+            };
+            return Err(ServerError::AlreadyRunning { pid, lock });
+        }
+        file.set_len(0).map_err(io_err(&lock))?;
+        file.rewind().map_err(io_err(&lock))?;
+        write!(file, "{}", std::process::id()).map_err(io_err(&lock))?;
+        Ok(InstanceLock { _file: file })
+    }
+}
+
+/// Binds the socket (replacing a stale one: the lock proves no agent uses it) with mode 0600.
+pub fn bind(socket: &Path) -> Result<tokio::net::UnixListener, ServerError> {
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(socket)(e)),
+    }
+    let listener = std::os::unix::net::UnixListener::bind(socket).map_err(io_err(socket))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(io_err(socket))?;
+    listener.set_nonblocking(true).map_err(io_err(socket))?;
+    tokio::net::UnixListener::from_std(listener).map_err(io_err(socket))
+}
+
+/// What the handlers read.
+#[derive(Clone)]
+pub struct AppState {
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub status: Arc<dyn Fn(&Snapshot) -> StatusResponse + Send + Sync>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/status", get(status))
+        .route("/v1/top", get(top))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; see /v1/status, /v1/top".into(),
+            )
+        })
+        .with_state(state)
+}
+
+fn error(code: StatusCode, message: String) -> Response {
+    (code, Json(ErrorBody { error: message })).into_response()
+}
+
+async fn status(State(state): State<AppState>) -> Json<StatusResponse> {
+    let snapshot = state.snapshot.borrow().clone();
+    Json((state.status)(&snapshot))
+}
+
+async fn top(
+    State(state): State<AppState>,
+    query: Result<Query<TopQuery>, QueryRejection>,
+) -> Response {
+    let Query(query) = match query {
+        Ok(q) => q,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("bad query: {}", e.body_text()),
+            )
+        }
+    };
+    let snapshot = state.snapshot.borrow().clone();
+    let limit = query.limit.unwrap_or(MAX_TOP_ROWS).min(MAX_TOP_ROWS);
+    let matching: Vec<_> = snapshot
+        .cgroups
+        .iter()
+        .filter(|row| match &query.cgroup {
+            None => true,
+            Some(wanted) => {
+                row.id.0.to_string() == *wanted
+                    || row.path == *wanted
+                    || row
+                        .path
+                        .ends_with(&format!("/{}", wanted.trim_start_matches('/')))
+            }
+        })
+        .collect();
+    if let (Some(wanted), true) = (&query.cgroup, matching.is_empty()) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no memory cgroup matches {wanted:?}"),
+        );
+    }
+    let truncated = matching.len().saturating_sub(limit);
+    Json(TopResponse {
+        taken_at_unix_ms: snapshot.taken_at_unix_ms,
+        sample_shift: snapshot.sample_shift,
+        page_size: snapshot.page_size,
+        cgroups: matching.into_iter().take(limit).cloned().collect(),
+        truncated,
+        census: snapshot.census.clone(),
+    })
+    .into_response()
+}

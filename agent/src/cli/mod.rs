@@ -1,0 +1,120 @@
+//! Command-line interface: argument definitions and one module per client subcommand.
+
+pub mod status;
+pub mod top;
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::api::DEFAULT_SOCKET;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "memlens",
+    version,
+    about = "eBPF memory profiler: where a cgroup's memory is, and who holds it"
+)]
+pub struct Cli {
+    /// The agent's API socket.
+    #[arg(long, global = true, env = "MEMLENS_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the agent: load the kernel programs and serve the API (needs root).
+    Agent(AgentArgs),
+    /// One line per capability of the running agent: probes, offsets, layout, sampling, drops.
+    Status(StatusArgs),
+    /// Memory cgroups by usage, with the kernel's counters and the eBPF held-page estimate.
+    Top(TopArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// Sample one page frame in 2^N (0..=16). Lower is more precise and costs more.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub sample_shift: u32,
+    /// Upper bound on sampled-frame records (56 bytes each); the shift is raised to fit.
+    #[arg(long, default_value_t = 524_288, value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
+    pub max_sample_entries: u64,
+    /// Distinct stacks kept in the kernel (about 1 KiB each).
+    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
+    pub stack_entries: u32,
+    /// How often to refresh the cgroup counters and the page census (e.g. 2s, 500ms).
+    #[arg(long, default_value = "2s", value_parser = parse_refresh)]
+    pub refresh: Duration,
+    /// Most memory cgroups listed.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_cgroups: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TopArgs {
+    /// Print JSON (all fields, bytes as integers) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Redraw every --interval until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+    /// Redraw interval for --watch (e.g. 2s).
+    #[arg(long, default_value = "2s", value_parser = parse_refresh)]
+    pub interval: Duration,
+    /// Show at most N cgroups (0: all the agent returns).
+    #[arg(long, default_value_t = 25)]
+    pub limit: usize,
+    /// Only this cgroup: its id, its path, or the end of its path.
+    #[arg(long)]
+    pub cgroup: Option<String>,
+}
+
+/// A duration between 100 ms and 1 h.
+fn parse_refresh(text: &str) -> Result<Duration, String> {
+    let d =
+        humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 2s, 500ms, 1m)"))?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err("must be between 100ms and 1h".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_arguments_are_errors_not_panics() {
+        for args in [
+            &["memlens", "frobnicate"][..],
+            &["memlens", "agent", "--sample-shift", "40"],
+            &["memlens", "top", "--interval", "soon"],
+            &["memlens", "top", "--interval", "1ns"],
+            &["memlens", "top", "--limit", "-3"],
+        ] {
+            let err = Cli::try_parse_from(args).unwrap_err();
+            assert_ne!(err.exit_code(), 0, "{args:?}");
+        }
+        let ok = Cli::try_parse_from(["memlens", "top", "--json", "--cgroup", "/a/b"]).unwrap();
+        assert!(matches!(
+            ok.command,
+            Command::Top(TopArgs { json: true, .. })
+        ));
+    }
+}

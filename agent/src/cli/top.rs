@@ -1,0 +1,125 @@
+//! `memlens top`: cgroups by usage, once or live.
+
+use std::{fmt::Write as _, path::Path};
+
+use anyhow::Result;
+use comfy_table::{presets::NOTHING, Cell, CellAlignment, Table};
+
+use super::TopArgs;
+use crate::{
+    api::{client, TopResponse},
+    units::Bytes,
+};
+
+pub async fn run(socket: &Path, args: &TopArgs) -> Result<()> {
+    let mut query = format!(
+        "/v1/top?limit={}",
+        if args.limit == 0 {
+            crate::api::MAX_TOP_ROWS
+        } else {
+            args.limit
+        }
+    );
+    if let Some(cgroup) = &args.cgroup {
+        let _ = write!(query, "&cgroup={}", encode(cgroup));
+    }
+    loop {
+        let top: TopResponse = client::get(socket, &query).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&top)?);
+        } else {
+            if args.watch {
+                // Clear the screen and home the cursor.
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", render(&top));
+        }
+        if !args.watch {
+            return Ok(());
+        }
+        tokio::select! {
+            () = tokio::time::sleep(args.interval) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+/// Percent-encodes a query value.
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn render(top: &TopResponse) -> String {
+    let mut table = Table::new();
+    table.load_preset(NOTHING).set_header(vec![
+        "CGROUP",
+        "USAGE",
+        "ANON",
+        "FILE",
+        "ACT/INACT FILE",
+        "KERNEL",
+        "WORKING SET",
+        "LIMIT",
+        "HELD (eBPF)",
+    ]);
+    for row in &top.cgroups {
+        let held = row.held.as_ref().map_or_else(
+            || "-".to_string(),
+            |h| format!("{} ±{}", Bytes(h.bytes), Bytes(h.error95_bytes)),
+        );
+        table.add_row(vec![
+            Cell::new(&row.name),
+            right(Bytes(row.usage_bytes).to_string()),
+            right(Bytes(row.anon_bytes).to_string()),
+            right(Bytes(row.file_bytes).to_string()),
+            right(format!(
+                "{} / {}",
+                Bytes(row.active_file_bytes),
+                Bytes(row.inactive_file_bytes)
+            )),
+            right(Bytes(row.kernel_bytes).to_string()),
+            right(Bytes(row.working_set_bytes).to_string()),
+            right(
+                row.limit_bytes
+                    .map_or_else(|| "-".into(), |l| Bytes(l).to_string()),
+            ),
+            right(held),
+        ]);
+    }
+    let mut out = table.to_string();
+    out.push('\n');
+    let _ = write!(
+        out,
+        "{} cgroups{}; held = eBPF estimate from 1 page in {} (±: 95% interval)\n",
+        top.cgroups.len(),
+        if top.truncated > 0 {
+            format!(" (+{} not shown: --limit 0 for all)", top.truncated)
+        } else {
+            String::new()
+        },
+        1u64 << top.sample_shift
+    );
+    out
+}
+
+fn right(text: String) -> Cell {
+    Cell::new(text).set_alignment(CellAlignment::Right)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_encoded() {
+        assert_eq!(encode("/kubepods/pod a&b"), "/kubepods/pod%20a%26b");
+    }
+}

@@ -1,0 +1,3 @@
+//! Collectors: turn kernel maps and kernel files into plain data for the model.
+
+pub mod pages;

@@ -1,0 +1,134 @@
+//! Struct layouts from the running kernel's BTF (`/sys/kernel/btf/vmlinux`), for the offsets the
+//! kernel programs need (Rust eBPF has no CO-RE, so the agent relocates by hand).
+
+use std::path::Path;
+
+use btf_rs::{Btf, BtfType, Type};
+use memlens_common::offsets::TaskMemcgOffsets;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error(
+        "this kernel exposes no BTF ({VMLINUX_BTF} is missing): memlens needs a kernel built with \
+         CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since 5.4 are)"
+    )]
+    Missing,
+    #[error("cannot parse {VMLINUX_BTF}: {0}")]
+    Parse(String),
+    #[error("BTF has no {0}")]
+    NotFound(String),
+}
+
+/// The kernel's BTF, with the lookups memlens needs.
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl KernelBtf {
+    pub fn load() -> Result<KernelBtf, BtfError> {
+        KernelBtf::from_file(Path::new(VMLINUX_BTF))
+    }
+
+    pub fn from_file(path: &Path) -> Result<KernelBtf, BtfError> {
+        if !path.exists() {
+            return Err(BtfError::Missing);
+        }
+        let btf = Btf::from_file(path).map_err(|e| BtfError::Parse(e.to_string()))?;
+        Ok(KernelBtf { btf })
+    }
+
+    /// The definition of `struct name` (not a forward declaration).
+    fn find_struct(&self, name: &str) -> Result<btf_rs::Struct, BtfError> {
+        self.btf
+            .resolve_types_by_name(name)
+            .map_err(|_| BtfError::NotFound(format!("struct {name}")))?
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) => Some(s),
+                _ => None,
+            })
+            .ok_or_else(|| BtfError::NotFound(format!("struct {name}")))
+    }
+
+    /// `sizeof(struct name)`.
+    pub fn struct_size(&self, name: &str) -> Result<u64, BtfError> {
+        Ok(self.find_struct(name)?.size() as u64)
+    }
+
+    /// Byte offset of member `member` in `struct name`, looking through unnamed struct and union
+    /// members (where the kernel nests many fields).
+    pub fn member_offset(&self, name: &str, member: &str) -> Result<u32, BtfError> {
+        let s = self.find_struct(name)?;
+        self.find_member(&s, member, 0)
+            .map(|bits| bits / 8)
+            .ok_or_else(|| BtfError::NotFound(format!("member {member} in struct {name}")))
+    }
+
+    fn find_member(&self, s: &btf_rs::Struct, member: &str, base_bits: u32) -> Option<u32> {
+        for m in &s.members {
+            let name = self.btf.resolve_name(m).unwrap_or_default();
+            let bits = base_bits + m.bit_offset();
+            if name == member {
+                return Some(bits);
+            }
+            if name.is_empty() {
+                if let Some(inner) = self.composite_of(m) {
+                    if let Some(found) = self.find_member(&inner, member, bits) {
+                        return Some(found);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// The struct or union a member's type resolves to, through typedefs and qualifiers.
+    fn composite_of(&self, member: &dyn BtfType) -> Option<btf_rs::Struct> {
+        let mut t = self.btf.resolve_chained_type(member).ok()?;
+        for _ in 0..8 {
+            t = match t {
+                Type::Struct(s) | Type::Union(s) => return Some(s),
+                Type::Typedef(x) => self.btf.resolve_chained_type(&x).ok()?,
+                Type::Const(x) => self.btf.resolve_chained_type(&x).ok()?,
+                Type::Volatile(x) => self.btf.resolve_chained_type(&x).ok()?,
+                _ => return None,
+            };
+        }
+        None
+    }
+
+    /// Value of enumerator `member` (of any enum).
+    pub fn enum_value(&self, member: &str) -> Result<u32, BtfError> {
+        let enums = ["cgroup_subsys_id"];
+        for e in enums {
+            if let Ok(types) = self.btf.resolve_types_by_name(e) {
+                for t in types {
+                    if let Type::Enum(en) = t {
+                        for m in &en.members {
+                            if self.btf.resolve_name(m).is_ok_and(|n| n == member) {
+                                return Ok(m.val());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Err(BtfError::NotFound(format!("enumerator {member}")))
+    }
+
+    /// Offsets of `task->cgroups->subsys[memory_cgrp_id]->cgroup->kn->id`.
+    pub fn task_memcg_offsets(&self) -> Result<TaskMemcgOffsets, BtfError> {
+        let memory_id = self.enum_value("memory_cgrp_id")?;
+        let subsys = self.member_offset("css_set", "subsys")?;
+        Ok(TaskMemcgOffsets {
+            task_cgroups: self.member_offset("task_struct", "cgroups")?,
+            css_set_memory_subsys: subsys + 8 * memory_id,
+            css_cgroup: self.member_offset("cgroup_subsys_state", "cgroup")?,
+            cgroup_kn: self.member_offset("cgroup", "kn")?,
+            kernfs_node_id: self.member_offset("kernfs_node", "id")?,
+            valid: 1,
+        })
+    }
+}

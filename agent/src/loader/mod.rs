@@ -1,0 +1,348 @@
+//! Loads and attaches the kernel programs, sized and relocated for the running kernel, and says
+//! which mechanism each capability ended up using.
+
+pub mod btf;
+mod calibrate;
+mod page_allocs;
+pub mod tracefs;
+
+use aya::{
+    maps::{MapData, PerCpuArray, StackTraceMap},
+    programs::{RawTracePoint, TracePoint},
+    Ebpf, EbpfLoader,
+};
+use memlens_common::{
+    counters::Counter,
+    offsets::TaskMemcgOffsets,
+    page::{AllocTracepointFields, MAX_SAMPLE_SHIFT},
+};
+pub use page_allocs::PageAllocTable;
+
+use crate::{physmem, units::Pfn};
+
+/// The kernel programs, built by `cargo xtask build-ebpf` (via build.rs) for this very binary.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memlens.bpf.o"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "memlens agent needs root: it loads kernel programs (CAP_BPF, CAP_PERFMON) and reads \
+         /proc/kpagecgroup (CAP_SYS_ADMIN); run it as root, e.g. `sudo memlens agent`"
+    )]
+    NotRoot,
+    #[error(transparent)]
+    Btf(#[from] btf::BtfError),
+    #[error("{0}: {1}")]
+    Ebpf(&'static str, String),
+    #[error("the kernel program {0} is missing from the embedded object (a build problem)")]
+    MissingProgram(&'static str),
+    #[error("cannot find vmemmap_base: {0}")]
+    Calibration(String),
+    #[error(
+        "cannot attach to the page allocator ({0}); memlens needs the kmem:mm_page_alloc \
+         tracepoint (CONFIG_TRACEPOINTS=y)"
+    )]
+    NoPageProbe(String),
+    #[error("cannot read {0}: {1}")]
+    Io(&'static str, std::io::Error),
+    #[error("invalid setting: {0}")]
+    Config(String),
+}
+
+/// One-line form of an aya error: the verifier log goes to the debug log, not the user's
+/// terminal.
+fn ebpf_err(what: &'static str, e: impl std::fmt::Display) -> LoadError {
+    let text = e.to_string();
+    tracing::debug!("{what}: {text}");
+    LoadError::Ebpf(what, text.lines().next().unwrap_or_default().to_string())
+}
+
+/// What the agent asks of the programs.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// log2 of frames per sampled frame (6: one page in 64).
+    pub sample_shift: u32,
+    /// Upper bound on `PAGE_ALLOCS` entries; the shift is raised until the frame range fits.
+    pub max_sample_entries: u64,
+    /// Entries of the stack map.
+    pub stack_entries: u32,
+}
+
+/// How the programs were loaded: the facts behind `memlens status`.
+#[derive(Clone, Debug)]
+pub struct LoadReport {
+    /// The attachment in use for page allocations.
+    pub page_probe: String,
+    /// Why the preferred attachment was not used, if it was not.
+    pub page_probe_fallback: Option<String>,
+    pub vmemmap_base: Option<String>,
+    pub page_struct_size: u64,
+    /// Offsets of the task -> memory cgroup walk, or why they are unknown.
+    pub task_memcg_offsets: Result<TaskMemcgOffsets, String>,
+    /// Effective sampling: one frame in `2^sample_shift`.
+    pub sample_shift: u32,
+    /// Requested shift, when it had to be raised to bound the map.
+    pub requested_sample_shift: u32,
+    pub end_pfn: u64,
+    pub sample_entries: u64,
+    pub stack_entries: u32,
+    /// Kernel memory of the maps, in bytes.
+    pub map_bytes: u64,
+    /// Set when RLIMIT_MEMLOCK could not be raised (harmless on kernels >= 5.11).
+    pub memlock_warning: Option<String>,
+}
+
+/// The loaded, attached programs and the maps the collectors read.
+pub struct Probes {
+    /// Owns the programs and their links: dropping it detaches everything.
+    _ebpf: Ebpf,
+    pub page_allocs: PageAllocTable,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub stacks: StackTraceMap<MapData>,
+    pub report: LoadReport,
+}
+
+impl Probes {
+    pub fn load(options: &LoadOptions) -> Result<Probes, LoadError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(LoadError::NotRoot);
+        }
+        if options.sample_shift > MAX_SAMPLE_SHIFT {
+            return Err(LoadError::Config(format!(
+                "sample shift {} is above the maximum {MAX_SAMPLE_SHIFT}",
+                options.sample_shift
+            )));
+        }
+        let memlock_warning = raise_memlock_rlimit();
+        let kernel_btf = btf::KernelBtf::load()?;
+        let page_struct_size = kernel_btf.struct_size("page")?;
+        let task_memcg_offsets = kernel_btf.task_memcg_offsets().map_err(|e| e.to_string());
+        if let Err(e) = &task_memcg_offsets {
+            tracing::warn!("allocating task's memory cgroup will not be recorded: {e}");
+        }
+
+        let end_pfn = physmem::end_pfn().map_err(|e| LoadError::Io("/proc/zoneinfo", e))?;
+        let (sample_shift, sample_entries) = size_samples(end_pfn, options)?;
+
+        // The raw tracepoint needs vmemmap_base; the classic one needs tracefs.
+        let vmemmap_base = calibrate::vmemmap_base(EBPF_OBJECT, page_struct_size);
+        let tp_fields = tracepoint_fields();
+
+        let mut loader = EbpfLoader::new();
+        let base = vmemmap_base.as_ref().copied().unwrap_or(0);
+        let fields = tp_fields.as_ref().copied().unwrap_or_default();
+        let offsets = task_memcg_offsets.clone().unwrap_or_default();
+        loader
+            .override_global("SAMPLE_SHIFT", &sample_shift, true)
+            .override_global("SUPERBLOCKS", &sample_entries, true)
+            .override_global("VMEMMAP_BASE", &base, true)
+            .override_global("PAGE_STRUCT_SIZE", &page_struct_size, true)
+            .override_global("ALLOC_TP_FIELDS", &fields, true)
+            .override_global("TASK_MEMCG_OFFSETS", &offsets, true)
+            .map_max_entries(
+                "PAGE_ALLOCS",
+                u32::try_from(sample_entries).unwrap_or(u32::MAX),
+            )
+            .map_max_entries("STACKS", options.stack_entries);
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|e| ebpf_err("loading the kernel programs", e))?;
+
+        let (page_probe, page_probe_fallback) = attach_page_alloc(
+            &mut ebpf,
+            vmemmap_base.is_ok(),
+            tp_fields.as_ref().err(),
+            vmemmap_base.as_ref().err(),
+        )?;
+        tracing::info!("page allocations: {page_probe}");
+        if let Some(why) = &page_probe_fallback {
+            tracing::warn!("page allocations use the fallback: {why}");
+        }
+
+        let page_allocs = PageAllocTable::new(
+            ebpf.take_map("PAGE_ALLOCS")
+                .ok_or(LoadError::MissingProgram("PAGE_ALLOCS map"))?,
+        )?;
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map("COUNTERS")
+                .ok_or(LoadError::MissingProgram("COUNTERS map"))?,
+        )
+        .map_err(|e| ebpf_err("opening COUNTERS", e))?;
+        let stacks = StackTraceMap::try_from(
+            ebpf.take_map("STACKS")
+                .ok_or(LoadError::MissingProgram("STACKS map"))?,
+        )
+        .map_err(|e| ebpf_err("opening STACKS", e))?;
+
+        let record = size_of::<memlens_common::page::PageAlloc>() as u64;
+        let report = LoadReport {
+            page_probe,
+            page_probe_fallback,
+            vmemmap_base: vmemmap_base.ok().map(|b| format!("{b:#x}")),
+            page_struct_size,
+            task_memcg_offsets,
+            sample_shift,
+            requested_sample_shift: options.sample_shift,
+            end_pfn: end_pfn.0,
+            sample_entries,
+            stack_entries: options.stack_entries,
+            map_bytes: sample_entries * record + u64::from(options.stack_entries) * (127 * 8 + 8),
+            memlock_warning,
+        };
+        Ok(Probes {
+            _ebpf: ebpf,
+            page_allocs,
+            counters,
+            stacks,
+            report,
+        })
+    }
+
+    /// The programs' counters, summed over CPUs.
+    #[must_use]
+    pub fn counter_totals(&self) -> Vec<(Counter, u64)> {
+        Counter::ALL
+            .iter()
+            .map(|&c| {
+                let total = self
+                    .counters
+                    .get(&(c as u32), 0)
+                    .map(|per_cpu| per_cpu.iter().copied().fold(0u64, u64::wrapping_add))
+                    .unwrap_or(0);
+                (c, total)
+            })
+            .collect()
+    }
+}
+
+/// The smallest shift >= the requested one whose array fits `max_sample_entries`.
+fn size_samples(end_pfn: Pfn, options: &LoadOptions) -> Result<(u32, u64), LoadError> {
+    let mut shift = options.sample_shift;
+    loop {
+        let entries = (end_pfn.0 >> shift) + 1;
+        if entries <= options.max_sample_entries {
+            if shift != options.sample_shift {
+                tracing::warn!(
+                    "sampling one page in {} instead of {} to keep the sample map at {} entries",
+                    1u64 << shift,
+                    1u64 << options.sample_shift,
+                    options.max_sample_entries
+                );
+            }
+            return Ok((shift, entries));
+        }
+        shift += 1;
+        if shift > MAX_SAMPLE_SHIFT {
+            return Err(LoadError::Config(format!(
+                "{} page frames cannot be sampled within {} entries",
+                end_pfn.0, options.max_sample_entries
+            )));
+        }
+    }
+}
+
+/// Field offsets of the classic tracepoint, from its format file.
+fn tracepoint_fields() -> Result<AllocTracepointFields, String> {
+    let root = tracefs::root().map_err(|e| e.to_string())?;
+    let format =
+        tracefs::Format::read(&root, "kmem", "mm_page_alloc").map_err(|e| e.to_string())?;
+    let field = |name| {
+        format
+            .field(name)
+            .map(|f| f.offset)
+            .map_err(|e| e.to_string())
+    };
+    Ok(AllocTracepointFields {
+        pfn: field("pfn")?,
+        order: field("order")?,
+        gfp_flags: field("gfp_flags")?,
+        reserved: 0,
+    })
+}
+
+/// Attaches the raw tracepoint if `vmemmap_base` is known, else the classic tracepoint.
+fn attach_page_alloc(
+    ebpf: &mut Ebpf,
+    have_base: bool,
+    tracefs_error: Option<&String>,
+    calibration_error: Option<&LoadError>,
+) -> Result<(String, Option<String>), LoadError> {
+    let mut raw_error = calibration_error.map(ToString::to_string);
+    if have_base {
+        let program: &mut RawTracePoint = ebpf
+            .program_mut("page_alloc_raw")
+            .ok_or(LoadError::MissingProgram("page_alloc_raw"))?
+            .try_into()
+            .map_err(|e| ebpf_err("page_alloc_raw", e))?;
+        match program
+            .load()
+            .and_then(|()| program.attach("mm_page_alloc").map(|_| ()))
+        {
+            Ok(()) => return Ok(("raw tracepoint mm_page_alloc".into(), None)),
+            Err(e) => raw_error = Some(ebpf_err("raw tracepoint mm_page_alloc", e).to_string()),
+        }
+    }
+    let raw_error = raw_error.unwrap_or_default();
+    if let Some(e) = tracefs_error {
+        return Err(LoadError::NoPageProbe(format!(
+            "raw tracepoint: {raw_error}; tracepoint: {e}"
+        )));
+    }
+    let program: &mut TracePoint = ebpf
+        .program_mut("page_alloc_tp")
+        .ok_or(LoadError::MissingProgram("page_alloc_tp"))?
+        .try_into()
+        .map_err(|e| ebpf_err("page_alloc_tp", e))?;
+    program
+        .load()
+        .and_then(|()| program.attach("kmem", "mm_page_alloc").map(|_| ()))
+        .map_err(|e| {
+            LoadError::NoPageProbe(format!(
+                "raw tracepoint: {raw_error}; tracepoint: {}",
+                ebpf_err("kmem:mm_page_alloc", e)
+            ))
+        })?;
+    Ok(("tracepoint kmem:mm_page_alloc".into(), Some(raw_error)))
+}
+
+/// Raises RLIMIT_MEMLOCK for kernels that still charge BPF maps to it (< 5.11); a refusal is a
+/// warning, since newer kernels charge the memory cgroup instead.
+fn raise_memlock_rlimit() -> Option<String> {
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } == 0 {
+        return None;
+    }
+    let e = std::io::Error::last_os_error();
+    tracing::debug!("cannot raise RLIMIT_MEMLOCK: {e} (fine on kernels >= 5.11)");
+    Some(format!(
+        "RLIMIT_MEMLOCK not raised ({e}); fine on kernels >= 5.11"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shift_is_raised_until_the_map_fits() {
+        let options = LoadOptions {
+            sample_shift: 6,
+            max_sample_entries: 1 << 17,
+            stack_entries: 1,
+        };
+        // 24 GiB of 4 KiB pages fits at 1 in 64.
+        assert_eq!(
+            size_samples(Pfn(6_553_600), &options).unwrap(),
+            (6, 102_401)
+        );
+        // 1 TiB does not: 1 in 2048.
+        let (shift, entries) = size_samples(Pfn(1 << 28), &options).unwrap();
+        assert_eq!(shift, 12);
+        assert!(entries <= 1 << 17);
+    }
+}

@@ -1,0 +1,66 @@
+//! `memlens`: the agent and its CLI in one binary. This file only parses and dispatches.
+
+mod agent;
+mod api;
+mod cgroup;
+mod cli;
+mod collectors;
+mod loader;
+mod model;
+mod physmem;
+mod status;
+mod units;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let is_agent = matches!(cli.command, Command::Agent(_));
+    init_logging(is_agent);
+    let result = match &cli.command {
+        Command::Agent(args) => agent::run(&agent::AgentSettings {
+            socket: cli.socket.clone(),
+            load: loader::LoadOptions {
+                sample_shift: args.sample_shift,
+                max_sample_entries: args.max_sample_entries,
+                stack_entries: args.stack_entries,
+            },
+            refresh: args.refresh,
+            max_cgroups: args.max_cgroups,
+        }),
+        Command::Status(args) => {
+            client_runtime().and_then(|rt| rt.block_on(cli::status::run(&cli.socket, args)))
+        }
+        Command::Top(args) => {
+            client_runtime().and_then(|rt| rt.block_on(cli::top::run(&cli.socket, args)))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("memlens: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default (info for the agent, warnings for the CLI).
+fn init_logging(agent: bool) {
+    let default = if agent { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,171 @@
+//! What `memlens status` reports: one line per capability, from how the probes were loaded and
+//! what the latest refresh saw.
+
+use crate::{
+    api::{Capability, CapabilityState, StatusResponse},
+    cgroup::CgroupLayout,
+    loader::LoadReport,
+    model::Snapshot,
+    units::Bytes,
+};
+
+/// Counters that mean something was lost.
+const LOSS_COUNTERS: [&str; 5] = [
+    "out_of_range",
+    "high_order_truncated",
+    "stack_collisions",
+    "kernel_stack_errors",
+    "user_stack_errors",
+];
+
+/// The fixed facts, plus the clock of the agent's start.
+pub struct StatusSource {
+    report: LoadReport,
+    layout: CgroupLayout,
+    census_unavailable: Option<String>,
+    started_at_unix_ms: u64,
+}
+
+impl StatusSource {
+    #[must_use]
+    pub fn new(
+        report: LoadReport,
+        layout: CgroupLayout,
+        census_unavailable: Option<String>,
+    ) -> StatusSource {
+        let started_at_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        StatusSource {
+            report,
+            layout,
+            census_unavailable,
+            started_at_unix_ms,
+        }
+    }
+
+    #[must_use]
+    pub fn report(&self, snapshot: &Snapshot) -> StatusResponse {
+        let r = &self.report;
+        let mut caps = Vec::new();
+        let mut add = |name: &str, state, detail: String| {
+            caps.push(Capability {
+                name: name.into(),
+                state,
+                detail,
+            });
+        };
+        match &r.page_probe_fallback {
+            None => add("page probe", CapabilityState::Ok, r.page_probe.clone()),
+            Some(why) => add(
+                "page probe",
+                CapabilityState::Degraded,
+                format!("{} (raw tracepoint unavailable: {why})", r.page_probe),
+            ),
+        }
+        match &r.task_memcg_offsets {
+            Ok(o) => add(
+                "struct offsets",
+                CapabilityState::Ok,
+                format!(
+                    "from BTF: sizeof(struct page)={}, task_struct.cgroups={}, \
+                     css_set.subsys[memory]={}, css.cgroup={}, cgroup.kn={}, kernfs_node.id={}",
+                    r.page_struct_size,
+                    o.task_cgroups,
+                    o.css_set_memory_subsys,
+                    o.css_cgroup,
+                    o.cgroup_kn,
+                    o.kernfs_node_id
+                ),
+            ),
+            Err(e) => add(
+                "struct offsets",
+                CapabilityState::Degraded,
+                format!("allocating task's cgroup not recorded: {e}"),
+            ),
+        }
+        match &r.vmemmap_base {
+            Some(base) => add(
+                "vmemmap base",
+                CapabilityState::Ok,
+                format!("{base} (calibrated)"),
+            ),
+            None => add(
+                "vmemmap base",
+                CapabilityState::Degraded,
+                "unknown (classic tracepoint used)".into(),
+            ),
+        }
+        add(
+            "cgroup layout",
+            CapabilityState::Ok,
+            format!("{}; {} memory cgroups", self.layout, snapshot.cgroups.len()),
+        );
+        let shift_note = if r.sample_shift == r.requested_sample_shift {
+            String::new()
+        } else {
+            format!(
+                " (raised from 1 in {} to bound the map)",
+                1u64 << r.requested_sample_shift
+            )
+        };
+        add(
+            "sampling",
+            CapabilityState::Ok,
+            format!(
+                "1 page in {}{shift_note}; {} sampled frames up to pfn {}; maps {} of kernel memory",
+                1u64 << r.sample_shift,
+                r.sample_entries,
+                r.end_pfn,
+                Bytes(r.map_bytes)
+            ),
+        );
+        match (&self.census_unavailable, &snapshot.census) {
+            (Some(why), _) => add("page census", CapabilityState::Unavailable, why.clone()),
+            (None, Some(c)) => add(
+                "page census",
+                if c.read_errors == 0 { CapabilityState::Ok } else { CapabilityState::Degraded },
+                format!(
+                    "/proc/kpagecgroup + /proc/kpageflags: {} frames read, {} charged, {} errors, {} ms",
+                    c.frames, c.charged_frames, c.read_errors, c.duration_ms
+                ),
+            ),
+            (None, None) => add("page census", CapabilityState::Degraded, "no census yet".into()),
+        }
+        let lost: u64 = LOSS_COUNTERS
+            .iter()
+            .filter_map(|k| snapshot.counters.get(*k))
+            .sum();
+        let sampled = snapshot
+            .counters
+            .get("sampled_frames")
+            .copied()
+            .unwrap_or(0);
+        add(
+            "drops",
+            if lost == 0 {
+                CapabilityState::Ok
+            } else {
+                CapabilityState::Degraded
+            },
+            format!(
+                "{lost} lost updates ({}); {sampled} sampled frames recorded",
+                LOSS_COUNTERS
+                    .iter()
+                    .map(|k| format!("{k} {}", snapshot.counters.get(*k).copied().unwrap_or(0)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+        if let Some(w) = &r.memlock_warning {
+            add("memlock", CapabilityState::Ok, w.clone());
+        }
+        StatusResponse {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            started_at_unix_ms: self.started_at_unix_ms,
+            capabilities: caps,
+            counters: snapshot.counters.clone(),
+        }
+    }
+}

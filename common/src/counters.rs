@@ -1,0 +1,63 @@
+//! Indices of the kernel programs' per-CPU counters (`COUNTERS` map).
+//!
+//! Every dropped or failed update in a kernel program increments one of these, so the agent can
+//! say what it missed instead of silently under-counting.
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Allocations that contained at least one sampled frame.
+    SampledAllocs = 0,
+    /// Sampled frames recorded.
+    SampledFrames = 1,
+    /// Sampled frames beyond the `PAGE_ALLOCS` array (memory above the frame range sized at load,
+    /// e.g. hot-plugged): not recorded.
+    OutOfRange = 2,
+    /// Allocations of more than `MAX_SAMPLED_PER_ALLOC` sampled frames: the rest not recorded.
+    HighOrderTruncated = 3,
+    /// `bpf_get_stackid` for the kernel stack failed (any errno).
+    KernelStackErrors = 4,
+    /// `bpf_get_stackid` for the user stack failed with `-EFAULT`: no user context (kernel
+    /// threads, interrupts). Expected, not a loss.
+    UserStackNone = 5,
+    /// `bpf_get_stackid` failed with `-EEXIST` (hash bucket taken by another stack): stack lost.
+    StackCollisions = 6,
+    /// `bpf_get_stackid` for the user stack failed with another errno.
+    UserStackErrors = 7,
+    /// Reading the allocating task's memory cgroup failed.
+    TaskMemcgErrors = 8,
+}
+
+/// Number of counters; the size of the `COUNTERS` map.
+pub const COUNTER_COUNT: u32 = 9;
+
+impl Counter {
+    /// Every counter, in index order.
+    pub const ALL: [Counter; COUNTER_COUNT as usize] = [
+        Counter::SampledAllocs,
+        Counter::SampledFrames,
+        Counter::OutOfRange,
+        Counter::HighOrderTruncated,
+        Counter::KernelStackErrors,
+        Counter::UserStackNone,
+        Counter::StackCollisions,
+        Counter::UserStackErrors,
+        Counter::TaskMemcgErrors,
+    ];
+
+    /// Stable snake_case name, used in the API and metrics.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::SampledAllocs => "sampled_allocs",
+            Counter::SampledFrames => "sampled_frames",
+            Counter::OutOfRange => "out_of_range",
+            Counter::HighOrderTruncated => "high_order_truncated",
+            Counter::KernelStackErrors => "kernel_stack_errors",
+            Counter::UserStackNone => "user_stack_none",
+            Counter::StackCollisions => "stack_collisions",
+            Counter::UserStackErrors => "user_stack_errors",
+            Counter::TaskMemcgErrors => "task_memcg_errors",
+        }
+    }
+}

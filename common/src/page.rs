@@ -1,0 +1,185 @@
+//! The deterministic page sampling rule and the record kept per sampled page.
+//!
+//! Physical memory is cut into *superblocks* of `2^shift` page frames. In each superblock exactly
+//! one frame is *sampled*; which one is a fixed pseudo-random function of the superblock number
+//! ([`sampled_offset`]). Because the choice depends only on the frame number, the allocation and
+//! the later state of a sampled page always agree, whatever order, context or CPU they happen on.
+//!
+//! Each sampled frame stands for the `2^shift` frames of its superblock, so the number of pages a
+//! memory cgroup holds is estimated as `2^shift` times the number of sampled frames charged to it.
+//! This is stratified sampling with one draw per stratum: the estimate is unbiased, and for a
+//! cgroup holding `N` pages its standard deviation is at most `sqrt(N * 2^shift)` pages (relative
+//! error at most `sqrt(2^shift / N)`; see `docs/design.md`). Blocks of `2^shift` frames or more,
+//! such as transparent huge pages, contain exactly `2^(order - shift)` sampled frames: no error.
+
+/// Multiplier of Fibonacci hashing (`2^64 / golden ratio`): spreads consecutive superblock
+/// numbers evenly over the offsets.
+pub const FIBONACCI_MULTIPLIER: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// Largest supported `shift` (one sampled page in 2^16 = 256 MiB of 4 KiB pages).
+pub const MAX_SAMPLE_SHIFT: u32 = 16;
+
+/// Largest number of sampled frames recorded for one allocation. The buddy allocator's largest
+/// order is 10 on common configurations, so with `shift >= 4` no allocation exceeds it; above it
+/// the kernel program counts [`crate::counters::Counter::HighOrderTruncated`].
+pub const MAX_SAMPLED_PER_ALLOC: u32 = 64;
+
+/// Offset, within superblock `superblock`, of its one sampled frame (`0..2^shift`).
+#[inline(always)]
+#[must_use]
+pub fn sampled_offset(superblock: u64, shift: u32) -> u64 {
+    if shift == 0 {
+        return 0;
+    }
+    superblock.wrapping_mul(FIBONACCI_MULTIPLIER) >> (64 - shift)
+}
+
+/// The page frame number sampled in `superblock`.
+#[inline(always)]
+#[must_use]
+pub fn sampled_pfn(superblock: u64, shift: u32) -> u64 {
+    (superblock << shift) | sampled_offset(superblock, shift)
+}
+
+/// The sampled frames inside the naturally aligned block `[pfn, pfn + 2^order)`: `count`
+/// consecutive superblocks starting at `first_superblock`, each contributing its sampled frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SampledFrames {
+    pub first_superblock: u64,
+    pub count: u64,
+}
+
+/// Which sampled frames an allocation of `2^order` frames at `pfn` contains.
+#[inline(always)]
+#[must_use]
+pub fn sampled_frames(pfn: u64, order: u32, shift: u32) -> SampledFrames {
+    let superblock = pfn >> shift;
+    if order >= shift {
+        return SampledFrames {
+            first_superblock: superblock,
+            count: 1 << (order - shift),
+        };
+    }
+    let mask = (1u64 << shift) - 1;
+    let start = pfn & mask;
+    let offset = sampled_offset(superblock, shift);
+    let count = u64::from(offset >= start && offset < start + (1 << order));
+    SampledFrames {
+        first_superblock: superblock,
+        count,
+    }
+}
+
+/// What the kernel program recorded about the latest allocation of one sampled frame.
+///
+/// Stored in an array indexed by superblock number. An allocation overwrites the entry; a free
+/// leaves it in place: whether the page is still held, and by which memory cgroup, is read from
+/// the kernel's own page state (`/proc/kpagecgroup`, `/proc/kpageflags`) when the agent takes its
+/// census, so there is no free-side program on the hot path and nothing to get out of step.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageAlloc {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at allocation; 0 when never seen.
+    pub ts_ns: u64,
+    /// Memory cgroup id (the inode number of its directory) of the allocating task; 0 if unknown.
+    pub task_memcg: u64,
+    /// Process (thread group) id of the allocating task.
+    pub tgid: u32,
+    /// Thread id of the allocating task.
+    pub pid: u32,
+    /// Kernel stack id in the `STACKS` map, or a negative errno from `bpf_get_stackid`.
+    pub kernel_stack: i32,
+    /// User stack id in the `STACKS` map, or a negative errno from `bpf_get_stackid`.
+    pub user_stack: i32,
+    /// The allocation's gfp flags (low 32 bits).
+    pub gfp_flags: u32,
+    /// Allocation order (`2^order` frames).
+    pub order: u16,
+    pub reserved: u16,
+    /// `comm` of the allocating task.
+    pub comm: [u8; 16],
+}
+
+/// Outcome of the vmemmap calibration program: the `struct page` address the allocator
+/// tracepoint passed for an allocation made by the calibrating process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CalibrationSample {
+    pub page: u64,
+    pub order: u64,
+}
+
+/// Byte offsets of the fields the classic `kmem:mm_page_alloc` tracepoint program reads, taken
+/// from the tracepoint's `format` file at run time (they differ between kernels).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocTracepointFields {
+    pub pfn: u32,
+    pub order: u32,
+    pub gfp_flags: u32,
+    pub reserved: u32,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain #[repr(C)] data of u32 fields, no padding.
+    unsafe impl aya::Pod for super::AllocTracepointFields {}
+    // SAFETY: plain #[repr(C)] data with no padding holes and no pointers.
+    unsafe impl aya::Pod for super::PageAlloc {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CalibrationSample {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_superblock_has_exactly_one_sampled_frame() {
+        for shift in [1, 4, 6, 8] {
+            for superblock in 0..2000u64 {
+                let base = superblock << shift;
+                let sampled: u64 = (0..1u64 << shift)
+                    .map(|i| sampled_frames(base + i, 0, shift).count)
+                    .sum();
+                assert_eq!(sampled, 1, "shift {shift} superblock {superblock}");
+                let pfn = sampled_pfn(superblock, shift);
+                assert_eq!(pfn >> shift, superblock);
+                assert_eq!(sampled_frames(pfn, 0, shift).count, 1);
+            }
+        }
+    }
+
+    #[test]
+    fn aligned_blocks_hold_their_share_of_sampled_frames() {
+        let shift = 6;
+        for order in 0..=10u32 {
+            let mut total = 0;
+            let blocks = 4096u64 >> order.min(6);
+            for block in 0..blocks {
+                let pfn = block << order;
+                let frames = sampled_frames(pfn, order, shift);
+                if order >= shift {
+                    assert_eq!(frames.count, 1 << (order - shift));
+                }
+                let brute = (pfn..pfn + (1 << order))
+                    .filter(|&p| sampled_pfn(p >> shift, shift) == p)
+                    .count() as u64;
+                assert_eq!(frames.count, brute, "order {order} pfn {pfn}");
+                total += frames.count;
+            }
+            assert_eq!(total, (blocks << order) >> shift, "order {order}");
+        }
+    }
+
+    #[test]
+    fn offsets_spread_over_the_superblock() {
+        let shift = 6;
+        let mut hist = [0u32; 64];
+        for superblock in 0..64_000u64 {
+            hist[sampled_offset(superblock, shift) as usize] += 1;
+        }
+        // 1000 expected per offset: every offset used, none more than 20% off.
+        assert!(hist.iter().all(|&n| (800..1200).contains(&n)), "{hist:?}");
+    }
+}

@@ -1,0 +1,221 @@
+//! Page allocator probes: deterministic sampling of page frames, each with its stacks.
+//!
+//! One program runs on every page allocation (`kmem:mm_page_alloc`), so its common path is kept
+//! to a handful of instructions: turn the page into a frame number, decide with
+//! [`sampled_frames`] whether the block holds a sampled frame, and return. Only for sampled frames
+//! (one in `2^SAMPLE_SHIFT`) does it capture stacks and write a [`PageAlloc`] record. There is no
+//! program on the free path: the agent reads whether a sampled page is still held, and by which
+//! memory cgroup, from the kernel's own page state (see `memlens_common::page`).
+//!
+//! Two attachments of the same logic: a raw tracepoint (cheapest: no trace record is built, the
+//! argument is the `struct page *`), and the classic tracepoint as a fallback (gives the pfn, but
+//! fills a trace record on every allocation).
+
+use aya_ebpf::{
+    bindings::BPF_F_USER_STACK,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{map, raw_tracepoint, tracepoint},
+    maps::{Array, StackTrace},
+    programs::{tracing::StackIdContext, RawTracePointContext, TracePointContext},
+    EbpfContext, Global,
+};
+use memlens_common::{
+    counters::Counter,
+    page::{
+        sampled_frames, AllocTracepointFields, CalibrationSample, PageAlloc, SampledFrames,
+        MAX_SAMPLED_PER_ALLOC,
+    },
+};
+
+use crate::{counters, task};
+
+/// `BPF_F_MMAPABLE`: lets the agent read the array without a syscall per entry.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+const EFAULT: i32 = 14;
+const EEXIST: i32 = 17;
+
+/// log2 of the number of page frames per superblock (one sampled frame per superblock).
+#[no_mangle]
+static SAMPLE_SHIFT: Global<u32> = Global::new(6);
+/// Number of entries of `PAGE_ALLOCS` (superblocks covering the highest frame at load).
+#[no_mangle]
+static SUPERBLOCKS: Global<u64> = Global::new(0);
+/// Address of the `struct page` of frame 0 (x86-64 `vmemmap_base`), calibrated by the agent.
+#[no_mangle]
+static VMEMMAP_BASE: Global<u64> = Global::new(0);
+/// `sizeof(struct page)`, from BTF.
+#[no_mangle]
+static PAGE_STRUCT_SIZE: Global<u64> = Global::new(64);
+/// Field offsets of the classic tracepoint's record, from its `format` file.
+#[no_mangle]
+static ALLOC_TP_FIELDS: Global<AllocTracepointFields> = Global::new(AllocTracepointFields {
+    pfn: 8,
+    order: 16,
+    gfp_flags: 24,
+    reserved: 0,
+});
+/// Process whose allocations the calibration program records.
+#[no_mangle]
+static CALIBRATION_TGID: Global<u32> = Global::new(0);
+
+/// Latest allocation of each sampled frame, indexed by superblock number.
+#[map]
+static PAGE_ALLOCS: Array<PageAlloc> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// Kernel and user stacks of sampled allocations. Sized by the agent, which also deletes the
+/// stacks no live record refers to any more.
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(1, 0);
+
+/// Calibration results: `CALIBRATION[0].page` counts samples, entries `1..` hold them.
+#[map]
+static CALIBRATION: Array<CalibrationSample> = Array::with_max_entries(65, 0);
+
+/// match-kernel: include/trace/events/kmem.h TRACE_EVENT(mm_page_alloc,
+/// TP_PROTO(struct page *page, unsigned int order, gfp_t gfp_flags, int migratetype))
+#[raw_tracepoint(tracepoint = "mm_page_alloc")]
+pub fn page_alloc_raw(ctx: RawTracePointContext) -> i32 {
+    let args = ctx.as_ptr() as *const u64;
+    // SAFETY: a raw tracepoint's context is its argument array; mm_page_alloc has four.
+    let (page, order, gfp) = unsafe { (*args, *args.add(1), *args.add(2)) };
+    let page_struct_size = PAGE_STRUCT_SIZE.load();
+    if page == 0 || page_struct_size == 0 {
+        return 0; // failed allocation (or not configured)
+    }
+    let pfn = page.wrapping_sub(VMEMMAP_BASE.load()) / page_struct_size;
+    on_alloc(&ctx, pfn, order as u32, gfp);
+    0
+}
+
+/// Same as [`page_alloc_raw`] through the classic tracepoint, whose record carries the pfn.
+#[tracepoint]
+pub fn page_alloc_tp(ctx: TracePointContext) -> i32 {
+    let fields = ALLOC_TP_FIELDS.load();
+    // SAFETY: offsets come from this tracepoint's format file.
+    let read = unsafe {
+        (
+            ctx.read_at::<u64>(fields.pfn as usize),
+            ctx.read_at::<u32>(fields.order as usize),
+            ctx.read_at::<u64>(fields.gfp_flags as usize),
+        )
+    };
+    if let (Ok(pfn), Ok(order), Ok(gfp)) = read {
+        if pfn != u64::MAX {
+            on_alloc(&ctx, pfn, order, gfp);
+        }
+    }
+    0
+}
+
+/// Records the `struct page` pointers of the calibrating process's allocations, so the agent
+/// can pair them with the frame numbers it reads from `/proc/self/pagemap`.
+#[raw_tracepoint(tracepoint = "mm_page_alloc")]
+pub fn page_alloc_calibrate(ctx: RawTracePointContext) -> i32 {
+    if (bpf_get_current_pid_tgid() >> 32) as u32 != CALIBRATION_TGID.load() {
+        return 0;
+    }
+    let args = ctx.as_ptr() as *const u64;
+    // SAFETY: as in page_alloc_raw.
+    let (page, order) = unsafe { (*args, *args.add(1)) };
+    let Some(head) = CALIBRATION.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: map value pointer; the calibrating process is single-threaded while this runs.
+    let next = unsafe { (*head).page } + 1;
+    if next < 65 {
+        if let Some(slot) = CALIBRATION.get_ptr_mut(next as u32) {
+            // SAFETY: map value pointer.
+            unsafe {
+                *slot = CalibrationSample { page, order };
+                (*head).page = next;
+            }
+        }
+    }
+    0
+}
+
+#[inline(always)]
+fn on_alloc<C: StackIdContext>(ctx: &C, pfn: u64, order: u32, gfp: u64) {
+    let frames = sampled_frames(pfn, order, SAMPLE_SHIFT.load());
+    if frames.count != 0 {
+        record(ctx, frames, order, gfp);
+    }
+}
+
+/// The sampled path: stacks, task identity, and one record per sampled frame of the block.
+#[inline(always)]
+fn record<C: StackIdContext>(ctx: &C, frames: SampledFrames, order: u32, gfp: u64) {
+    let kernel_stack = match ctx.get_stackid(&STACKS, 0) {
+        Ok(id) => id as i32,
+        Err(e) => {
+            counters::add(
+                if e == -EEXIST {
+                    Counter::StackCollisions
+                } else {
+                    Counter::KernelStackErrors
+                },
+                1,
+            );
+            e
+        }
+    };
+    let user_stack = match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
+        Ok(id) => id as i32,
+        Err(e) => {
+            counters::add(
+                match -e {
+                    EFAULT => Counter::UserStackNone,
+                    EEXIST => Counter::StackCollisions,
+                    _ => Counter::UserStackErrors,
+                },
+                1,
+            );
+            e
+        }
+    };
+    let task_memcg = task::current_memcg_id().unwrap_or_else(|_| {
+        counters::add(Counter::TaskMemcgErrors, 1);
+        0
+    });
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let entry = PageAlloc {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        task_memcg,
+        tgid: (pid_tgid >> 32) as u32,
+        pid: pid_tgid as u32,
+        kernel_stack,
+        user_stack,
+        gfp_flags: gfp as u32,
+        order: order as u16,
+        reserved: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+
+    counters::add(Counter::SampledAllocs, 1);
+    let mut count = frames.count;
+    if count > u64::from(MAX_SAMPLED_PER_ALLOC) {
+        counters::add(
+            Counter::HighOrderTruncated,
+            count - u64::from(MAX_SAMPLED_PER_ALLOC),
+        );
+        count = u64::from(MAX_SAMPLED_PER_ALLOC);
+    }
+    let superblocks = SUPERBLOCKS.load();
+    let mut recorded = 0;
+    for i in 0..u64::from(MAX_SAMPLED_PER_ALLOC) {
+        if i >= count {
+            break;
+        }
+        let superblock = frames.first_superblock + i;
+        if superblock >= superblocks {
+            counters::add(Counter::OutOfRange, count - i);
+            break;
+        }
+        if let Some(slot) = PAGE_ALLOCS.get_ptr_mut(superblock as u32) {
+            // SAFETY: map value pointer of the right type.
+            unsafe { *slot = entry };
+            recorded += 1;
+        }
+    }
+    counters::add(Counter::SampledFrames, recorded);
+}

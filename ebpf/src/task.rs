@@ -1,0 +1,44 @@
+//! Facts about the current task: its memory cgroup, read through BTF-derived offsets.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_task, bpf_probe_read_kernel},
+    Global,
+};
+use memlens_common::offsets::TaskMemcgOffsets;
+
+/// Offsets of `task->cgroups->subsys[memory]->cgroup->kn->id`, from the running kernel's BTF.
+#[no_mangle]
+static TASK_MEMCG_OFFSETS: Global<TaskMemcgOffsets> = Global::new(TaskMemcgOffsets {
+    task_cgroups: 0,
+    css_set_memory_subsys: 0,
+    css_cgroup: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
+    valid: 0,
+});
+
+/// Reads a kernel pointer-sized value at `base + offset`.
+#[inline(always)]
+fn read_u64(base: u64, offset: u32) -> Result<u64, i32> {
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one returns an error.
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const u64) }
+}
+
+/// Memory cgroup id of the current task, or an error if the offsets are unknown or a read fails.
+///
+/// match-kernel: include/linux/sched.h task_struct.cgroups; include/linux/cgroup-defs.h
+/// css_set.subsys, cgroup_subsys_state.cgroup, cgroup.kn; include/linux/kernfs.h kernfs_node.id
+#[inline(always)]
+pub fn current_memcg_id() -> Result<u64, i32> {
+    let offsets = TASK_MEMCG_OFFSETS.load();
+    if offsets.valid == 0 {
+        return Err(0);
+    }
+    // SAFETY: returns the current task_struct pointer; only used through probe reads.
+    let task = unsafe { bpf_get_current_task() };
+    let css_set = read_u64(task, offsets.task_cgroups)?;
+    let css = read_u64(css_set, offsets.css_set_memory_subsys)?;
+    let cgroup = read_u64(css, offsets.css_cgroup)?;
+    let kn = read_u64(cgroup, offsets.cgroup_kn)?;
+    read_u64(kn, offsets.kernfs_node_id)
+}

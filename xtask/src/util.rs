@@ -1,0 +1,130 @@
+//! Running commands, and the README's two jobs.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+/// Runs `cmd`, inheriting stdio; fails with the command line if it exits non-zero.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Builds the release binary (which embeds the kernel programs) and returns its path.
+pub fn build_release(root: &Path) -> Result<std::path::PathBuf> {
+    run(Command::new("cargo").current_dir(root).args([
+        "build",
+        "--release",
+        "--package",
+        "memlens",
+    ]))?;
+    Ok(root.join("target").join("release").join("memlens"))
+}
+
+/// `cargo xtask run`: starts the agent, then `memlens top --watch` in this terminal; stopping
+/// the view (Ctrl-C or `q`) stops the agent too.
+pub fn run_main_job(root: &Path, agent_args: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!("the agent loads kernel programs and needs root: run `sudo -E cargo xtask run`");
+    }
+    let memlens = build_release(root)?;
+    let log_path = root.join("target").join("memlens-agent.log");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    let mut agent = Command::new(&memlens)
+        .arg("agent")
+        .args(agent_args)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("cannot start memlens agent")?;
+    eprintln!(
+        "xtask: agent started (pid {}), log in {}",
+        agent.id(),
+        log_path.display()
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = agent.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            bail!("memlens agent exited ({status}):\n{log}");
+        }
+        let ready = Command::new(&memlens)
+            .arg("status")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ready {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = agent.kill();
+            bail!(
+                "memlens agent did not answer within 30 s; see {}",
+                log_path.display()
+            );
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    let view = Command::new(&memlens).args(["top", "--watch"]).status();
+    // SAFETY: plain kill(2) of the child we started, by pid.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let _ = agent.wait();
+    view.context("cannot run memlens top")?;
+    Ok(())
+}
+
+/// `cargo xtask test`: lints, unit tests, then the integration tests (root, real kernel).
+pub fn run_tests(root: &Path, lint: bool, filter: Option<&str>) -> Result<()> {
+    if lint {
+        run(Command::new("cargo")
+            .current_dir(root)
+            .args(["fmt", "--all", "--", "--check"]))
+        .context("formatting differs: run `cargo fmt --all`")?;
+        run(Command::new("cargo").current_dir(root).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    run(Command::new("cargo").current_dir(root).args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "memlens-tests",
+    ]))?;
+    if !is_root() {
+        bail!("the integration tests load kernel programs and create cgroups: run them as root");
+    }
+    let memlens = build_release(root)?;
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root)
+        .env("MEMLENS_BIN", &memlens)
+        .args(["test", "--release", "--package", "memlens-tests", "--"])
+        // One at a time: they measure memory and timing on a 2-core machine.
+        .args(["--test-threads", "1"]);
+    if let Some(filter) = filter {
+        cmd.arg(filter);
+    }
+    run(&mut cmd)
+}

@@ -1,0 +1,158 @@
+//! Bad input gets a clear one-line error and a non-zero exit, never a panic.
+
+use std::{
+    io::{Read as _, Write as _},
+    os::unix::{net::UnixStream, process::CommandExt as _},
+    process::Command,
+    time::Duration,
+};
+
+use memlens_tests::{memlens_bin, Agent};
+
+fn assert_clean_failure(out: &std::process::Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "panic: {stderr}"
+    );
+    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+}
+
+#[test]
+fn unknown_subcommand_and_bad_flags_are_usage_errors() {
+    let out = Command::new(memlens_bin())
+        .arg("frobnicate")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert_clean_failure(&out, "unrecognized subcommand 'frobnicate'");
+    let out = Command::new(memlens_bin())
+        .args(["agent", "--sample-shift", "99"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert_clean_failure(&out, "--sample-shift");
+}
+
+#[test]
+fn clients_without_an_agent_say_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("none.sock");
+    for cmd in [&["top"][..], &["status"]] {
+        let out = Command::new(memlens_bin())
+            .arg("--socket")
+            .arg(&socket)
+            .args(cmd)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(1));
+        assert_clean_failure(&out, "the memlens agent is not running");
+    }
+}
+
+#[test]
+fn agent_refuses_to_run_without_root() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
+    let out = Command::new(memlens_bin())
+        .arg("--socket")
+        .arg(dir.path().join("a.sock"))
+        .arg("agent")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run as nobody");
+    assert_clean_failure(&out, "needs root");
+}
+
+#[test]
+fn a_second_agent_on_the_same_socket_is_refused() {
+    let agent = Agent::start(&[]);
+    let out = Command::new(memlens_bin())
+        .arg("--socket")
+        .arg(&agent.socket)
+        .arg("agent")
+        .output()
+        .expect("run second agent");
+    assert_clean_failure(&out, "another memlens agent is already running");
+    // The first one is unharmed.
+    assert!(agent.cli(&["status"]).status.success(), "{}", agent.log());
+}
+
+fn raw_request(socket: &std::path::Path, request: &[u8]) -> String {
+    let mut stream = UnixStream::connect(socket).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream.write_all(request).expect("write");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
+#[test]
+fn malformed_api_requests_get_http_errors() {
+    let agent = Agent::start(&[]);
+    let bad_query = raw_request(
+        &agent.socket,
+        b"GET /v1/top?limit=lots HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(bad_query.starts_with("HTTP/1.1 400"), "{bad_query}");
+    assert!(bad_query.contains("\"error\""), "{bad_query}");
+    let unknown_key = raw_request(
+        &agent.socket,
+        b"GET /v1/top?colour=red HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(unknown_key.starts_with("HTTP/1.1 400"), "{unknown_key}");
+    let missing = raw_request(
+        &agent.socket,
+        b"GET /v1/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    let no_cgroup = raw_request(
+        &agent.socket,
+        b"GET /v1/top?cgroup=/no/such HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(no_cgroup.starts_with("HTTP/1.1 404"), "{no_cgroup}");
+    let garbage = raw_request(&agent.socket, b"\x00\x01 not http at all\r\n\r\n");
+    assert!(
+        garbage.is_empty() || garbage.starts_with("HTTP/1.1 400"),
+        "{garbage}"
+    );
+    // Still serving after all that.
+    assert!(agent.cli(&["status"]).status.success(), "{}", agent.log());
+    let out = agent.cli(&["top", "--cgroup", "/no/such"]);
+    assert_clean_failure(&out, "no memory cgroup matches");
+}
+
+#[test]
+fn status_has_one_line_per_capability() {
+    let agent = Agent::start(&[]);
+    let out = agent.cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for capability in [
+        "page probe",
+        "struct offsets",
+        "cgroup layout",
+        "sampling",
+        "page census",
+        "drops",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(capability)),
+            "no {capability:?} line in:\n{text}"
+        );
+    }
+    let json = agent.cli(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("status --json");
+    assert!(v["counters"]["sampled_frames"].is_u64(), "{v}");
+}

@@ -1,0 +1,207 @@
+//! Acceptance of page tracking per memory cgroup: real programs, real kernel, real cgroups,
+//! compared with the kernel's own `memory.stat`.
+
+use std::time::{Duration, Instant};
+
+use memlens_tests::{held, rel_diff, Agent, TestCgroup, Workload, MIB};
+
+/// Waits until the agent's estimate reflects the workload: a census taken after `since`.
+fn settled_row(agent: &Agent, cgroup: &TestCgroup, min_anon: u64) -> serde_json::Value {
+    let started = Instant::now();
+    let mut last = None;
+    // Two refreshes (500 ms) after the estimate first reaches most of the expected size.
+    while started.elapsed() < Duration::from_secs(20) {
+        let row = agent.row(&cgroup.path);
+        if let Some(r) = &row {
+            if held(r, "anon_bytes") >= min_anon {
+                std::thread::sleep(Duration::from_millis(1200));
+                return agent.row(&cgroup.path).expect("row still there");
+            }
+        }
+        last = row;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!(
+        "estimate never reached {min_anon} bytes; last row: {last:?}\n{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn anon_memory_is_attributed_to_its_cgroup_and_released() {
+    let agent = Agent::start(&[]);
+    let cgroup = TestCgroup::new("anon256");
+    let mut workload = Workload::start(&cgroup, &["anon", "256"]);
+    workload.expect_line("ready");
+
+    let row = settled_row(&agent, &cgroup, 200 * MIB);
+    let truth = cgroup.anon_bytes();
+    let reported = row["anon_bytes"].as_u64().expect("anon_bytes");
+    let estimate = held(&row, "anon_bytes");
+    let tracked = held(&row, "tracked_bytes");
+    eprintln!(
+        "memory.stat anon {} MiB; top anon {} MiB; eBPF held anon {:.1} MiB (tracked {:.1} MiB, ±{:.1} MiB)",
+        truth / MIB,
+        reported / MIB,
+        estimate as f64 / MIB as f64,
+        tracked as f64 / MIB as f64,
+        held(&row, "error95_bytes") as f64 / MIB as f64
+    );
+    assert!(
+        truth >= 256 * MIB,
+        "the kernel charged {truth} bytes of anon, expected 256 MiB"
+    );
+    assert!(
+        rel_diff(reported, truth) <= 0.05,
+        "top anon {reported} vs memory.stat {truth}"
+    );
+    assert!(
+        rel_diff(estimate, truth) <= 0.10,
+        "eBPF estimate {estimate} vs memory.stat {truth}"
+    );
+    // The workload started after the agent: its pages were seen being allocated.
+    assert!(
+        tracked as f64 >= 0.9 * estimate as f64,
+        "tracked {tracked} of {estimate}"
+    );
+
+    // Freed: the estimate falls back within 10 s.
+    workload.send("free");
+    workload.expect_line("freed");
+    let freed_at = Instant::now();
+    let row = agent
+        .wait_row(&cgroup.path, Duration::from_secs(10), |r| {
+            held(r, "anon_bytes") < 16 * MIB
+        })
+        .expect("cgroup still listed");
+    let left = held(&row, "anon_bytes");
+    assert!(
+        left < 16 * MIB,
+        "10 s after free the estimate is still {left} bytes"
+    );
+    eprintln!(
+        "estimate fell to {} KiB in {:?}",
+        left / 1024,
+        freed_at.elapsed()
+    );
+
+    // Exited and removed: the cgroup disappears from top.
+    workload.stop();
+    cgroup.remove();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.row(&cgroup.path).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "removed cgroup {} still listed after 10 s",
+            cgroup.path
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn estimate_falls_back_when_the_workload_exits() {
+    let agent = Agent::start(&[]);
+    let cgroup = TestCgroup::new("exit64");
+    let mut workload = Workload::start(&cgroup, &["anon", "64"]);
+    workload.expect_line("ready");
+    let row = settled_row(&agent, &cgroup, 48 * MIB);
+    assert!(
+        rel_diff(held(&row, "anon_bytes"), cgroup.anon_bytes()) <= 0.15,
+        "{row}"
+    );
+    workload.send("exit");
+    let row = agent
+        .wait_row(&cgroup.path, Duration::from_secs(10), |r| {
+            held(r, "anon_bytes") < 4 * MIB
+        })
+        .expect("cgroup still listed");
+    assert!(held(&row, "anon_bytes") < 4 * MIB, "after exit: {row}");
+}
+
+#[test]
+fn sibling_cgroups_are_each_attributed_their_own_pages() {
+    let agent = Agent::start(&[]);
+    let small = TestCgroup::new("anon128");
+    let large = TestCgroup::new("anon384");
+    let mut w_small = Workload::start(&small, &["anon", "128"]);
+    let mut w_large = Workload::start(&large, &["anon", "384"]);
+    w_small.expect_line("ready");
+    w_large.expect_line("ready");
+
+    let _ = settled_row(&agent, &large, 300 * MIB);
+    let top = agent.top();
+    let rows = top["cgroups"].as_array().expect("cgroups");
+    for (cgroup, mib) in [(&small, 128), (&large, 384)] {
+        let row = rows
+            .iter()
+            .find(|r| r["path"] == cgroup.path.as_str())
+            .unwrap_or_else(|| panic!("{} not in top", cgroup.path));
+        assert_eq!(
+            row["id"].as_u64(),
+            Some(cgroup.id()),
+            "id is the directory inode"
+        );
+        let truth = cgroup.anon_bytes();
+        let estimate = held(row, "anon_bytes");
+        eprintln!(
+            "{mib} MiB workload: memory.stat anon {:.1} MiB, eBPF held anon {:.1} MiB",
+            truth as f64 / MIB as f64,
+            estimate as f64 / MIB as f64
+        );
+        assert!(truth >= mib * MIB, "kernel charged only {truth}");
+        assert!(
+            rel_diff(estimate, truth) <= 0.10,
+            "{}: estimate {estimate} vs memory.stat {truth}",
+            cgroup.path
+        );
+    }
+    drop((w_small, w_large));
+}
+
+#[test]
+fn top_json_has_stable_fields_and_the_kernel_working_set() {
+    let agent = Agent::start(&[]);
+    let cgroup = TestCgroup::new("fields");
+    std::fs::write(
+        cgroup.dir.join(if cgroup.v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        }),
+        "536870912",
+    )
+    .expect("set limit");
+    let mut workload = Workload::start(&cgroup, &["anon", "32"]);
+    workload.expect_line("ready");
+    let row = settled_row(&agent, &cgroup, 24 * MIB);
+    for field in [
+        "id",
+        "path",
+        "name",
+        "usage_bytes",
+        "anon_bytes",
+        "file_bytes",
+        "active_file_bytes",
+        "inactive_file_bytes",
+        "kernel_bytes",
+        "working_set_bytes",
+        "limit_bytes",
+        "held",
+    ] {
+        assert!(row.get(field).is_some(), "field {field} missing: {row}");
+    }
+    assert_eq!(row["limit_bytes"].as_u64(), Some(512 * MIB));
+    let usage = row["usage_bytes"].as_u64().expect("usage");
+    let inactive = row["inactive_file_bytes"].as_u64().expect("inactive");
+    assert_eq!(
+        row["working_set_bytes"].as_u64(),
+        Some(usage.saturating_sub(inactive))
+    );
+    let table = agent.cli(&["top", "--cgroup", &cgroup.path]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.status.success() && text.contains("WORKING SET") && text.contains("MiB"),
+        "{text}"
+    );
+}

@@ -51,6 +51,7 @@ pub fn run(settings: &AgentSettings) -> Result<()> {
     };
     let status = StatusSource::new(
         probes.report.clone(),
+        Arc::clone(&probes.counters),
         layout.clone(),
         census.as_ref().err().cloned(),
     );
@@ -145,12 +146,7 @@ impl Refresher {
         });
         let mut snapshot = model::build(&self.layout, &discovery, census.as_ref(), self.page_size);
         snapshot.sample_shift = self.probes.report.sample_shift;
-        snapshot.counters = self
-            .probes
-            .counter_totals()
-            .into_iter()
-            .map(|(c, n)| (c.name().to_string(), n))
-            .collect();
+        snapshot.counters = self.probes.counters.totals();
         snapshot
     }
 }

@@ -1,10 +1,12 @@
 //! What `memlens status` reports: one line per capability, from how the probes were loaded and
 //! what the latest refresh saw.
 
+use std::sync::Arc;
+
 use crate::{
     api::{Capability, CapabilityState, StatusResponse},
     cgroup::CgroupLayout,
-    loader::LoadReport,
+    loader::{KernelCounters, LoadReport},
     model::Snapshot,
     units::Bytes,
 };
@@ -21,6 +23,7 @@ const LOSS_COUNTERS: [&str; 5] = [
 /// The fixed facts, plus the clock of the agent's start.
 pub struct StatusSource {
     report: LoadReport,
+    counters: Arc<KernelCounters>,
     layout: CgroupLayout,
     census_unavailable: Option<String>,
     started_at_unix_ms: u64,
@@ -30,6 +33,7 @@ impl StatusSource {
     #[must_use]
     pub fn new(
         report: LoadReport,
+        counters: Arc<KernelCounters>,
         layout: CgroupLayout,
         census_unavailable: Option<String>,
     ) -> StatusSource {
@@ -38,6 +42,7 @@ impl StatusSource {
             .map_or(0, |d| d.as_millis() as u64);
         StatusSource {
             report,
+            counters,
             layout,
             census_unavailable,
             started_at_unix_ms,
@@ -47,6 +52,8 @@ impl StatusSource {
     #[must_use]
     pub fn report(&self, snapshot: &Snapshot) -> StatusResponse {
         let r = &self.report;
+        // Live, not from the last refresh: benchmarks diff them around a workload.
+        let counters = self.counters.totals();
         let mut caps = Vec::new();
         let mut add = |name: &str, state, detail: String| {
             caps.push(Capability {
@@ -132,10 +139,7 @@ impl StatusSource {
             ),
             (None, None) => add("page census", CapabilityState::Degraded, "no census yet".into()),
         }
-        let lost: u64 = LOSS_COUNTERS
-            .iter()
-            .filter_map(|k| snapshot.counters.get(*k))
-            .sum();
+        let lost: u64 = LOSS_COUNTERS.iter().filter_map(|k| counters.get(*k)).sum();
         let sampled = snapshot
             .counters
             .get("sampled_frames")
@@ -152,10 +156,32 @@ impl StatusSource {
                 "{lost} lost updates ({}); {sampled} sampled frames recorded",
                 LOSS_COUNTERS
                     .iter()
-                    .map(|k| format!("{k} {}", snapshot.counters.get(*k).copied().unwrap_or(0)))
+                    .map(|k| format!("{k} {}", counters.get(*k).copied().unwrap_or(0)))
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
+        );
+        let programs = crate::loader::program_stats(&r.program_ids);
+        let costs: Vec<String> = programs
+            .iter()
+            .filter(|p| p.run_count > 0)
+            .map(|p| {
+                format!(
+                    "{} {} runs, {} ns/run",
+                    p.name,
+                    p.run_count,
+                    p.run_time_ns / p.run_count
+                )
+            })
+            .collect();
+        add(
+            "program cost",
+            CapabilityState::Ok,
+            if costs.is_empty() {
+                "not measured (sysctl kernel.bpf_stats_enabled=1 to measure)".into()
+            } else {
+                costs.join("; ")
+            },
         );
         if let Some(w) = &r.memlock_warning {
             add("memlock", CapabilityState::Ok, w.clone());
@@ -165,7 +191,8 @@ impl StatusSource {
             pid: std::process::id(),
             started_at_unix_ms: self.started_at_unix_ms,
             capabilities: caps,
-            counters: snapshot.counters.clone(),
+            counters,
+            programs,
         }
     }
 }

@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{CensusSummary, CgroupRow};
+use crate::{
+    loader::ProgramStats,
+    model::{CensusSummary, CgroupRow},
+};
 
 /// Where the agent listens by default.
 pub const DEFAULT_SOCKET: &str = "/run/memlens/memlens.sock";
@@ -43,6 +46,8 @@ pub struct StatusResponse {
     pub capabilities: Vec<Capability>,
     /// Kernel programs' counters (drops and failures included), summed over CPUs.
     pub counters: BTreeMap<String, u64>,
+    /// Run count and total run time per attached program (while `kernel.bpf_stats_enabled=1`).
+    pub programs: Vec<ProgramStats>,
 }
 
 /// `GET /v1/top`.

@@ -6,6 +6,8 @@ mod calibrate;
 mod page_allocs;
 pub mod tracefs;
 
+use std::{collections::BTreeMap, sync::Arc};
+
 use aya::{
     maps::{MapData, PerCpuArray, StackTraceMap},
     programs::{RawTracePoint, TracePoint},
@@ -17,6 +19,7 @@ use memlens_common::{
     page::{AllocTracepointFields, MAX_SAMPLE_SHIFT},
 };
 pub use page_allocs::PageAllocTable;
+use serde::{Deserialize, Serialize};
 
 use crate::{physmem, units::Pfn};
 
@@ -90,6 +93,37 @@ pub struct LoadReport {
     pub map_bytes: u64,
     /// Set when RLIMIT_MEMLOCK could not be raised (harmless on kernels >= 5.11).
     pub memlock_warning: Option<String>,
+    /// Kernel ids of the attached programs.
+    pub program_ids: Vec<u32>,
+}
+
+/// The programs' per-CPU counters (see `memlens_common::counters`), readable from any thread.
+pub struct KernelCounters(PerCpuArray<MapData, u64>);
+
+impl KernelCounters {
+    /// Every counter, summed over CPUs.
+    #[must_use]
+    pub fn totals(&self) -> BTreeMap<String, u64> {
+        Counter::ALL
+            .iter()
+            .map(|&c| {
+                let total = self
+                    .0
+                    .get(&(c as u32), 0)
+                    .map(|per_cpu| per_cpu.iter().copied().fold(0u64, u64::wrapping_add))
+                    .unwrap_or(0);
+                (c.name().to_string(), total)
+            })
+            .collect()
+    }
+}
+
+/// Cost of one kernel program, from the kernel's BPF statistics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramStats {
+    pub name: String,
+    pub run_count: u64,
+    pub run_time_ns: u64,
 }
 
 /// The loaded, attached programs and the maps the collectors read.
@@ -97,7 +131,7 @@ pub struct Probes {
     /// Owns the programs and their links: dropping it detaches everything.
     _ebpf: Ebpf,
     pub page_allocs: PageAllocTable,
-    pub counters: PerCpuArray<MapData, u64>,
+    pub counters: Arc<KernelCounters>,
     pub stacks: StackTraceMap<MapData>,
     pub report: LoadReport,
 }
@@ -164,17 +198,23 @@ impl Probes {
             ebpf.take_map("PAGE_ALLOCS")
                 .ok_or(LoadError::MissingProgram("PAGE_ALLOCS map"))?,
         )?;
-        let counters = PerCpuArray::try_from(
-            ebpf.take_map("COUNTERS")
-                .ok_or(LoadError::MissingProgram("COUNTERS map"))?,
-        )
-        .map_err(|e| ebpf_err("opening COUNTERS", e))?;
+        let counters = Arc::new(KernelCounters(
+            PerCpuArray::try_from(
+                ebpf.take_map("COUNTERS")
+                    .ok_or(LoadError::MissingProgram("COUNTERS map"))?,
+            )
+            .map_err(|e| ebpf_err("opening COUNTERS", e))?,
+        ));
         let stacks = StackTraceMap::try_from(
             ebpf.take_map("STACKS")
                 .ok_or(LoadError::MissingProgram("STACKS map"))?,
         )
         .map_err(|e| ebpf_err("opening STACKS", e))?;
 
+        let program_ids = ebpf
+            .programs()
+            .filter_map(|(_, p)| p.info().ok().map(|i| i.id()))
+            .collect();
         let record = size_of::<memlens_common::page::PageAlloc>() as u64;
         let report = LoadReport {
             page_probe,
@@ -189,6 +229,7 @@ impl Probes {
             stack_entries: options.stack_entries,
             map_bytes: sample_entries * record + u64::from(options.stack_entries) * (127 * 8 + 8),
             memlock_warning,
+            program_ids,
         };
         Ok(Probes {
             _ebpf: ebpf,
@@ -198,22 +239,21 @@ impl Probes {
             report,
         })
     }
+}
 
-    /// The programs' counters, summed over CPUs.
-    #[must_use]
-    pub fn counter_totals(&self) -> Vec<(Counter, u64)> {
-        Counter::ALL
-            .iter()
-            .map(|&c| {
-                let total = self
-                    .counters
-                    .get(&(c as u32), 0)
-                    .map(|per_cpu| per_cpu.iter().copied().fold(0u64, u64::wrapping_add))
-                    .unwrap_or(0);
-                (c, total)
-            })
-            .collect()
-    }
+/// Run count and time of the programs with these kernel ids, read live. The kernel only measures
+/// them while `kernel.bpf_stats_enabled=1` (two clock reads per run), so they are zero otherwise.
+#[must_use]
+pub fn program_stats(ids: &[u32]) -> Vec<ProgramStats> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|info| ids.contains(&info.id()))
+        .map(|info| ProgramStats {
+            name: info.name_as_str().unwrap_or("?").to_string(),
+            run_count: info.run_count(),
+            run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+        })
+        .collect()
 }
 
 /// The smallest shift >= the requested one whose array fits `max_sample_entries`.

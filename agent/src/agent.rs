@@ -6,7 +6,7 @@ use std::{
     path::PathBuf,
     sync::{mpsc, Arc},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::{
     api::server::{self, AppState, InstanceLock},
     cgroup::{self, CgroupLayout},
-    collectors::pages::PageCensus,
+    collectors::{pages::PageCensus, stacks::StackGc},
     loader::{LoadOptions, Probes},
     model::{self, Snapshot},
     physmem::PageState,
@@ -37,6 +37,10 @@ pub fn run(settings: &AgentSettings) -> Result<()> {
     let _lock = InstanceLock::acquire(&settings.socket)?;
     let layout = CgroupLayout::detect()?;
     tracing::info!("cgroups: {layout}");
+    match layout.memory_cgroup_of("self") {
+        Ok(own) => tracing::info!("the agent itself is in memory cgroup {own}"),
+        Err(e) => tracing::warn!("cannot tell the agent's own memory cgroup: {e}"),
+    }
     let probes = Probes::load(&settings.load)?;
     let census = match PageState::open() {
         Ok(state) => Ok(PageCensus::new(state, probes.report.sample_shift)),
@@ -59,6 +63,9 @@ pub fn run(settings: &AgentSettings) -> Result<()> {
     let mut refresher = Refresher {
         layout,
         probes,
+        stack_gc: StackGc::default(),
+        last_gc: None,
+        stacks_in_use: 0,
         census: census.ok(),
         max_cgroups: settings.max_cgroups,
         page_size: PageSize::system(),
@@ -68,12 +75,9 @@ pub fn run(settings: &AgentSettings) -> Result<()> {
     let interval = settings.refresh;
     let worker = thread::Builder::new()
         .name("refresh".into())
-        .spawn(move || loop {
-            match stop_rx.recv_timeout(interval) {
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let _ = tx.send(Arc::new(refresher.snapshot()));
-                }
-                _ => break,
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(interval) {
+                let _ = tx.send(Arc::new(refresher.snapshot()));
             }
         })
         .context("cannot start the refresh thread")?;
@@ -125,10 +129,17 @@ async fn shutdown_signal() {
     tracing::info!("stopping");
 }
 
+/// Stack collection runs at most this often; a kernel stack reused from the per-CPU memo is at
+/// most `cli::MAX_KERNEL_STACK_REUSE` old, far less than two collections apart.
+const STACK_GC_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Owns everything one refresh reads.
 struct Refresher {
     layout: CgroupLayout,
     probes: Probes,
+    stack_gc: StackGc,
+    last_gc: Option<Instant>,
+    stacks_in_use: usize,
     census: Option<PageCensus>,
     max_cgroups: usize,
     page_size: PageSize,
@@ -140,6 +151,17 @@ impl Refresher {
             .census
             .as_ref()
             .map(|c| c.take(&self.probes.page_allocs));
+        if let Some(census) = &census {
+            if self
+                .last_gc
+                .is_none_or(|t| t.elapsed() >= STACK_GC_INTERVAL)
+            {
+                self.stacks_in_use = self
+                    .stack_gc
+                    .collect(&mut self.probes.stacks, &census.referenced_stacks);
+                self.last_gc = Some(Instant::now());
+            }
+        }
         let discovery = cgroup::discover(&self.layout, self.max_cgroups).unwrap_or_else(|e| {
             tracing::warn!("cannot list cgroups: {e}");
             cgroup::Discovery::default()
@@ -147,6 +169,8 @@ impl Refresher {
         let mut snapshot = model::build(&self.layout, &discovery, census.as_ref(), self.page_size);
         snapshot.sample_shift = self.probes.report.sample_shift;
         snapshot.counters = self.probes.counters.totals();
+        snapshot.stacks_in_use = self.stacks_in_use;
+        snapshot.stacks_collected = self.stack_gc.collected;
         snapshot
     }
 }

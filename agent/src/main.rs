@@ -27,6 +27,8 @@ fn main() -> ExitCode {
                 sample_shift: args.sample_shift,
                 max_sample_entries: args.max_sample_entries,
                 stack_entries: args.stack_entries,
+                kernel_stack_reuse_ns: u64::try_from(args.kernel_stack_reuse.as_nanos())
+                    .unwrap_or(u64::MAX),
             },
             refresh: args.refresh,
             max_cgroups: args.max_cgroups,

@@ -84,6 +84,10 @@ pub struct Snapshot {
     pub census: Option<CensusSummary>,
     /// Kernel programs' counters, summed over CPUs.
     pub counters: BTreeMap<String, u64>,
+    /// Stacks in the kernel's stack map after the last collection.
+    pub stacks_in_use: usize,
+    /// Stacks deleted because no held page refers to them any more.
+    pub stacks_collected: u64,
 }
 
 /// Builds a snapshot from one discovery, the cgroups' counters and a census.

@@ -14,7 +14,6 @@ pub const KPAGEFLAGS: &str = "/proc/kpageflags";
 mod kpf {
     pub const LRU: u64 = 1 << 5;
     pub const SLAB: u64 = 1 << 7;
-    pub const BUDDY: u64 = 1 << 10;
     pub const MMAP: u64 = 1 << 11;
     pub const ANON: u64 = 1 << 12;
     pub const PGTABLE: u64 = 1 << 26;
@@ -65,12 +64,6 @@ impl PageKind {
         } else {
             PageKind::Kernel
         }
-    }
-
-    /// The page is free (in the buddy allocator).
-    #[must_use]
-    pub fn is_free(flags: u64) -> bool {
-        flags & kpf::BUDDY != 0
     }
 }
 
@@ -131,6 +124,5 @@ mod tests {
         assert_eq!(PageKind::from_flags(kpf::LRU), PageKind::File);
         assert_eq!(PageKind::from_flags(kpf::SLAB), PageKind::Kernel);
         assert_eq!(PageKind::from_flags(0), PageKind::Kernel);
-        assert!(PageKind::is_free(kpf::BUDDY));
     }
 }

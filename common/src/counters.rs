@@ -26,10 +26,12 @@ pub enum Counter {
     UserStackErrors = 7,
     /// Reading the allocating task's memory cgroup failed.
     TaskMemcgErrors = 8,
+    /// Kernel stacks reused from the per-CPU memo instead of walked (not a loss).
+    KernelStackReused = 9,
 }
 
 /// Number of counters; the size of the `COUNTERS` map.
-pub const COUNTER_COUNT: u32 = 9;
+pub const COUNTER_COUNT: u32 = 10;
 
 impl Counter {
     /// Every counter, in index order.
@@ -43,6 +45,7 @@ impl Counter {
         Counter::StackCollisions,
         Counter::UserStackErrors,
         Counter::TaskMemcgErrors,
+        Counter::KernelStackReused,
     ];
 
     /// Stable snake_case name, used in the API and metrics.
@@ -58,6 +61,7 @@ impl Counter {
             Counter::StackCollisions => "stack_collisions",
             Counter::UserStackErrors => "user_stack_errors",
             Counter::TaskMemcgErrors => "task_memcg_errors",
+            Counter::KernelStackReused => "kernel_stack_reused",
         }
     }
 }

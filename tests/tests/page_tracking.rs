@@ -120,6 +120,34 @@ fn estimate_falls_back_when_the_workload_exits() {
 }
 
 #[test]
+fn transparent_huge_pages_are_counted_whole() {
+    let agent = Agent::start(&[]);
+    let cgroup = TestCgroup::new("thp256");
+    let mut workload = Workload::start(&cgroup, &["anon-thp", "256"]);
+    workload.expect_line("ready");
+    let thp = cgroup.stat("rss_huge", "anon_thp");
+    assert!(
+        thp >= 200 * MIB,
+        "the kernel gave only {thp} bytes of THP; is THP disabled?"
+    );
+    let row = settled_row(&agent, &cgroup, 200 * MIB);
+    let truth = cgroup.anon_bytes();
+    let estimate = held(&row, "anon_bytes");
+    eprintln!(
+        "THP workload: memory.stat anon {:.1} MiB (huge {:.1} MiB), eBPF held anon {:.1} MiB",
+        truth as f64 / MIB as f64,
+        thp as f64 / MIB as f64,
+        estimate as f64 / MIB as f64
+    );
+    // A 2 MiB page holds exactly 8 sampled frames at the default rate: no sampling error there.
+    assert!(
+        rel_diff(estimate, truth) <= 0.03,
+        "estimate {estimate} vs memory.stat {truth}"
+    );
+    let _ = workload.pid();
+}
+
+#[test]
 fn sibling_cgroups_are_each_attributed_their_own_pages() {
     let agent = Agent::start(&[]);
     let small = TestCgroup::new("anon128");

@@ -35,6 +35,9 @@ pub enum Bench {
         /// Leave out the bpftrace peer.
         #[arg(long)]
         no_peer: bool,
+        /// Further flags for `memlens agent` (e.g. `--agent-arg=--refresh=1h`).
+        #[arg(long = "agent-arg", allow_hyphen_values = true)]
+        agent_args: Vec<String>,
     },
 }
 
@@ -54,7 +57,12 @@ pub fn run(root: &Path, which: Bench) -> Result<()> {
             passes,
             sample_shift,
             no_peer,
-        } => storm(root, rounds, mib, passes, sample_shift, !no_peer),
+            agent_args,
+        } => {
+            let mut args = vec!["--sample-shift".to_string(), sample_shift.to_string()];
+            args.extend(agent_args);
+            storm(root, rounds, mib, passes, sample_shift, &args, !no_peer)
+        }
     }
 }
 
@@ -79,6 +87,7 @@ fn storm(
     mib: usize,
     passes: usize,
     shift: u32,
+    agent_args: &[String],
     peer: bool,
 ) -> Result<()> {
     if peer {
@@ -94,7 +103,6 @@ fn storm(
         "memlens-workload",
     ]))?;
     let workload = root.join("target/release/memlens-workload");
-    let _stats = BpfStats::enable()?;
     let dir = std::env::temp_dir().join(format!("memlens-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let socket = dir.join("memlens.sock");
@@ -105,7 +113,7 @@ fn storm(
     }
     let mut agent_ratios = Vec::new();
     let mut peer_ratios = Vec::new();
-    let mut agent_runs = Vec::new();
+    let mut agent_runs: Vec<AgentRun> = Vec::new();
     let mut untraced_seconds = Vec::new();
     for round in 0..rounds {
         let mut order = configs.clone();
@@ -115,12 +123,10 @@ fn storm(
             let seconds = match config {
                 Config::Untraced => run_storm(&workload, mib, passes)?.0,
                 Config::Agent => {
-                    let run = with_agent(&memlens, &socket, shift, || {
+                    with_agent(&memlens, &socket, agent_args, || {
                         run_storm(&workload, mib, passes)
-                    })?;
-                    let seconds = run.seconds;
-                    agent_runs.push(run);
-                    seconds
+                    })?
+                    .seconds
                 }
                 Config::Peer => with_peer(|| run_storm(&workload, mib, passes))?.0,
             };
@@ -143,6 +149,15 @@ fn storm(
             }
         );
     }
+    // Program cost from the kernel's statistics, in separate runs: measuring costs two clock
+    // reads per program run, which must not inflate the ratios above.
+    let stats = BpfStats::enable()?;
+    for _ in 0..3 {
+        agent_runs.push(with_agent(&memlens, &socket, agent_args, || {
+            run_storm(&workload, mib, passes)
+        })?);
+    }
+    drop(stats);
     let _ = std::fs::remove_dir_all(&dir);
 
     let pages: u64 = agent_runs.iter().map(|r| r.pages).sum();
@@ -221,13 +236,14 @@ fn run_storm(workload: &Path, mib: usize, passes: usize) -> Result<(f64, u64)> {
 fn with_agent(
     memlens: &Path,
     socket: &Path,
-    shift: u32,
+    agent_args: &[String],
     storm: impl FnOnce() -> Result<(f64, u64)>,
 ) -> Result<AgentRun> {
     let mut agent = Command::new(memlens)
         .arg("--socket")
         .arg(socket)
-        .args(["agent", "--sample-shift", &shift.to_string()])
+        .arg("agent")
+        .args(agent_args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -155,16 +155,6 @@ impl CgroupLayout {
         }
     }
 
-    /// The directory of the cgroup at hierarchy path `path` (as in `/proc/<pid>/cgroup`).
-    #[must_use]
-    pub fn dir_of(&self, path: &str) -> PathBuf {
-        let relative = path
-            .strip_prefix(self.mount_root.trim_end_matches('/'))
-            .unwrap_or(path)
-            .trim_start_matches('/');
-        self.memory_root.join(relative)
-    }
-
     /// The hierarchy path of the memory cgroup of process `pid` (`self` for this process), from
     /// `/proc/<pid>/cgroup`.
     pub fn memory_cgroup_of(&self, pid: &str) -> Result<String, CgroupError> {
@@ -205,10 +195,21 @@ mod tests {
             .memory_cgroup_in(include_str!("../fixtures/proc-cgroup-hybrid"))
             .unwrap();
         assert_eq!(own, "/process_api/4e67e69224401c5281b8ed0bd26150c4");
-        assert_eq!(
-            layout.dir_of(&own),
-            PathBuf::from("/sys/fs/cgroup/memory/process_api/4e67e69224401c5281b8ed0bd26150c4")
-        );
+    }
+
+    #[test]
+    fn real_v2_guest_layout() {
+        let layout =
+            CgroupLayout::from_mountinfo(include_str!("../fixtures/v2/mountinfo-v2"), |_| {
+                Some("cpuset cpu io memory hugetlb pids rdma misc\n".into())
+            })
+            .unwrap();
+        assert_eq!(layout.version, CgroupVersion::V2);
+        assert_eq!(layout.memory_root, PathBuf::from("/sys/fs/cgroup"));
+        let own = layout
+            .memory_cgroup_in(include_str!("../fixtures/v2/proc-cgroup-v2"))
+            .unwrap();
+        assert_eq!(own, "/");
     }
 
     #[test]
@@ -241,16 +242,6 @@ mod tests {
         let err = CgroupLayout::from_mountinfo("22 27 0:21 / /proc rw - proc proc rw\n", |_| None)
             .unwrap_err();
         assert!(err.to_string().contains("no cgroup mount"), "{err}");
-    }
-
-    #[test]
-    fn cgroup_namespace_roots_are_stripped() {
-        let mountinfo = "1 0 0:26 /kubepods/pod1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
-        let layout = CgroupLayout::from_mountinfo(mountinfo, |_| Some("memory".into())).unwrap();
-        assert_eq!(
-            layout.dir_of("/kubepods/pod1/c1"),
-            PathBuf::from("/sys/fs/cgroup/c1")
-        );
     }
 
     #[test]

@@ -253,15 +253,15 @@ mod tests {
             ("memory.failcnt", "0\n"),
         ]));
         let stats = MemoryStats::from_v1(&files).unwrap();
-        assert_eq!(stats.anon, Bytes(2_162_688));
-        assert_eq!(stats.file, Bytes(893_480_960));
-        assert_eq!(stats.inactive_file, Bytes(481_353_728));
-        assert_eq!(stats.active_file, Bytes(412_127_232));
+        assert_eq!(stats.anon, Bytes(2_220_032));
+        assert_eq!(stats.file, Bytes(884_461_568));
+        assert_eq!(stats.inactive_file, Bytes(477_310_976));
+        assert_eq!(stats.active_file, Bytes(407_150_592));
         assert_eq!(stats.limit, None, "PAGE_COUNTER_MAX means unlimited");
         assert_eq!(stats.oom_kills, Some(0));
-        assert_eq!(stats.working_set(), Bytes(903_000_064 - 481_353_728));
+        assert_eq!(stats.working_set(), Bytes(903_000_064 - 477_310_976));
         // No kmem file in this fixture: kernel is what usage leaves after anon and file.
-        assert_eq!(stats.kernel, Bytes(903_000_064 - 2_162_688 - 893_480_960));
+        assert_eq!(stats.kernel, Bytes(903_000_064 - 2_220_032 - 884_461_568));
     }
 
     #[test]
@@ -275,6 +275,48 @@ mod tests {
         let stats = MemoryStats::from_v1(&files).unwrap();
         assert_eq!(stats.limit, Some(Bytes(256 << 20)));
         assert_eq!(stats.kernel, Bytes(4096));
+        assert_eq!(stats.oom_kills, None);
+    }
+
+    #[test]
+    fn v2_from_a_real_6_12_cgroup() {
+        let files = Fixture(HashMap::from([
+            ("memory.stat", include_str!("../fixtures/v2/v2-memory.stat")),
+            (
+                "memory.current",
+                include_str!("../fixtures/v2/v2-memory.current"),
+            ),
+            ("memory.max", include_str!("../fixtures/v2/v2-memory.max")),
+            (
+                "memory.events",
+                include_str!("../fixtures/v2/v2-memory.events-after-oom"),
+            ),
+        ]));
+        let stats = MemoryStats::from_v2(&files).unwrap();
+        assert_eq!(stats.usage, Bytes(58_023_936));
+        assert_eq!(stats.anon, Bytes(37_490_688));
+        assert_eq!(stats.file, Bytes(20_013_056));
+        assert_eq!(stats.shmem, Bytes(16_777_216));
+        assert_eq!(stats.kernel, Bytes(303_104));
+        assert_eq!(stats.slab_reclaimable, Some(Bytes(130_704)));
+        assert_eq!(stats.limit, Some(Bytes(64 << 20)));
+        assert_eq!(stats.oom_kills, Some(1));
+        assert_eq!(stats.limit_hits, Some(37));
+        assert_eq!(stats.swap, None, "no memory.swap.current in the fixture");
+        // inactive_file is 0 here: the working set is all of usage.
+        assert_eq!(stats.working_set(), stats.usage);
+    }
+
+    #[test]
+    fn v2_unlimited_and_pre_5_18_kernel_sum() {
+        let files = Fixture(HashMap::from([
+            ("memory.stat", "anon 10\nfile 20\nkernel_stack 1\npagetables 2\npercpu 3\nsock 4\nslab 5\nvmalloc 6\n"),
+            ("memory.current", "100\n"),
+            ("memory.max", "max\n"),
+        ]));
+        let stats = MemoryStats::from_v2(&files).unwrap();
+        assert_eq!(stats.limit, None);
+        assert_eq!(stats.kernel, Bytes(21));
         assert_eq!(stats.oom_kills, None);
     }
 

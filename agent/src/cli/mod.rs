@@ -44,6 +44,10 @@ pub struct AgentArgs {
     /// Distinct stacks kept in the kernel (about 1 KiB each).
     #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
     pub stack_entries: u32,
+    /// Reuse a CPU's last kernel stack for the same user stack within this long instead of
+    /// walking it again (the walk is the costliest part of a sample); 0s walks every time.
+    #[arg(long, default_value = "100ms", value_parser = parse_reuse)]
+    pub kernel_stack_reuse: Duration,
     /// How often to refresh the cgroup counters and the page census (e.g. 2s, 500ms).
     #[arg(long, default_value = "2s", value_parser = parse_refresh)]
     pub refresh: Duration,
@@ -76,6 +80,19 @@ pub struct TopArgs {
     /// Only this cgroup: its id, its path, or the end of its path.
     #[arg(long)]
     pub cgroup: Option<String>,
+}
+
+/// Longest `--kernel-stack-reuse`: well below the stack collector's interval, so a reused stack
+/// id is never one the collector just deleted.
+pub const MAX_KERNEL_STACK_REUSE: Duration = Duration::from_secs(1);
+
+/// A duration up to `MAX_KERNEL_STACK_REUSE` (0 allowed).
+fn parse_reuse(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 100ms, 0s)"))?;
+    if d > MAX_KERNEL_STACK_REUSE {
+        return Err("must be at most 1s".into());
+    }
+    Ok(d)
 }
 
 /// A duration between 100 ms and 1 h.

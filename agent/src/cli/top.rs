@@ -96,9 +96,9 @@ fn render(top: &TopResponse) -> String {
     }
     let mut out = table.to_string();
     out.push('\n');
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "{} cgroups{}; held = eBPF estimate from 1 page in {} (±: 95% interval)\n",
+        "{} cgroups{}; held = eBPF estimate from 1 page in {} (±: 95% interval)",
         top.cgroups.len(),
         if top.truncated > 0 {
             format!(" (+{} not shown: --limit 0 for all)", top.truncated)

@@ -7,7 +7,7 @@
 //! most `sqrt(held * 2^shift)` pages.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     time::{Duration, Instant},
 };
 
@@ -79,6 +79,8 @@ pub struct Census {
     /// Frames whose state could not be read.
     pub read_errors: u64,
     pub duration: Duration,
+    /// Stack ids the records of held frames refer to.
+    pub referenced_stacks: HashSet<u32>,
 }
 
 /// Takes censuses of the sampled frames.
@@ -118,7 +120,15 @@ impl PageCensus {
                 continue;
             };
             census.charged_frames += 1;
-            let tracked = table.get(superblock).is_some_and(|a| a.ts_ns != 0);
+            let record = table.get(superblock).filter(|a| a.ts_ns != 0);
+            if let Some(a) = record {
+                for id in [a.kernel_stack, a.user_stack] {
+                    if let Ok(id) = u32::try_from(id) {
+                        census.referenced_stacks.insert(id);
+                    }
+                }
+            }
+            let tracked = record.is_some();
             census.by_memcg.entry(memcg).or_default().add(
                 PageKind::from_flags(flags),
                 weight,

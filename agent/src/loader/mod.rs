@@ -69,6 +69,8 @@ pub struct LoadOptions {
     pub max_sample_entries: u64,
     /// Entries of the stack map.
     pub stack_entries: u32,
+    /// Reuse a CPU's kernel stack for the same user stack within this many ns (0: never).
+    pub kernel_stack_reuse_ns: u64,
 }
 
 /// How the programs were loaded: the facts behind `memlens status`.
@@ -163,6 +165,11 @@ impl Probes {
         let vmemmap_base = calibrate::vmemmap_base(EBPF_OBJECT, page_struct_size);
         let tp_fields = tracepoint_fields();
 
+        let page_struct_shift = if page_struct_size.is_power_of_two() {
+            page_struct_size.trailing_zeros()
+        } else {
+            0
+        };
         let mut loader = EbpfLoader::new();
         let base = vmemmap_base.as_ref().copied().unwrap_or(0);
         let fields = tp_fields.as_ref().copied().unwrap_or_default();
@@ -172,8 +179,14 @@ impl Probes {
             .override_global("SUPERBLOCKS", &sample_entries, true)
             .override_global("VMEMMAP_BASE", &base, true)
             .override_global("PAGE_STRUCT_SIZE", &page_struct_size, true)
+            .override_global("PAGE_STRUCT_SHIFT", &page_struct_shift, true)
             .override_global("ALLOC_TP_FIELDS", &fields, true)
             .override_global("TASK_MEMCG_OFFSETS", &offsets, true)
+            .override_global(
+                "KERNEL_STACK_REUSE_NS",
+                &options.kernel_stack_reuse_ns,
+                true,
+            )
             .map_max_entries(
                 "PAGE_ALLOCS",
                 u32::try_from(sample_entries).unwrap_or(u32::MAX),
@@ -374,6 +387,7 @@ mod tests {
             sample_shift: 6,
             max_sample_entries: 1 << 17,
             stack_entries: 1,
+            kernel_stack_reuse_ns: 0,
         };
         // 24 GiB of 4 KiB pages fits at 1 in 64.
         assert_eq!(

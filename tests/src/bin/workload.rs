@@ -4,6 +4,9 @@
 //! `memlens-workload anon <MiB>`: allocate, print `ready`; on stdin `free`: unmap, print `freed`;
 //! on `exit` or end of input: exit.
 //!
+//! `memlens-workload anon-thp <MiB>`: the same with `MADV_HUGEPAGE`, so the kernel backs it with
+//! 2 MiB transparent huge pages (order-9 allocations).
+//!
 //! `memlens-workload storm <MiB> <rounds>`: the page-fault storm of `cargo xtask bench storm`:
 //! map, touch and unmap `<MiB>` of anonymous memory `<rounds>` times, then print
 //! `seconds <s> pages <n>`.
@@ -13,7 +16,7 @@ use std::{
     time::Instant,
 };
 
-const USAGE: &str = "usage: memlens-workload anon <MiB> | storm <MiB> <rounds>";
+const USAGE: &str = "usage: memlens-workload anon <MiB> | anon-thp <MiB> | storm <MiB> <rounds>";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -27,7 +30,8 @@ fn main() {
         }
     };
     match args.get(1).map(String::as_str) {
-        Some("anon") => hold(number(2) << 20),
+        Some("anon") => hold(number(2) << 20, false),
+        Some("anon-thp") => hold(number(2) << 20, true),
         Some("storm") => storm(number(2) << 20, number(3)),
         _ => {
             eprintln!("{USAGE}");
@@ -56,6 +60,22 @@ fn map(len: usize) -> *mut libc::c_void {
     addr
 }
 
+/// Maps `len` bytes aligned to 2 MiB and asks for transparent huge pages.
+fn map_huge(len: usize) -> *mut libc::c_void {
+    const HUGE: usize = 2 << 20;
+    let raw = map(len + HUGE);
+    let aligned = (raw as usize).next_multiple_of(HUGE) as *mut libc::c_void;
+    // SAFETY: aligned..aligned+len lies inside the mapping made above.
+    if unsafe { libc::madvise(aligned, len, libc::MADV_HUGEPAGE) } != 0 {
+        eprintln!(
+            "madvise(MADV_HUGEPAGE) failed: {}",
+            std::io::Error::last_os_error()
+        );
+        std::process::exit(1);
+    }
+    aligned
+}
+
 fn storm(len: usize, rounds: usize) {
     let started = Instant::now();
     for _ in 0..rounds {
@@ -74,8 +94,8 @@ fn storm(len: usize, rounds: usize) {
     );
 }
 
-fn hold(len: usize) {
-    let addr = map(len);
+fn hold(len: usize, huge: bool) {
+    let addr = if huge { map_huge(len) } else { map(len) };
     // SAFETY: addr..addr+len is our mapping.
     let region = unsafe { std::slice::from_raw_parts_mut(addr.cast::<u8>(), len) };
     for page in region.chunks_mut(4096) {

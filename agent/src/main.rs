@@ -29,6 +29,7 @@ fn main() -> ExitCode {
                 stack_entries: args.stack_entries,
                 kernel_stack_reuse_ns: u64::try_from(args.kernel_stack_reuse.as_nanos())
                     .unwrap_or(u64::MAX),
+                btf: args.btf.clone(),
             },
             refresh: args.refresh,
             max_cgroups: args.max_cgroups,

@@ -74,6 +74,30 @@ fn agent_refuses_to_run_without_root() {
 }
 
 #[test]
+fn agent_without_btf_says_what_to_do() {
+    memlens_tests::require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(memlens_bin())
+        .arg("--socket")
+        .arg(dir.path().join("a.sock"))
+        .args(["agent", "--btf", "/nonexistent/vmlinux.btf"])
+        .output()
+        .expect("run agent");
+    assert_clean_failure(&out, "the BTF file /nonexistent/vmlinux.btf does not exist");
+    let garbage = dir.path().join("garbage.btf");
+    std::fs::write(&garbage, b"not btf").expect("write");
+    let out = Command::new(memlens_bin())
+        .arg("--socket")
+        .arg(dir.path().join("b.sock"))
+        .arg("agent")
+        .arg("--btf")
+        .arg(&garbage)
+        .output()
+        .expect("run agent");
+    assert_clean_failure(&out, "cannot parse BTF from");
+}
+
+#[test]
 fn a_second_agent_on_the_same_socket_is_refused() {
     let agent = Agent::start(&[]);
     let out = Command::new(memlens_bin())

@@ -83,6 +83,16 @@ pub fn run_main_job(root: &Path, agent_args: &[String]) -> Result<()> {
         }
         thread::sleep(Duration::from_millis(200));
     }
+    // Ctrl-C reaches the whole foreground group: the view and the agent stop on it; this process
+    // must outlive them to clean up, so it only notes the signal.
+    extern "C" fn note_interrupt(_: libc::c_int) {}
+    // SAFETY: installing a handler that does nothing (async-signal-safe).
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            note_interrupt as *const () as libc::sighandler_t,
+        )
+    };
     let view = Command::new(&memlens).args(["top", "--watch"]).status();
     // SAFETY: plain kill(2) of the child we started, by pid.
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
@@ -107,8 +117,11 @@ pub fn run_tests(root: &Path, lint: bool, filter: Option<&str>) -> Result<()> {
             "warnings",
         ]))?;
     }
+    // Release everywhere: the dependencies are then compiled once for the unit tests, the agent
+    // binary and the integration tests alike.
     run(Command::new("cargo").current_dir(root).args([
         "test",
+        "--release",
         "--workspace",
         "--exclude",
         "memlens-tests",

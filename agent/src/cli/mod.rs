@@ -51,6 +51,9 @@ pub struct AgentArgs {
     /// How often to refresh the cgroup counters and the page census (e.g. 2s, 500ms).
     #[arg(long, default_value = "2s", value_parser = parse_refresh)]
     pub refresh: Duration,
+    /// BTF of the running kernel, for kernels without /sys/kernel/btf/vmlinux (e.g. from BTFHub).
+    #[arg(long, value_name = "FILE")]
+    pub btf: Option<PathBuf>,
     /// Most memory cgroups listed.
     #[arg(long, default_value_t = 10_000)]
     pub max_cgroups: usize,

@@ -12,11 +12,14 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 pub enum BtfError {
     #[error(
         "this kernel exposes no BTF ({VMLINUX_BTF} is missing): memlens needs a kernel built with \
-         CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since 5.4 are)"
+         CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since 5.4 are), or a BTF file for \
+         this kernel given with --btf (e.g. from BTFHub)"
     )]
     Missing,
-    #[error("cannot parse {VMLINUX_BTF}: {0}")]
-    Parse(String),
+    #[error("the BTF file {0} does not exist")]
+    MissingFile(String),
+    #[error("cannot parse BTF from {0}: {1}")]
+    Parse(String, String),
     #[error("BTF has no {0}")]
     NotFound(String),
 }
@@ -27,15 +30,17 @@ pub struct KernelBtf {
 }
 
 impl KernelBtf {
-    pub fn load() -> Result<KernelBtf, BtfError> {
-        KernelBtf::from_file(Path::new(VMLINUX_BTF))
-    }
-
-    pub fn from_file(path: &Path) -> Result<KernelBtf, BtfError> {
-        if !path.exists() {
-            return Err(BtfError::Missing);
+    /// The running kernel's BTF, or the file `path` when given.
+    pub fn load(path: Option<&Path>) -> Result<KernelBtf, BtfError> {
+        let file = path.unwrap_or(Path::new(VMLINUX_BTF));
+        if !file.exists() {
+            return Err(match path {
+                Some(p) => BtfError::MissingFile(p.display().to_string()),
+                None => BtfError::Missing,
+            });
         }
-        let btf = Btf::from_file(path).map_err(|e| BtfError::Parse(e.to_string()))?;
+        let btf = Btf::from_file(file)
+            .map_err(|e| BtfError::Parse(file.display().to_string(), e.to_string()))?;
         Ok(KernelBtf { btf })
     }
 

@@ -6,7 +6,7 @@ mod calibrate;
 mod page_allocs;
 pub mod tracefs;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
 use aya::{
     maps::{MapData, PerCpuArray, StackTraceMap},
@@ -71,6 +71,8 @@ pub struct LoadOptions {
     pub stack_entries: u32,
     /// Reuse a CPU's kernel stack for the same user stack within this many ns (0: never).
     pub kernel_stack_reuse_ns: u64,
+    /// BTF of the running kernel, when not at /sys/kernel/btf/vmlinux.
+    pub btf: Option<PathBuf>,
 }
 
 /// How the programs were loaded: the facts behind `memlens status`.
@@ -151,7 +153,7 @@ impl Probes {
             )));
         }
         let memlock_warning = raise_memlock_rlimit();
-        let kernel_btf = btf::KernelBtf::load()?;
+        let kernel_btf = btf::KernelBtf::load(options.btf.as_deref())?;
         let page_struct_size = kernel_btf.struct_size("page")?;
         let task_memcg_offsets = kernel_btf.task_memcg_offsets().map_err(|e| e.to_string());
         if let Err(e) = &task_memcg_offsets {
@@ -170,7 +172,15 @@ impl Probes {
         } else {
             0
         };
+        let aya_btf = match &options.btf {
+            Some(path) => Some(
+                aya::Btf::parse_file(path, aya::Endianness::default())
+                    .map_err(|e| btf::BtfError::Parse(path.display().to_string(), e.to_string()))?,
+            ),
+            None => aya::Btf::from_sys_fs().ok(),
+        };
         let mut loader = EbpfLoader::new();
+        loader.btf(aya_btf.as_ref());
         let base = vmemmap_base.as_ref().copied().unwrap_or(0);
         let fields = tp_fields.as_ref().copied().unwrap_or_default();
         let offsets = task_memcg_offsets.clone().unwrap_or_default();
@@ -388,6 +398,7 @@ mod tests {
             max_sample_entries: 1 << 17,
             stack_entries: 1,
             kernel_stack_reuse_ns: 0,
+            btf: None,
         };
         // 24 GiB of 4 KiB pages fits at 1 in 64.
         assert_eq!(

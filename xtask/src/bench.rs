@@ -1,6 +1,7 @@
-//! `cargo xtask bench`: overhead measured side by side, interleaved in one run (this machine kind
-//! is noisy: about ±15% between runs, so only ratios within one round are compared, and medians
-//! of those ratios reported).
+//! `cargo xtask bench`: overhead measured side by side, interleaved in one run. This machine kind
+//! is noisy (its speed drifts by ±15% between runs), so only runs of the same round are compared:
+//! the report gives the median of per-round ratios with quartiles, and the ratio of the fastest
+//! runs (interference only ever slows a run down).
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -17,21 +18,21 @@ use crate::{setup, util};
 
 #[derive(Subcommand)]
 pub enum Bench {
-    /// Page-fault storm (map, touch, unmap anonymous memory): untraced, with the agent, and with
-    /// a memleak-style bpftrace peer, interleaved.
+    /// Page-fault storm (map, touch, unmap anonymous memory): untraced, with the agent (one
+    /// configuration per --sample-shift), and with a memleak-style bpftrace peer, interleaved.
     Storm {
         /// Interleaved rounds (each runs every configuration once).
-        #[arg(long, default_value_t = 12)]
+        #[arg(long, default_value_t = 30)]
         rounds: usize,
         /// MiB mapped and touched per storm pass.
         #[arg(long, default_value_t = 1024)]
         mib: usize,
         /// Storm passes per run.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 1)]
         passes: usize,
-        /// The agent's --sample-shift.
-        #[arg(long, default_value_t = 6)]
-        sample_shift: u32,
+        /// The agent's --sample-shift; repeat to compare several rates in the same run.
+        #[arg(long, default_values_t = [6, 7])]
+        sample_shift: Vec<u32>,
         /// Leave out the bpftrace peer.
         #[arg(long)]
         no_peer: bool,
@@ -59,9 +60,12 @@ pub fn run(root: &Path, which: Bench) -> Result<()> {
             no_peer,
             agent_args,
         } => {
-            let mut args = vec!["--sample-shift".to_string(), sample_shift.to_string()];
-            args.extend(agent_args);
-            storm(root, rounds, mib, passes, sample_shift, &args, !no_peer)
+            let mut configs = vec![Config::Untraced];
+            configs.extend(sample_shift.iter().map(|&s| Config::Agent(s)));
+            if !no_peer {
+                configs.push(Config::Peer);
+            }
+            storm(root, rounds, &Storm { mib, passes }, &configs, &agent_args)
         }
     }
 }
@@ -69,28 +73,44 @@ pub fn run(root: &Path, which: Bench) -> Result<()> {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Config {
     Untraced,
-    Agent,
+    /// The agent at this sample shift.
+    Agent(u32),
     Peer,
 }
 
+impl Config {
+    fn name(self) -> String {
+        match self {
+            Config::Untraced => "untraced".into(),
+            Config::Agent(shift) => format!("memlens agent, 1 page in {}", 1u64 << shift),
+            Config::Peer => "bpftrace memleak-style peer".into(),
+        }
+    }
+}
+
+struct Storm {
+    mib: usize,
+    passes: usize,
+}
+
+/// A storm run with the agent, and what the agent's counters said about it.
 struct AgentRun {
     seconds: f64,
     pages: u64,
     runs: u64,
     run_ns: u64,
     sampled_frames: u64,
+    reused_kernel_stacks: u64,
 }
 
 fn storm(
     root: &Path,
     rounds: usize,
-    mib: usize,
-    passes: usize,
-    shift: u32,
+    storm: &Storm,
+    configs: &[Config],
     agent_args: &[String],
-    peer: bool,
 ) -> Result<()> {
-    if peer {
+    if configs.contains(&Config::Peer) {
         setup::install_packages(&["bpftrace"])?;
     }
     let memlens = util::build_release(root)?;
@@ -106,108 +126,114 @@ fn storm(
     let dir = std::env::temp_dir().join(format!("memlens-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let socket = dir.join("memlens.sock");
-
-    let mut configs = vec![Config::Untraced, Config::Agent];
-    if peer {
-        configs.push(Config::Peer);
-    }
-    let mut agent_ratios = Vec::new();
-    let mut peer_ratios = Vec::new();
-    let mut agent_runs: Vec<AgentRun> = Vec::new();
-    let mut untraced_seconds = Vec::new();
-    for round in 0..rounds {
-        let mut order = configs.clone();
-        order.rotate_left(round % configs.len());
-        let mut times = [0.0f64; 3];
-        for config in order {
-            let seconds = match config {
-                Config::Untraced => run_storm(&workload, mib, passes)?.0,
-                Config::Agent => {
-                    with_agent(&memlens, &socket, agent_args, || {
-                        run_storm(&workload, mib, passes)
-                    })?
-                    .seconds
-                }
-                Config::Peer => with_peer(|| run_storm(&workload, mib, passes))?.0,
-            };
-            times[config as usize] = seconds;
-        }
-        untraced_seconds.push(times[0]);
-        agent_ratios.push(times[1] / times[0]);
-        if peer {
-            peer_ratios.push(times[2] / times[0]);
-        }
-        eprintln!(
-            "round {}/{rounds}: untraced {:.3} s, agent x{:.3}{}",
-            round + 1,
-            times[0],
-            times[1] / times[0],
-            if peer {
-                format!(", bpftrace x{:.3}", times[2] / times[0])
-            } else {
-                String::new()
+    let agent = |shift: u32| -> Vec<String> {
+        let mut args = vec!["--sample-shift".to_string(), shift.to_string()];
+        args.extend(agent_args.iter().cloned());
+        args
+    };
+    let run_one = |config: Config| -> Result<f64> {
+        Ok(match config {
+            Config::Untraced => run_storm(&workload, storm)?.0,
+            Config::Agent(shift) => {
+                with_agent(&memlens, &socket, &agent(shift), || {
+                    run_storm(&workload, storm)
+                })?
+                .seconds
             }
+            Config::Peer => with_peer(|| run_storm(&workload, storm))?.0,
+        })
+    };
+
+    // seconds[config][round]
+    let mut seconds: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    for round in 0..rounds {
+        // Rotate the order so no configuration always runs first or last.
+        let mut order: Vec<usize> = (0..configs.len()).collect();
+        order.rotate_left(round % configs.len());
+        for i in order {
+            seconds[i].push(run_one(configs[i])?);
+        }
+        let ratios: Vec<String> = (1..configs.len())
+            .map(|i| format!("x{:.3}", seconds[i][round] / seconds[0][round]))
+            .collect();
+        eprintln!(
+            "round {}/{rounds}: untraced {:.3} s, {}",
+            round + 1,
+            seconds[0][round],
+            ratios.join(", ")
         );
     }
+
     // Program cost from the kernel's statistics, in separate runs: measuring costs two clock
     // reads per program run, which must not inflate the ratios above.
     let stats = BpfStats::enable()?;
-    for _ in 0..3 {
-        agent_runs.push(with_agent(&memlens, &socket, agent_args, || {
-            run_storm(&workload, mib, passes)
-        })?);
+    let mut costs = Vec::new();
+    for &config in configs {
+        if let Config::Agent(shift) = config {
+            let runs: Vec<AgentRun> = (0..3)
+                .map(|_| {
+                    with_agent(&memlens, &socket, &agent(shift), || {
+                        run_storm(&workload, storm)
+                    })
+                })
+                .collect::<Result<_>>()?;
+            costs.push((shift, runs));
+        }
     }
     drop(stats);
     let _ = std::fs::remove_dir_all(&dir);
 
-    let pages: u64 = agent_runs.iter().map(|r| r.pages).sum();
-    let seconds: f64 = agent_runs.iter().map(|r| r.seconds).sum();
-    let runs: u64 = agent_runs.iter().map(|r| r.runs).sum();
-    let run_ns: u64 = agent_runs.iter().map(|r| r.run_ns).sum();
-    let sampled: u64 = agent_runs.iter().map(|r| r.sampled_frames).sum();
-    println!("## storm: {mib} MiB x {passes} passes per run, {rounds} interleaved rounds, sample 1 in {}", 1u64 << shift);
+    println!(
+        "## storm: {} MiB x {} passes per run, {rounds} interleaved rounds",
+        storm.mib, storm.passes
+    );
     println!();
-    println!("| configuration | added time (median of per-round ratios) | quartiles |");
-    println!("|---|---|---|");
-    println!(
-        "| untraced | {:.3} s per run (median) | |",
-        median(&mut untraced_seconds.clone())
-    );
-    let (q1, med, q3) = quartiles(&mut agent_ratios);
-    println!(
-        "| memlens agent | {:+.1}% | {:+.1}% .. {:+.1}% |",
-        pct(med),
-        pct(q1),
-        pct(q3)
-    );
-    if peer {
-        let (q1, med, q3) = quartiles(&mut peer_ratios);
+    println!("| configuration | fastest run | added time, fastest runs | added time, median of per-round ratios (quartiles) |");
+    println!("|---|---|---|---|");
+    let fastest = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    let base = fastest(&seconds[0]);
+    println!("| untraced | {base:.3} s | | |");
+    for (i, config) in configs.iter().enumerate().skip(1) {
+        let mut ratios: Vec<f64> = seconds[i]
+            .iter()
+            .zip(&seconds[0])
+            .map(|(s, u)| s / u)
+            .collect();
+        let (q1, med, q3) = quartiles(&mut ratios);
         println!(
-            "| bpftrace memleak-style peer | {:+.1}% | {:+.1}% .. {:+.1}% |",
+            "| {} | {:.3} s | {:+.1}% | {:+.1}% ({:+.1}% .. {:+.1}%) |",
+            config.name(),
+            fastest(&seconds[i]),
+            pct(fastest(&seconds[i]) / base),
             pct(med),
             pct(q1),
             pct(q3)
         );
     }
     println!();
-    println!(
-        "agent: {:.0} page allocations/s handled by the kernel program ({} runs for {} storm pages), \
-         {:.1} ns per run (kernel.bpf_stats_enabled), {:.0} sampled frames/s",
-        runs as f64 / seconds,
-        runs,
-        pages,
-        if runs > 0 { run_ns as f64 / runs as f64 } else { 0.0 },
-        sampled as f64 / seconds
-    );
+    for (shift, runs) in costs {
+        let pages: u64 = runs.iter().map(|r| r.pages).sum();
+        let secs: f64 = runs.iter().map(|r| r.seconds).sum();
+        let count: u64 = runs.iter().map(|r| r.runs).sum();
+        let run_ns: u64 = runs.iter().map(|r| r.run_ns).sum();
+        let sampled: u64 = runs.iter().map(|r| r.sampled_frames).sum();
+        let reused: u64 = runs.iter().map(|r| r.reused_kernel_stacks).sum();
+        println!(
+            "- 1 page in {}: {:.0} page allocations/s through the kernel program ({count} runs for \
+             {pages} storm pages), {:.1} ns per run including the statistics' own cost, {:.0} sampled \
+             allocations/s, {:.0}% of their kernel stacks reused",
+            1u64 << shift,
+            count as f64 / secs,
+            if count > 0 { run_ns as f64 / count as f64 } else { 0.0 },
+            sampled as f64 / secs,
+            if sampled > 0 { 100.0 * reused as f64 / sampled as f64 } else { 0.0 }
+        );
+    }
     Ok(())
 }
 
 fn pct(ratio: f64) -> f64 {
     (ratio - 1.0) * 100.0
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    quartiles(v).1
 }
 
 fn quartiles(v: &mut [f64]) -> (f64, f64, f64) {
@@ -220,9 +246,9 @@ fn quartiles(v: &mut [f64]) -> (f64, f64, f64) {
 }
 
 /// Runs the storm; returns (seconds, pages).
-fn run_storm(workload: &Path, mib: usize, passes: usize) -> Result<(f64, u64)> {
+fn run_storm(workload: &Path, storm: &Storm) -> Result<(f64, u64)> {
     let out = Command::new(workload)
-        .args(["storm", &mib.to_string(), &passes.to_string()])
+        .args(["storm", &storm.mib.to_string(), &storm.passes.to_string()])
         .output()
         .context("running the storm")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -279,6 +305,7 @@ fn with_agent(
         runs: after.runs.saturating_sub(before.runs),
         run_ns: after.run_ns.saturating_sub(before.run_ns),
         sampled_frames: after.sampled_frames.saturating_sub(before.sampled_frames),
+        reused_kernel_stacks: after.reused.saturating_sub(before.reused),
     })
 }
 
@@ -351,6 +378,7 @@ struct Status {
     runs: u64,
     run_ns: u64,
     sampled_frames: u64,
+    reused: u64,
 }
 
 impl Status {
@@ -363,7 +391,8 @@ impl Status {
         Some(Status {
             runs: program["run_count"].as_u64()?,
             run_ns: program["run_time_ns"].as_u64()?,
-            sampled_frames: v["counters"]["sampled_frames"].as_u64()?,
+            sampled_frames: v["counters"]["sampled_allocs"].as_u64()?,
+            reused: v["counters"]["kernel_stack_reused"].as_u64()?,
         })
     }
 }

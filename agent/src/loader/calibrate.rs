@@ -12,14 +12,20 @@ use aya::{maps::Array, programs::RawTracePoint, EbpfLoader};
 use memlens_common::page::CalibrationSample;
 
 use super::{ebpf_err, LoadError};
+use crate::units::PageSize;
 
 /// Pages touched; the base must explain at least half of them.
 const PAGES: usize = 32;
 
 /// Returns `vmemmap_base` for pages of `page_struct_size` bytes.
-pub fn vmemmap_base(object: &[u8], page_struct_size: u64) -> Result<u64, LoadError> {
+pub fn vmemmap_base(
+    object: &[u8],
+    btf: Option<&aya::Btf>,
+    page_struct_size: u64,
+) -> Result<u64, LoadError> {
     let tgid = std::process::id();
     let mut ebpf = EbpfLoader::new()
+        .btf(btf)
         .override_global("CALIBRATION_TGID", &tgid, true)
         .map_max_entries("PAGE_ALLOCS", 1)
         .map_max_entries("STACKS", 1)
@@ -79,7 +85,7 @@ fn best_base(
 
 /// Maps and touches `PAGES` fresh 4 KiB pages; returns their frame numbers.
 fn touch_fresh_pages() -> Result<Vec<u64>, LoadError> {
-    let page = 4096usize;
+    let page = usize::try_from(PageSize::system().0).unwrap_or(4096);
     let len = PAGES * page;
     // SAFETY: anonymous private mapping, unmapped below; no aliasing.
     let addr = unsafe {

@@ -163,21 +163,23 @@ impl Probes {
         let end_pfn = physmem::end_pfn().map_err(|e| LoadError::Io("/proc/zoneinfo", e))?;
         let (sample_shift, sample_entries) = size_samples(end_pfn, options)?;
 
-        // The raw tracepoint needs vmemmap_base; the classic one needs tracefs.
-        let vmemmap_base = calibrate::vmemmap_base(EBPF_OBJECT, page_struct_size);
-        let tp_fields = tracepoint_fields();
-
-        let page_struct_shift = if page_struct_size.is_power_of_two() {
-            page_struct_size.trailing_zeros()
-        } else {
-            0
-        };
+        // aya's own parse of the same BTF, for the loader's relocations.
         let aya_btf = match &options.btf {
             Some(path) => Some(
                 aya::Btf::parse_file(path, aya::Endianness::default())
                     .map_err(|e| btf::BtfError::Parse(path.display().to_string(), e.to_string()))?,
             ),
             None => aya::Btf::from_sys_fs().ok(),
+        };
+
+        // The raw tracepoint needs vmemmap_base; the classic one needs tracefs.
+        let vmemmap_base = calibrate::vmemmap_base(EBPF_OBJECT, aya_btf.as_ref(), page_struct_size);
+        let tp_fields = tracepoint_fields();
+
+        let page_struct_shift = if page_struct_size.is_power_of_two() {
+            page_struct_size.trailing_zeros()
+        } else {
+            0
         };
         let mut loader = EbpfLoader::new();
         loader.btf(aya_btf.as_ref());

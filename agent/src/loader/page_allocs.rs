@@ -7,6 +7,7 @@ use aya::maps::{Map, MapData};
 use memlens_common::page::PageAlloc;
 
 use super::{ebpf_err, LoadError};
+use crate::units::PageSize;
 
 /// Read-only view of the kernel's array of sampled-page records.
 pub struct PageAllocTable {
@@ -32,7 +33,7 @@ impl PageAllocTable {
         let info = data.info().map_err(|e| ebpf_err("PAGE_ALLOCS info", e))?;
         let entries = u64::from(info.max_entries());
         let record = size_of::<PageAlloc>();
-        let page = 4096usize;
+        let page = usize::try_from(PageSize::system().0).unwrap_or(4096);
         let len = usize::try_from(entries)
             .ok()
             .and_then(|n| n.checked_mul(record))

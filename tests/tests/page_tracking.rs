@@ -139,7 +139,7 @@ fn transparent_huge_pages_are_counted_whole() {
         thp as f64 / MIB as f64,
         estimate as f64 / MIB as f64
     );
-    // A 2 MiB page holds exactly 8 sampled frames at the default rate: no sampling error there.
+    // A 2 MiB page holds exactly 2^(9 - shift) sampled frames: no sampling error there.
     assert!(
         rel_diff(estimate, truth) <= 0.03,
         "estimate {estimate} vs memory.stat {truth}"

@@ -37,7 +37,7 @@ pub enum Command {
 pub struct AgentArgs {
     /// Sample one page frame in 2^N (0..=16; default 1 in 64). Lower is more precise and costs
     /// more: see docs/benchmarks.md.
-    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=16))]
+    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(0..=16))]
     pub sample_shift: u32,
     /// Upper bound on sampled-frame records (56 bytes each); the shift is raised to fit.
     #[arg(long, default_value_t = 524_288, value_parser = clap::value_parser!(u64).range(1..=16_777_216))]

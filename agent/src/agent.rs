@@ -4,22 +4,23 @@
 
 use std::{
     path::PathBuf,
-    sync::{mpsc, Arc},
+    sync::{mpsc, Arc, RwLock},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
-use tokio::sync::watch;
 
 use crate::{
-    api::server::{self, AppState, InstanceLock},
+    api::server::{self, AppState, InstanceLock, LeakSources},
+    attribution::{history::History, Attribution},
     cgroup::{self, CgroupLayout},
     collectors::{pages::PageCensus, stacks::StackGc},
     loader::{LoadOptions, Probes},
-    model::{self, Snapshot},
+    model::{self, Snapshot, Snapshots},
     physmem::PageState,
     status::StatusSource,
+    symbolize::service::SymbolService,
     units::PageSize,
 };
 
@@ -30,6 +31,8 @@ pub struct AgentSettings {
     pub load: LoadOptions,
     pub refresh: Duration,
     pub max_cgroups: usize,
+    /// Cap on distinct stacks per census.
+    pub max_stacks: u64,
 }
 
 pub fn run(settings: &AgentSettings) -> Result<()> {
@@ -60,24 +63,37 @@ pub fn run(settings: &AgentSettings) -> Result<()> {
         census.as_ref().err().cloned(),
     );
 
+    let max_stacks = usize::try_from(settings.max_stacks).unwrap_or(usize::MAX);
+    let leaks = LeakSources {
+        history: Arc::new(RwLock::new(History::new(
+            HISTORY_FINE_SPAN,
+            HISTORY_COARSE_SPAN,
+            max_stacks.min(HISTORY_MAX_STACKS),
+        ))),
+        symbols: SymbolService::start().context("cannot start the symbolizer thread")?,
+    };
     let mut refresher = Refresher {
         layout,
         probes,
         stack_gc: StackGc::default(),
         last_gc: None,
         stacks_in_use: 0,
+        history_snapshots: (0, 0),
         census: census.ok(),
+        attribution: Attribution::new(max_stacks),
+        leaks: leaks.clone(),
         max_cgroups: settings.max_cgroups,
         page_size: PageSize::system(),
     };
-    let (tx, rx) = watch::channel(Arc::new(refresher.snapshot()));
+    let snapshots = Arc::new(Snapshots::new(refresher.snapshot()));
+    let published = Arc::clone(&snapshots);
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let interval = settings.refresh;
     let worker = thread::Builder::new()
         .name("refresh".into())
         .spawn(move || {
             while let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(interval) {
-                let _ = tx.send(Arc::new(refresher.snapshot()));
+                published.publish(refresher.snapshot());
             }
         })
         .context("cannot start the refresh thread")?;
@@ -87,7 +103,7 @@ pub fn run(settings: &AgentSettings) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let served = runtime.block_on(serve(settings, rx, status));
+    let served = runtime.block_on(serve(settings, snapshots, status, leaks));
     let _ = stop_tx.send(());
     let _ = worker.join();
     tracing::info!("stopped");
@@ -96,14 +112,16 @@ pub fn run(settings: &AgentSettings) -> Result<()> {
 
 async fn serve(
     settings: &AgentSettings,
-    rx: watch::Receiver<Arc<Snapshot>>,
+    snapshots: Arc<Snapshots>,
     status: StatusSource,
+    leaks: LeakSources,
 ) -> Result<()> {
     let listener = server::bind(&settings.socket)?;
     tracing::info!("API on {}", settings.socket.display());
     let state = AppState {
-        snapshot: rx,
+        snapshots,
         status: Arc::new(move |snapshot| status.report(snapshot)),
+        leaks,
     };
     axum::serve(listener, server::router(state))
         .with_graceful_shutdown(shutdown_signal())
@@ -133,6 +151,15 @@ async fn shutdown_signal() {
 /// most `cli::MAX_KERNEL_STACK_REUSE` old, far less than two collections apart.
 const STACK_GC_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Growth history: every census for this long...
+const HISTORY_FINE_SPAN: Duration = Duration::from_secs(600);
+/// ...and one a minute for this long.
+const HISTORY_COARSE_SPAN: Duration = Duration::from_secs(6 * 3600);
+/// Most stacks kept per history snapshot.
+const HISTORY_MAX_STACKS: usize = 5000;
+/// New stacks of live processes symbolized in the background per refresh.
+const PREFETCH_PER_REFRESH: usize = 256;
+
 /// Owns everything one refresh reads.
 struct Refresher {
     layout: CgroupLayout,
@@ -140,7 +167,10 @@ struct Refresher {
     stack_gc: StackGc,
     last_gc: Option<Instant>,
     stacks_in_use: usize,
+    history_snapshots: (usize, usize),
     census: Option<PageCensus>,
+    attribution: Attribution,
+    leaks: LeakSources,
     max_cgroups: usize,
     page_size: PageSize,
 }
@@ -156,12 +186,31 @@ impl Refresher {
                 .last_gc
                 .is_none_or(|t| t.elapsed() >= STACK_GC_INTERVAL)
             {
-                self.stacks_in_use = self
+                let (in_use, deleted) = self
                     .stack_gc
                     .collect(&mut self.probes.stacks, &census.referenced_stacks);
+                self.stacks_in_use = in_use;
+                self.attribution.forget_stack_ids(&deleted);
                 self.last_gc = Some(Instant::now());
             }
         }
+        let leaks = census.as_ref().map(|census| {
+            let view = self
+                .attribution
+                .update(census, &self.probes.stacks, model::unix_ms());
+            if let Ok(mut history) = self.leaks.history.write() {
+                history.record(&view.table);
+                self.history_snapshots = history.len();
+            }
+            let view = Arc::new(view);
+            let background = Arc::clone(&view);
+            // Symbolize new stacks while their processes live; skipped when the symbolizer is busy.
+            self.leaks.symbols.spawn(move |symbols| {
+                symbols.forget_gone(&background);
+                symbols.prefetch(&background, PREFETCH_PER_REFRESH);
+            });
+            view
+        });
         let discovery = cgroup::discover(&self.layout, self.max_cgroups).unwrap_or_else(|e| {
             tracing::warn!("cannot list cgroups: {e}");
             cgroup::Discovery::default()
@@ -171,6 +220,8 @@ impl Refresher {
         snapshot.counters = self.probes.counters.totals();
         snapshot.stacks_in_use = self.stacks_in_use;
         snapshot.stacks_collected = self.stack_gc.collected;
+        snapshot.leaks = leaks.unwrap_or_default();
+        snapshot.history_snapshots = self.history_snapshots;
         snapshot
     }
 }

@@ -2,13 +2,16 @@
 
 mod agent;
 mod api;
+mod attribution;
 mod cgroup;
 mod cli;
 mod collectors;
+mod exporters;
 mod loader;
 mod model;
 mod physmem;
 mod status;
+mod symbolize;
 mod units;
 
 use std::process::ExitCode;
@@ -33,12 +36,16 @@ fn main() -> ExitCode {
             },
             refresh: args.refresh,
             max_cgroups: args.max_cgroups,
+            max_stacks: args.max_stacks,
         }),
         Command::Status(args) => {
             client_runtime().and_then(|rt| rt.block_on(cli::status::run(&cli.socket, args)))
         }
         Command::Top(args) => {
             client_runtime().and_then(|rt| rt.block_on(cli::top::run(&cli.socket, args)))
+        }
+        Command::Leaks(args) => {
+            client_runtime().and_then(|rt| rt.block_on(cli::leaks::run(&cli.socket, args)))
         }
     };
     match result {

@@ -88,6 +88,61 @@ pub struct Snapshot {
     pub stacks_in_use: usize,
     /// Stacks deleted because no held page refers to them any more.
     pub stacks_collected: u64,
+    /// Growth history held: (snapshots every census, snapshots a minute apart).
+    pub history_snapshots: (usize, usize),
+    /// Leak attribution of this census (served by `/v1/leaks`, not serialized here).
+    #[serde(skip)]
+    pub leaks: std::sync::Arc<crate::attribution::LeakView>,
+}
+
+/// The latest snapshots, newest last: queries read the newest, and a client that needs several
+/// answers about the same instant (`memlens leaks` with `--pprof`) pins one by its time.
+pub struct Snapshots {
+    ring: std::sync::Mutex<std::collections::VecDeque<std::sync::Arc<Snapshot>>>,
+}
+
+/// Snapshots kept for pinned queries: 30 s worth, and at most this many.
+const KEPT_SNAPSHOTS: usize = 32;
+const KEPT_FOR_MS: u64 = 30_000;
+
+impl Snapshots {
+    #[must_use]
+    pub fn new(first: Snapshot) -> Snapshots {
+        Snapshots {
+            ring: std::sync::Mutex::new(std::iter::once(std::sync::Arc::new(first)).collect()),
+        }
+    }
+
+    pub fn publish(&self, snapshot: Snapshot) {
+        if let Ok(mut ring) = self.ring.lock() {
+            let newest = snapshot.taken_at_unix_ms;
+            while ring.len() >= KEPT_SNAPSHOTS
+                || ring
+                    .front()
+                    .is_some_and(|s| s.taken_at_unix_ms + KEPT_FOR_MS < newest)
+            {
+                ring.pop_front();
+            }
+            ring.push_back(std::sync::Arc::new(snapshot));
+        }
+    }
+
+    /// The newest snapshot.
+    #[must_use]
+    pub fn latest(&self) -> std::sync::Arc<Snapshot> {
+        self.ring
+            .lock()
+            .ok()
+            .and_then(|ring| ring.back().cloned())
+            .unwrap_or_default()
+    }
+
+    /// The snapshot taken at `unix_ms`, if still kept.
+    #[must_use]
+    pub fn at(&self, unix_ms: u64) -> Option<std::sync::Arc<Snapshot>> {
+        let ring = self.ring.lock().ok()?;
+        ring.iter().find(|s| s.taken_at_unix_ms == unix_ms).cloned()
+    }
 }
 
 /// Builds a snapshot from one discovery, the cgroups' counters and a census.
@@ -210,7 +265,9 @@ fn hierarchical(
         .collect()
 }
 
-fn unix_ms() -> u64 {
+/// Milliseconds since the Unix epoch, now.
+#[must_use]
+pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

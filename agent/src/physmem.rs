@@ -44,7 +44,10 @@ fn end_pfn_in(zoneinfo: &str) -> Pfn {
 }
 
 /// What a page is used for, from its flags.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum PageKind {
     Anon,
     File,

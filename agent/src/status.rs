@@ -164,6 +164,20 @@ impl StatusSource {
                     .join(", ")
             ),
         );
+        let leaks = &snapshot.leaks.table;
+        add(
+            "leak attribution",
+            CapabilityState::Ok,
+            format!(
+                "{} stacks in the last census ({} merged by the cap); history of {} + {} snapshots \
+                 (every census for 10 min, every minute for 6 h); {} stacks collected from the kernel map",
+                leaks.entries.len(),
+                leaks.overflow_keys,
+                snapshot.history_snapshots.0,
+                snapshot.history_snapshots.1,
+                snapshot.stacks_collected
+            ),
+        );
         let programs = crate::loader::program_stats(&r.program_ids);
         let costs: Vec<String> = programs
             .iter()

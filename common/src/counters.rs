@@ -28,10 +28,13 @@ pub enum Counter {
     TaskMemcgErrors = 8,
     /// Kernel stacks reused from the per-CPU memo instead of walked (not a loss).
     KernelStackReused = 9,
+    /// Reading the user stack pointer or the words on top of the user stack failed: a frameless
+    /// leaf's caller cannot be recovered for that sample.
+    UserStackTopErrors = 10,
 }
 
 /// Number of counters; the size of the `COUNTERS` map.
-pub const COUNTER_COUNT: u32 = 10;
+pub const COUNTER_COUNT: u32 = 11;
 
 impl Counter {
     /// Every counter, in index order.
@@ -46,6 +49,7 @@ impl Counter {
         Counter::UserStackErrors,
         Counter::TaskMemcgErrors,
         Counter::KernelStackReused,
+        Counter::UserStackTopErrors,
     ];
 
     /// Stable snake_case name, used in the API and metrics.
@@ -62,6 +66,7 @@ impl Counter {
             Counter::UserStackErrors => "user_stack_errors",
             Counter::TaskMemcgErrors => "task_memcg_errors",
             Counter::KernelStackReused => "kernel_stack_reused",
+            Counter::UserStackTopErrors => "user_stack_top_errors",
         }
     }
 }

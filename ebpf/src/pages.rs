@@ -23,7 +23,7 @@ use memlens_common::{
     counters::Counter,
     page::{
         sampled_frames, AllocTracepointFields, CalibrationSample, PageAlloc, SampledFrames,
-        MAX_SAMPLED_PER_ALLOC,
+        LEAF_STACK_WORDS, MAX_SAMPLED_PER_ALLOC,
     },
 };
 
@@ -245,6 +245,14 @@ fn record<C: StackIdContext>(ctx: &C, frames: SampledFrames, order: u32, gfp: u6
         counters::add(Counter::TaskMemcgErrors, 1);
         0
     });
+    let (user_sp, user_stack_top) = if user_stack >= 0 {
+        task::user_stack_top().unwrap_or_else(|_| {
+            counters::add(Counter::UserStackTopErrors, 1);
+            (0, [0; LEAF_STACK_WORDS])
+        })
+    } else {
+        (0, [0; LEAF_STACK_WORDS])
+    };
     let pid_tgid = bpf_get_current_pid_tgid();
     let entry = PageAlloc {
         ts_ns: now,
@@ -257,6 +265,8 @@ fn record<C: StackIdContext>(ctx: &C, frames: SampledFrames, order: u32, gfp: u6
         order: order as u16,
         reserved: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        user_sp,
+        user_stack_top,
     };
 
     counters::add(Counter::SampledAllocs, 1);

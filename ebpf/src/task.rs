@@ -1,10 +1,13 @@
 //! Facts about the current task: its memory cgroup, read through BTF-derived offsets.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel,
+        bpf_probe_read_user, bpf_task_pt_regs,
+    },
     Global,
 };
-use memlens_common::offsets::TaskMemcgOffsets;
+use memlens_common::{offsets::TaskMemcgOffsets, page::LEAF_STACK_WORDS};
 
 /// Offsets of `task->cgroups->subsys[memory]->cgroup->kn->id`, from the running kernel's BTF.
 #[no_mangle]
@@ -41,4 +44,26 @@ pub fn current_memcg_id() -> Result<u64, i32> {
     let cgroup = read_u64(css, offsets.css_cgroup)?;
     let kn = read_u64(cgroup, offsets.cgroup_kn)?;
     read_u64(kn, offsets.kernfs_node_id)
+}
+
+/// `offsetof(struct pt_regs, sp)`, from BTF (152 on x86-64).
+#[no_mangle]
+static PT_REGS_SP_OFFSET: Global<u32> = Global::new(152);
+
+/// The current task's user stack pointer and the words on top of its user stack.
+///
+/// match-kernel: arch/x86/include/asm/ptrace.h struct pt_regs.sp
+#[inline(always)]
+pub fn user_stack_top() -> Result<(u64, [u64; LEAF_STACK_WORDS]), i32> {
+    // SAFETY: returns the current task as a BTF pointer; only passed to bpf_task_pt_regs.
+    let task = unsafe { bpf_get_current_task_btf() };
+    // SAFETY: the helper returns the task's user-mode registers.
+    let regs = unsafe { bpf_task_pt_regs(task) } as u64;
+    if regs == 0 {
+        return Err(0);
+    }
+    let sp = read_u64(regs, PT_REGS_SP_OFFSET.load())?;
+    // SAFETY: bpf_probe_read_user checks the address; a bad one returns an error.
+    let words = unsafe { bpf_probe_read_user(sp as *const [u64; LEAF_STACK_WORDS]) }?;
+    Ok((sp, words))
 }

@@ -220,8 +220,14 @@ impl Workload {
     /// Starts `memlens-workload <args>` directly inside `cgroup` (it joins before exec).
     #[must_use]
     pub fn start(cgroup: &TestCgroup, args: &[&str]) -> Workload {
+        Workload::start_program(cgroup, &workload_bin(), args)
+    }
+
+    /// Starts `program <args>` directly inside `cgroup`, stdin and stdout piped.
+    #[must_use]
+    pub fn start_program(cgroup: &TestCgroup, program: &Path, args: &[&str]) -> Workload {
         let procs = cgroup.dir.join("cgroup.procs");
-        let mut cmd = Command::new(workload_bin());
+        let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped());
         join_cgroup_before_exec(&mut cmd, procs);
         let mut child = cmd.spawn().expect("start memlens-workload");
@@ -232,6 +238,20 @@ impl Workload {
             stdin,
             stdout,
         }
+    }
+
+    /// The next line the workload prints.
+    pub fn read_line(&mut self) -> String {
+        let mut got = String::new();
+        self.stdout
+            .read_line(&mut got)
+            .expect("read workload output");
+        got.trim().to_string()
+    }
+
+    /// Waits for the workload to exit; its exit status.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait for workload")
     }
 
     /// Waits for the workload to print `line`.
@@ -433,3 +453,28 @@ pub fn rel_diff(a: u64, b: u64) -> f64 {
 }
 
 pub const MIB: u64 = 1 << 20;
+
+/// The C leak workload (`tests/workloads/leak.c`), built once per test process with gcc and
+/// frame pointers.
+#[must_use]
+pub fn leak_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("workloads")
+            .join("leak.c");
+        let profile_dir = workload_bin().parent().expect("profile dir").to_path_buf();
+        let out = profile_dir.join("memlens-leak");
+        let building = profile_dir.join(format!("memlens-leak.{}", std::process::id()));
+        let status = Command::new("gcc")
+            .args(["-O2", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+            .arg(&building)
+            .arg(&source)
+            .status()
+            .expect("run gcc");
+        assert!(status.success(), "gcc failed on {}", source.display());
+        std::fs::rename(&building, &out).expect("install the leak workload");
+        out
+    })
+    .clone()
+}

@@ -31,6 +31,12 @@ pub async fn get<T: DeserializeOwned>(
     socket: &Path,
     path_and_query: &str,
 ) -> Result<T, ClientError> {
+    let body = get_bytes(socket, path_and_query).await?;
+    serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+/// GETs `path_and_query` and returns the answer's body.
+pub async fn get_bytes(socket: &Path, path_and_query: &str) -> Result<Vec<u8>, ClientError> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|e| match e.kind() {
@@ -72,5 +78,5 @@ pub async fn get<T: DeserializeOwned>(
             .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
         return Err(ClientError::Status { status, message });
     }
-    serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+    Ok(body.to_vec())
 }

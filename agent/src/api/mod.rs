@@ -3,6 +3,7 @@
 //! One HTTP stack (axum/hyper) so that later endpoints and `/metrics` share one server.
 
 pub mod client;
+mod leaks;
 pub mod server;
 
 use std::collections::BTreeMap;
@@ -10,6 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    attribution::report::LeakEntry,
     loader::ProgramStats,
     model::{CensusSummary, CgroupRow},
 };
@@ -78,4 +80,41 @@ pub struct TopQuery {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
+}
+
+/// Query of `GET /v1/leaks` (and its `/pprof` and `/flamegraph` forms).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaksQuery {
+    /// A memory cgroup (id, path, or end of path) and its descendants.
+    pub cgroup: Option<String>,
+    /// A pod, by UID (or its beginning).
+    pub pod: Option<String>,
+    pub pid: Option<u32>,
+    /// Growth window, e.g. `10m` (default 10m, at most 24h).
+    pub since: Option<String>,
+    /// Stacks per list (default 10, at most 1000).
+    pub top: Option<usize>,
+    /// Answer from the census taken at this time (`taken_at_unix_ms` of an earlier answer), so
+    /// several requests describe the same instant.
+    pub at: Option<u64>,
+}
+
+/// `GET /v1/leaks`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LeaksResponse {
+    pub taken_at_unix_ms: u64,
+    pub sample_shift: u32,
+    /// The window asked for, and the one history could cover (shorter while the agent is young).
+    pub requested_window_seconds: f64,
+    pub window_seconds: f64,
+    /// Held bytes of all matching stacks.
+    pub held_bytes: u64,
+    pub matching_stacks: usize,
+    /// Distinct stacks merged into "other" entries by the cap, in this census.
+    pub overflow_stacks: u64,
+    /// Largest growth first.
+    pub by_growth: Vec<LeakEntry>,
+    /// Most held first.
+    pub by_held: Vec<LeakEntry>,
 }

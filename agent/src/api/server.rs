@@ -15,10 +15,10 @@ use axum::{
     routing::get,
     Json, Router,
 };
-use tokio::sync::watch;
 
-use super::{ErrorBody, StatusResponse, TopQuery, TopResponse, MAX_TOP_ROWS};
-use crate::model::Snapshot;
+pub use super::leaks::LeakSources;
+use super::{leaks, ErrorBody, StatusResponse, TopQuery, TopResponse, MAX_TOP_ROWS};
+use crate::model::{Snapshot, Snapshots};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -92,8 +92,9 @@ pub fn bind(socket: &Path) -> Result<tokio::net::UnixListener, ServerError> {
 /// What the handlers read.
 #[derive(Clone)]
 pub struct AppState {
-    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub snapshots: Arc<Snapshots>,
     pub status: Arc<dyn Fn(&Snapshot) -> StatusResponse + Send + Sync>,
+    pub leaks: LeakSources,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -101,21 +102,24 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/status", get(status))
         .route("/v1/top", get(top))
+        .route("/v1/leaks", get(leaks::leaks))
+        .route("/v1/leaks/pprof", get(leaks::pprof))
+        .route("/v1/leaks/flamegraph", get(leaks::flamegraph))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
-                "no such endpoint; see /v1/status, /v1/top".into(),
+                "no such endpoint; see /v1/status, /v1/top, /v1/leaks".into(),
             )
         })
         .with_state(state)
 }
 
-fn error(code: StatusCode, message: String) -> Response {
+pub(super) fn error(code: StatusCode, message: String) -> Response {
     (code, Json(ErrorBody { error: message })).into_response()
 }
 
 async fn status(State(state): State<AppState>) -> Json<StatusResponse> {
-    let snapshot = state.snapshot.borrow().clone();
+    let snapshot = state.snapshots.latest();
     Json((state.status)(&snapshot))
 }
 
@@ -132,7 +136,7 @@ async fn top(
             )
         }
     };
-    let snapshot = state.snapshot.borrow().clone();
+    let snapshot = state.snapshots.latest();
     let limit = query.limit.unwrap_or(MAX_TOP_ROWS).min(MAX_TOP_ROWS);
     let matching: Vec<_> = snapshot
         .cgroups

@@ -1,5 +1,6 @@
 //! Command-line interface: argument definitions and one module per client subcommand.
 
+pub mod leaks;
 pub mod status;
 pub mod top;
 
@@ -31,6 +32,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Memory cgroups by usage, with the kernel's counters and the eBPF held-page estimate.
     Top(TopArgs),
+    /// Which code paths hold memory and which keep growing: stacks by growth and by held bytes.
+    Leaks(LeaksArgs),
 }
 
 #[derive(Args, Debug)]
@@ -58,6 +61,38 @@ pub struct AgentArgs {
     /// Most memory cgroups listed.
     #[arg(long, default_value_t = 10_000)]
     pub max_cgroups: usize,
+    /// Most distinct stacks attributed per census; the smallest beyond it merge into their
+    /// cgroup's "other stacks" entry.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
+    pub max_stacks: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct LeaksArgs {
+    /// Only this memory cgroup (id, path or end of path) and its descendants.
+    #[arg(long)]
+    pub cgroup: Option<String>,
+    /// Only this pod (UID or its beginning).
+    #[arg(long)]
+    pub pod: Option<String>,
+    /// Only this process.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Growth window (e.g. 30s, 10m, 2h).
+    #[arg(long, default_value = "10m")]
+    pub since: String,
+    /// Stacks per list.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub top: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the matching stacks as a gzip'd pprof profile to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub pprof: Option<PathBuf>,
+    /// Also write a flame graph SVG of the matching stacks to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub flamegraph: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

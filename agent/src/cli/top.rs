@@ -45,7 +45,7 @@ pub async fn run(socket: &Path, args: &TopArgs) -> Result<()> {
 }
 
 /// Percent-encodes a query value.
-fn encode(value: &str) -> String {
+pub(super) fn encode(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use memlens_common::page::sampled_pfn;
+use memlens_common::page::{sampled_pfn, PageAlloc};
 
 use crate::{
     loader::PageAllocTable,
@@ -81,6 +81,16 @@ pub struct Census {
     pub duration: Duration,
     /// Stack ids the records of held frames refer to.
     pub referenced_stacks: HashSet<u32>,
+    /// Held frames whose allocation the probes recorded: the input of leak attribution.
+    pub tracked: Vec<TrackedFrame>,
+}
+
+/// A sampled frame held by a memory cgroup, with the record of its allocation.
+#[derive(Clone, Copy, Debug)]
+pub struct TrackedFrame {
+    pub memcg: MemcgId,
+    pub kind: PageKind,
+    pub record: PageAlloc,
 }
 
 /// Takes censuses of the sampled frames.
@@ -128,12 +138,19 @@ impl PageCensus {
                     }
                 }
             }
-            let tracked = record.is_some();
-            census.by_memcg.entry(memcg).or_default().add(
-                PageKind::from_flags(flags),
-                weight,
-                tracked,
-            );
+            let kind = PageKind::from_flags(flags);
+            if let Some(record) = record {
+                census.tracked.push(TrackedFrame {
+                    memcg,
+                    kind,
+                    record,
+                });
+            }
+            census
+                .by_memcg
+                .entry(memcg)
+                .or_default()
+                .add(kind, weight, record.is_some());
         }
         census.duration = started.elapsed();
         census

@@ -16,26 +16,27 @@ pub struct StackGc {
 }
 
 impl StackGc {
-    /// Collects once; returns how many stacks remain in the map.
+    /// Collects once; returns how many stacks remain in the map, and the ids deleted (their ids
+    /// may be reused by new stacks from now on).
     pub fn collect(
         &mut self,
         stacks: &mut StackTraceMap<MapData>,
         referenced: &HashSet<u32>,
-    ) -> usize {
+    ) -> (usize, Vec<u32>) {
         let ids: Vec<u32> = stacks.stack_ids().filter_map(Result::ok).collect();
         let unreferenced: HashSet<u32> = ids
             .iter()
             .copied()
             .filter(|id| !referenced.contains(id))
             .collect();
-        let mut removed = 0;
-        for id in unreferenced.intersection(&self.unreferenced_last_time) {
-            if stacks.remove(id).is_ok() {
-                removed += 1;
+        let mut removed = Vec::new();
+        for &id in unreferenced.intersection(&self.unreferenced_last_time) {
+            if stacks.remove(&id).is_ok() {
+                removed.push(id);
             }
         }
-        self.collected += removed as u64;
+        self.collected += removed.len() as u64;
         self.unreferenced_last_time = unreferenced;
-        ids.len() - removed
+        (ids.len() - removed.len(), removed)
     }
 }

@@ -155,6 +155,7 @@ impl Probes {
         let memlock_warning = raise_memlock_rlimit();
         let kernel_btf = btf::KernelBtf::load(options.btf.as_deref())?;
         let page_struct_size = kernel_btf.struct_size("page")?;
+        let pt_regs_sp = kernel_btf.member_offset("pt_regs", "sp")?;
         let task_memcg_offsets = kernel_btf.task_memcg_offsets().map_err(|e| e.to_string());
         if let Err(e) = &task_memcg_offsets {
             tracing::warn!("allocating task's memory cgroup will not be recorded: {e}");
@@ -194,6 +195,7 @@ impl Probes {
             .override_global("PAGE_STRUCT_SHIFT", &page_struct_shift, true)
             .override_global("ALLOC_TP_FIELDS", &fields, true)
             .override_global("TASK_MEMCG_OFFSETS", &offsets, true)
+            .override_global("PT_REGS_SP_OFFSET", &pt_regs_sp, true)
             .override_global(
                 "KERNEL_STACK_REUSE_NS",
                 &options.kernel_stack_reuse_ns,

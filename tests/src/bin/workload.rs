@@ -7,6 +7,9 @@
 //! `memlens-workload anon-thp <MiB>`: the same with `MADV_HUGEPAGE`, so the kernel backs it with
 //! 2 MiB transparent huge pages (order-9 allocations).
 //!
+//! `memlens-workload writefile <path> <MiB>`: writes a file of that size with buffered writes
+//! (its page cache is charged to the writer's cgroup), prints `written`, exits.
+//!
 //! `memlens-workload storm <MiB> <rounds>`: the page-fault storm of `cargo xtask bench storm`:
 //! map, touch and unmap `<MiB>` of anonymous memory `<rounds>` times, then print
 //! `seconds <s> pages <n>`.
@@ -16,7 +19,8 @@ use std::{
     time::Instant,
 };
 
-const USAGE: &str = "usage: memlens-workload anon <MiB> | anon-thp <MiB> | storm <MiB> <rounds>";
+const USAGE: &str =
+    "usage: memlens-workload anon <MiB> | anon-thp <MiB> | storm <MiB> <rounds> | writefile <path> <MiB>";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -33,6 +37,13 @@ fn main() {
         Some("anon") => hold(number(2) << 20, false),
         Some("anon-thp") => hold(number(2) << 20, true),
         Some("storm") => storm(number(2) << 20, number(3)),
+        Some("writefile") => match args.get(2) {
+            Some(path) => write_file(path, number(3) << 20),
+            None => {
+                eprintln!("{USAGE}");
+                std::process::exit(2);
+            }
+        },
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
@@ -74,6 +85,25 @@ fn map_huge(len: usize) -> *mut libc::c_void {
         std::process::exit(1);
     }
     aligned
+}
+
+fn write_file(path: &str, len: usize) {
+    use std::io::Write as _;
+    let chunk = vec![0x42u8; 1 << 20];
+    let mut file = match std::fs::File::create(path) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("cannot create {path}: {e}");
+            std::process::exit(1);
+        }
+    };
+    for _ in 0..len / chunk.len() {
+        if let Err(e) = file.write_all(&chunk) {
+            eprintln!("cannot write {path}: {e}");
+            std::process::exit(1);
+        }
+    }
+    println!("written");
 }
 
 fn storm(len: usize, rounds: usize) {

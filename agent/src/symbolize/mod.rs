@@ -1,0 +1,359 @@
+//! Symbolization: addresses to function names, source lines and inlined frames, with blazesym.
+//!
+//! User stacks are symbolized through `/proc/<pid>/map_files` while the process lives (which
+//! works across mount namespaces and for deleted binaries), and after it exited through the
+//! binary's path only if that file is still the very one that was mapped (same device and inode);
+//! otherwise frames show as `[unknown] module+offset`, never as a wrong name. Kernel stacks come
+//! from kallsyms. blazesym caches parsed binaries by device and inode, so the same library
+//! mapped by a thousand processes is parsed once.
+
+pub mod cache;
+pub mod leaf;
+pub mod procmaps;
+pub mod service;
+
+use std::{collections::HashMap, os::unix::fs::MetadataExt as _, path::Path};
+
+use blazesym::symbolize::{
+    evict,
+    source::{Elf, Kernel, Process, Source},
+    Input, Symbolized, Symbolizer as Blaze,
+};
+use serde::{Deserialize, Serialize};
+
+use procmaps::Mapping;
+
+/// One frame of a symbolized stack, innermost first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    pub addr: u64,
+    /// Function name (demangled); `None` when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// Binary or library file name (`[kernel]` for kernel frames).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    /// Offset of the address in the module's file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_offset: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    /// Inlined into the next frame (no call of its own).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub inlined: bool,
+    /// The caller of a frameless leaf, recovered from the stack (the frame-pointer walk skips it).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub recovered: bool,
+}
+
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if signature"
+)]
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Frame {
+    fn unknown(addr: u64, mapping: Option<&Mapping>, recovered: bool) -> Frame {
+        Frame {
+            addr,
+            function: None,
+            module: mapping.map(Mapping::module_name),
+            module_offset: mapping.map(|m| m.file_offset(addr)),
+            file: None,
+            line: None,
+            inlined: false,
+            recovered,
+        }
+    }
+
+    /// `function`, else `[unknown] module+0xoffset`, else `[unknown] 0xaddr`.
+    #[must_use]
+    pub fn display_name(&self) -> String {
+        match (&self.function, &self.module, self.module_offset) {
+            (Some(f), _, _) => f.clone(),
+            (None, Some(m), Some(o)) => format!("[unknown] {m}+{o:#x}"),
+            _ => format!("[unknown] {:#x}", self.addr),
+        }
+    }
+}
+
+/// One user-stack address to symbolize.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StackAddr {
+    pub addr: u64,
+    /// A return address (every frame but the innermost): looked up one byte earlier, in the call.
+    pub return_address: bool,
+    /// Recovered from the stack as a frameless leaf's caller.
+    pub recovered: bool,
+}
+
+/// Most kernel addresses whose frames are remembered; past it the cache starts over.
+const MAX_KERNEL_ADDRS: usize = 100_000;
+
+/// A blazesym symbolizer with the agent's caches.
+pub struct Symbolizer {
+    blaze: Blaze,
+    kernel: HashMap<u64, Vec<Frame>>,
+}
+
+impl Default for Symbolizer {
+    fn default() -> Self {
+        Symbolizer::new()
+    }
+}
+
+impl Symbolizer {
+    #[must_use]
+    pub fn new() -> Symbolizer {
+        Symbolizer {
+            blaze: Blaze::builder()
+                .enable_code_info(true)
+                .enable_inlined_fns(true)
+                .enable_demangling(true)
+                .build(),
+            kernel: HashMap::new(),
+        }
+    }
+
+    /// Symbolizes a user stack of process `pid`, whose mappings (read while it ran) are `maps`.
+    /// `alive` says whether `pid` still is that process.
+    pub fn user_stack(
+        &mut self,
+        pid: u32,
+        alive: bool,
+        maps: &[Mapping],
+        stack: &[StackAddr],
+    ) -> Vec<Frame> {
+        let lookups: Vec<u64> = stack
+            .iter()
+            .map(|a| {
+                if a.return_address {
+                    a.addr.saturating_sub(1)
+                } else {
+                    a.addr
+                }
+            })
+            .collect();
+        let symbolized = if alive {
+            let source = Source::Process(Process::new(pid.into()));
+            self.blaze.symbolize(&source, Input::AbsAddr(&lookups)).ok()
+        } else {
+            None
+        };
+        let mut frames = Vec::with_capacity(stack.len());
+        for (i, entry) in stack.iter().enumerate() {
+            let mapping = procmaps::find(maps, entry.addr);
+            let found = match &symbolized {
+                Some(results) => results
+                    .get(i)
+                    .and_then(|s| self.sym_frames(s, entry, mapping)),
+                None => mapping.and_then(|m| self.exited_frames(m, lookups[i], entry)),
+            };
+            frames.extend(
+                found.unwrap_or_else(|| vec![Frame::unknown(entry.addr, mapping, entry.recovered)]),
+            );
+        }
+        frames
+    }
+
+    /// After the process exited: through the binary's path, if it is still the mapped file.
+    fn exited_frames(
+        &self,
+        mapping: &Mapping,
+        lookup: u64,
+        entry: &StackAddr,
+    ) -> Option<Vec<Frame>> {
+        let path = Path::new(mapping.path.as_str());
+        let meta = std::fs::metadata(path).ok()?;
+        if meta.ino() != mapping.inode || format_dev(meta.dev()) != mapping.dev {
+            return None; // gone or replaced: a name from another file would be a wrong name
+        }
+        let source = Source::Elf(Elf::new(path));
+        let offset = mapping.file_offset(lookup);
+        let results = self
+            .blaze
+            .symbolize(&source, Input::FileOffset(&[offset]))
+            .ok()?;
+        self.sym_frames(results.first()?, entry, Some(mapping))
+    }
+
+    fn sym_frames(
+        &self,
+        symbolized: &Symbolized<'_>,
+        entry: &StackAddr,
+        mapping: Option<&Mapping>,
+    ) -> Option<Vec<Frame>> {
+        let Symbolized::Sym(sym) = symbolized else {
+            return None;
+        };
+        let module = mapping.map(Mapping::module_name);
+        let module_offset = mapping.map(|m| m.file_offset(entry.addr));
+        let mut frames = Vec::with_capacity(1 + sym.inlined.len());
+        // blazesym lists inlined calls outermost first; frames go innermost first.
+        for inlined in sym.inlined.iter().rev() {
+            frames.push(Frame {
+                addr: entry.addr,
+                function: Some(inlined.name.to_string()),
+                module: module.clone(),
+                module_offset,
+                file: inlined
+                    .code_info
+                    .as_ref()
+                    .map(|c| c.to_path().display().to_string()),
+                line: inlined.code_info.as_ref().and_then(|c| c.line),
+                inlined: true,
+                recovered: entry.recovered,
+            });
+        }
+        frames.push(Frame {
+            addr: entry.addr,
+            function: Some(sym.name.to_string()),
+            module,
+            module_offset,
+            file: sym
+                .code_info
+                .as_ref()
+                .map(|c| c.to_path().display().to_string()),
+            line: sym.code_info.as_ref().and_then(|c| c.line),
+            inlined: false,
+            recovered: entry.recovered,
+        });
+        Some(frames)
+    }
+
+    /// Symbolizes a kernel stack (innermost first) from kallsyms.
+    pub fn kernel_stack(&mut self, addrs: &[u64]) -> Vec<Frame> {
+        let missing: Vec<u64> = addrs
+            .iter()
+            .copied()
+            .filter(|a| !self.kernel.contains_key(a))
+            .collect();
+        if !missing.is_empty() {
+            if self.kernel.len() + missing.len() > MAX_KERNEL_ADDRS {
+                self.kernel.clear();
+            }
+            let source = Source::Kernel(Kernel::default());
+            let results = self.blaze.symbolize(&source, Input::AbsAddr(&missing)).ok();
+            for (i, &addr) in missing.iter().enumerate() {
+                let frames = results
+                    .as_ref()
+                    .and_then(|r| r.get(i))
+                    .and_then(|s| match s {
+                        Symbolized::Sym(sym) => Some(vec![Frame {
+                            addr,
+                            function: Some(sym.name.to_string()),
+                            module: Some("[kernel]".into()),
+                            module_offset: None,
+                            file: None,
+                            line: None,
+                            inlined: false,
+                            recovered: false,
+                        }]),
+                        Symbolized::Unknown(_) => None,
+                    })
+                    .unwrap_or_else(|| vec![Frame::unknown(addr, None, false)]);
+                self.kernel.insert(addr, frames);
+            }
+        }
+        let frames: Vec<Frame> = addrs
+            .iter()
+            .flat_map(|a| self.kernel.get(a).cloned().unwrap_or_default())
+            .collect();
+        // The innermost frames are the tracing machinery that ran memlens' own program.
+        let skip = frames.iter().take_while(|f| is_tracing_frame(f)).count();
+        frames[skip..].to_vec()
+    }
+
+    /// Drops what blazesym cached for a process that is gone.
+    pub fn forget_process(&mut self, pid: u32) {
+        let _ = self
+            .blaze
+            .evict(&evict::Evict::Process(evict::Process::new(pid.into())));
+    }
+}
+
+/// Frames of the kernel's tracing path (the BPF program, the tracepoint's dispatch), which sit on
+/// top of every kernel stack the program captures and say nothing about the allocation.
+fn is_tracing_frame(frame: &Frame) -> bool {
+    const PREFIXES: [&str; 6] = [
+        "bpf_prog_",
+        "bpf_trace_run",
+        "__bpf_trace_",
+        "__traceiter_",
+        "perf_trace_",
+        "trace_call_bpf",
+    ];
+    frame
+        .function
+        .as_deref()
+        .is_some_and(|f| PREFIXES.iter().any(|p| f.starts_with(p)))
+}
+
+/// `st_dev` as `/proc/<pid>/maps` prints it: `major:minor` in hex, two digits at least.
+fn format_dev(dev: u64) -> String {
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    format!("{major:02x}:{minor:02x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(never)]
+    fn a_named_function() -> u64 {
+        a_named_function as *const () as u64
+    }
+
+    #[test]
+    fn own_function_symbolizes_by_name() {
+        let pid = std::process::id();
+        let maps = procmaps::read_maps(pid).expect("maps");
+        let addr = a_named_function() + 1;
+        let mut symbolizer = Symbolizer::new();
+        let frames = symbolizer.user_stack(
+            pid,
+            true,
+            &maps,
+            &[StackAddr {
+                addr,
+                return_address: false,
+                recovered: false,
+            }],
+        );
+        let names: Vec<String> = frames.iter().map(Frame::display_name).collect();
+        assert!(
+            names.iter().any(|n| n.contains("a_named_function")),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn device_numbers_print_like_maps() {
+        assert_eq!(format_dev(libc::makedev(254, 0)), "fe:00");
+        assert_eq!(format_dev(libc::makedev(8, 17)), "08:11");
+    }
+
+    #[test]
+    fn unknown_frames_never_invent_a_name() {
+        let mapping = Mapping {
+            start: 0x1000,
+            end: 0x2000,
+            executable: true,
+            offset: 0x3000,
+            dev: "fe:00".into(),
+            inode: 1,
+            path: "/gone/libfoo.so (deleted)".into(),
+        };
+        let frame = Frame::unknown(0x1010, Some(&mapping), false);
+        assert_eq!(frame.display_name(), "[unknown] libfoo.so+0x3010");
+        assert_eq!(
+            Frame::unknown(0x42, None, false).display_name(),
+            "[unknown] 0x42"
+        );
+    }
+}

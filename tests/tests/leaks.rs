@@ -1,0 +1,254 @@
+//! Acceptance of leak attribution: a real leak beside a real churn, symbolized stacks, growth,
+//! pprof and flame graph output, exited processes and replaced binaries.
+
+use std::{io::Read as _, process::Command, time::Duration};
+
+use memlens_tests::{leak_bin, workload_bin, Agent, TestCgroup, Workload, MIB};
+use pprof::protos::{Message as _, Profile};
+use serde_json::Value;
+
+fn names(entry: &Value) -> Vec<String> {
+    entry["user_stack"]
+        .as_array()
+        .map(|frames| {
+            frames
+                .iter()
+                .map(|f| f["function"].as_str().unwrap_or("[unknown]").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn has(entry: &Value, function: &str) -> bool {
+    names(entry).iter().any(|n| n == function)
+}
+
+fn leaks_json(agent: &Agent, args: &[&str]) -> Value {
+    let mut all = vec!["leaks", "--json"];
+    all.extend_from_slice(args);
+    let out = agent.cli(&all);
+    assert!(
+        out.status.success(),
+        "memlens leaks failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.log()
+    );
+    serde_json::from_slice(&out.stdout).expect("leaks --json is JSON")
+}
+
+#[test]
+fn the_leak_ranks_first_by_growth_and_its_bytes_match() {
+    let agent = Agent::start(&[]);
+    let cgroup = TestCgroup::new("leak");
+    let mut leak = Workload::start_program(&cgroup, &leak_bin(), &["200", "40"]);
+    let line = leak.read_line();
+    let leaked: u64 = line
+        .strip_prefix("leaked ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("leak workload said {line:?}"));
+    assert_eq!(leaked, 200 * MIB);
+    // Two censuses after the leak ended.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pprof_path = dir.path().join("leak.pb.gz");
+    let svg_path = dir.path().join("leak.svg");
+    let report = leaks_json(
+        &agent,
+        &[
+            "--cgroup",
+            &cgroup.path,
+            "--since",
+            "60s",
+            "--top",
+            "20",
+            "--pprof",
+            pprof_path.to_str().expect("path"),
+            "--flamegraph",
+            svg_path.to_str().expect("path"),
+        ],
+    );
+    let by_growth = report["by_growth"].as_array().expect("by_growth");
+    let first = by_growth
+        .first()
+        .unwrap_or_else(|| panic!("no stacks: {report}"));
+    eprintln!(
+        "top stack by growth: {:?} (+{} bytes)",
+        names(first),
+        first["growth_bytes"]
+    );
+    assert!(
+        has(first, "leak_slowly"),
+        "first by growth is not leak_slowly: {first}"
+    );
+
+    // The first touch happens in glibc's frameless memset: its caller was recovered.
+    let frames = first["user_stack"].as_array().expect("frames");
+    let leaf = frames[0]["function"].as_str().unwrap_or("");
+    assert!(
+        leaf.contains("memset"),
+        "innermost frame is {leaf}, not memset"
+    );
+    assert_eq!(
+        frames[1]["function"].as_str(),
+        Some("leak_slowly"),
+        "{first}"
+    );
+    assert_eq!(frames[1]["recovered"].as_bool(), Some(true), "{first}");
+
+    let leak_growth = first["growth_bytes"].as_i64().expect("growth");
+    for entry in by_growth {
+        if has(entry, "churn_fast") && !has(entry, "leak_slowly") {
+            let growth = entry["growth_bytes"].as_i64().expect("growth");
+            assert!(
+                growth * 20 < leak_growth,
+                "churn_fast grows like a leak: {entry}"
+            );
+        }
+    }
+    let attributed: u64 = report["by_held"]
+        .as_array()
+        .expect("by_held")
+        .iter()
+        .filter(|e| has(e, "leak_slowly"))
+        .map(|e| e["held_bytes"].as_u64().expect("held"))
+        .sum();
+    eprintln!(
+        "leak_slowly: {:.1} MiB attributed, {:.1} MiB leaked",
+        attributed as f64 / MIB as f64,
+        leaked as f64 / MIB as f64
+    );
+    assert!(
+        (attributed as f64 - leaked as f64).abs() <= 0.15 * leaked as f64,
+        "attributed {attributed} vs leaked {leaked}"
+    );
+
+    // The pprof profile decodes and sums to what the CLI reported.
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&pprof_path).expect("pprof file"))
+        .read_to_end(&mut raw)
+        .expect("gunzip");
+    let profile = Profile::decode(raw.as_slice()).expect("protobuf decodes");
+    let types: Vec<&str> = profile
+        .sample_type
+        .iter()
+        .map(|t| profile.string_table[t.ty as usize].as_str())
+        .collect();
+    assert_eq!(types, ["inuse_objects", "inuse_space"]);
+    let space: i64 = profile.sample.iter().map(|s| s.value[1]).sum();
+    assert_eq!(
+        space as u64,
+        report["held_bytes"].as_u64().expect("held_bytes")
+    );
+    assert!(
+        !profile.function.is_empty() && !profile.location.is_empty() && !profile.mapping.is_empty()
+    );
+    let top = Command::new("go")
+        .args(["tool", "pprof", "-top"])
+        .arg(&pprof_path)
+        .output()
+        .expect("go tool pprof (golang-go, installed by cargo xtask test)");
+    let top_text = String::from_utf8_lossy(&top.stdout);
+    assert!(
+        top.status.success() && top_text.contains("leak_slowly"),
+        "{top_text}\n{}",
+        String::from_utf8_lossy(&top.stderr)
+    );
+
+    let svg = std::fs::read_to_string(&svg_path).expect("svg");
+    assert!(
+        svg.starts_with("<?xml") && svg.contains("<svg") && svg.trim_end().ends_with("</svg>"),
+        "not an SVG"
+    );
+    assert!(svg.contains("leak_slowly"), "flame graph lacks leak_slowly");
+
+    // The text output names it too.
+    let text = agent.cli(&["leaks", "--cgroup", &cgroup.path, "--since", "60s"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("leak_slowly") && text.contains("caller recovered"),
+        "{text}"
+    );
+    leak.send("exit");
+}
+
+#[test]
+fn exited_processes_and_replaced_binaries_never_get_wrong_names() {
+    let agent = Agent::start(&[]);
+    let cgroup = TestCgroup::new("gone");
+    let mut leak = Workload::start_program(&cgroup, &leak_bin(), &["40", "80"]);
+    assert!(leak.read_line().starts_with("leaked"));
+
+    // A short-lived process, run from a copy of its binary, leaves page cache behind and exits;
+    // its binary is then replaced by a different one at the same path.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let copy = dir.path().join("short-lived");
+    std::fs::copy(workload_bin(), &copy).expect("copy workload");
+    let data = dir.path().join("data");
+    let mut short = Workload::start_program(
+        &cgroup,
+        &copy,
+        &["writefile", data.to_str().expect("path"), "32"],
+    );
+    let pid = short.pid();
+    short.expect_line("written");
+    assert!(short.wait().success());
+    std::fs::remove_file(&copy).expect("delete binary");
+    std::fs::copy(leak_bin(), &copy).expect("replace binary");
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let report = leaks_json(&agent, &["--cgroup", &cgroup.path, "--top", "50"]);
+    let entries = report["by_held"].as_array().expect("by_held");
+    assert!(
+        entries.iter().any(|e| has(e, "leak_slowly")),
+        "the live leak lost its names: {report}"
+    );
+    let short_entries: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["pid"].as_u64() == Some(u64::from(pid)))
+        .collect();
+    assert!(
+        !short_entries.is_empty(),
+        "the exited writer's page cache is not attributed: {report}"
+    );
+    for entry in short_entries {
+        assert_eq!(entry["process_alive"].as_bool(), Some(false), "{entry}");
+        for name in names(entry) {
+            assert!(
+                name != "leak_slowly" && name != "churn_fast",
+                "frame named from the replacement binary: {entry}"
+            );
+        }
+        eprintln!(
+            "exited writer: {} bytes, {:?}",
+            entry["held_bytes"],
+            names(entry)
+        );
+    }
+    leak.send("exit");
+}
+
+#[test]
+fn bad_leak_queries_are_clear_errors() {
+    let agent = Agent::start(&[]);
+    for (args, needle) in [
+        (&["leaks", "--since", "soon"][..], "bad since"),
+        (&["leaks", "--since", "48h"], "longer than 24h"),
+        (
+            &["leaks", "--cgroup", "/no/such/cgroup"],
+            "no memory cgroup matches",
+        ),
+        (
+            &["leaks", "--pod", "00000000-no-such-pod"],
+            "no pod with UID",
+        ),
+    ] {
+        let out = agent.cli(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(needle),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -47,6 +47,9 @@ fn main() -> ExitCode {
         Command::Leaks(args) => {
             client_runtime().and_then(|rt| rt.block_on(cli::leaks::run(&cli.socket, args)))
         }
+        Command::Debug(cli::DebugCommand::BenchSymbolize(args)) => {
+            cli::debug::bench_symbolize(args)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -40,6 +40,19 @@ pub enum Bench {
         #[arg(long = "agent-arg", allow_hyphen_values = true)]
         agent_args: Vec<String>,
     },
+    /// Symbolization throughput on the memlens binary itself, cold and warm caches.
+    Symbolize {
+        #[arg(long, default_value_t = 10_000)]
+        stacks: usize,
+        #[arg(long, default_value_t = 16)]
+        depth: usize,
+    },
+    /// The agent with one page held under each of 2^depth distinct stacks: its RSS, and how long
+    /// a leaks query takes cold and warm.
+    Stacks {
+        #[arg(long, default_value_t = 17)]
+        depth: u32,
+    },
 }
 
 /// The bpftrace peer from the issue: bcc memleak's idea on the page allocator.
@@ -67,7 +80,149 @@ pub fn run(root: &Path, which: Bench) -> Result<()> {
             }
             storm(root, rounds, &Storm { mib, passes }, &configs, &agent_args)
         }
+        Bench::Symbolize { stacks, depth } => {
+            let memlens = util::build_release(root)?;
+            util::run(Command::new(memlens).args([
+                "debug",
+                "bench-symbolize",
+                "--stacks",
+                &stacks.to_string(),
+                "--depth",
+                &depth.to_string(),
+            ]))
+        }
+        Bench::Stacks { depth } => many_stacks(root, depth),
     }
+}
+
+/// `cargo xtask bench stacks`.
+fn many_stacks(root: &Path, depth: u32) -> Result<()> {
+    let memlens = util::build_release(root)?;
+    let dir = std::env::temp_dir().join(format!("memlens-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let workload = dir.join("manystacks");
+    util::run(
+        Command::new("gcc")
+            .args([
+                "-O2",
+                "-fno-optimize-sibling-calls",
+                "-fno-omit-frame-pointer",
+                "-o",
+            ])
+            .arg(&workload)
+            .arg(root.join("tests/workloads/manystacks.c")),
+    )?;
+    let socket = dir.join("memlens.sock");
+    let stacks = 1u64 << depth;
+    // Every frame sampled, so every one of the workload's pages (and stacks) is tracked.
+    let mut agent = Command::new(&memlens)
+        .arg("--socket")
+        .arg(&socket)
+        .args([
+            "agent",
+            "--sample-shift",
+            "0",
+            "--max-sample-entries",
+            "16777216",
+        ])
+        .args(["--stack-entries", &(stacks * 4).max(65_536).to_string()])
+        .args(["--max-stacks", &(stacks * 2).to_string(), "--refresh", "5s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the agent")?;
+    let result = (|| -> Result<()> {
+        let cli = |args: &[&str]| {
+            Command::new(&memlens)
+                .arg("--socket")
+                .arg(&socket)
+                .args(args)
+                .output()
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !cli(&["status"])?.status.success() {
+            if Instant::now() > deadline {
+                bail!("the agent did not start");
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        let rss_before = rss_kib(agent.id(), "VmRSS:")?;
+        let anon_before = rss_kib(agent.id(), "RssAnon:")?;
+        let mut held = Command::new(&workload)
+            .arg(depth.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting manystacks")?;
+        let pid = held.id().to_string();
+        let mut line = String::new();
+        BufReader::new(held.stdout.take().context("stdout")?).read_line(&mut line)?;
+        let tracked = loop {
+            let out = cli(&["leaks", "--pid", &pid, "--top", "1", "--json"])?;
+            let n = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .ok()
+                .and_then(|v| v["matching_stacks"].as_u64())
+                .unwrap_or(0);
+            if n * 10 >= stacks * 9 || Instant::now() > deadline + Duration::from_secs(120) {
+                break n;
+            }
+            thread::sleep(Duration::from_secs(2));
+        };
+        let rss = rss_kib(agent.id(), "VmRSS:")?;
+        let anon = rss_kib(agent.id(), "RssAnon:")?;
+        let timed = |args: &[&str]| -> Result<f64> {
+            let started = Instant::now();
+            let out = cli(args)?;
+            if !out.status.success() {
+                bail!("{}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(started.elapsed().as_secs_f64())
+        };
+        let query = ["leaks", "--pid", pid.as_str(), "--top", "1000", "--json"];
+        let cold = timed(&query)?;
+        let warm = timed(&query)?;
+        let status = cli(&["status"])?;
+        stop(&mut held);
+        println!(
+            "## agent with {tracked} distinct stacks tracked ({line})",
+            line = line.trim()
+        );
+        println!();
+        println!(
+            "- agent RSS: {} MiB before the workload, {} MiB with it; of which anonymous (the agent's \
+             own heap, not the mapped kernel sample array): {} MiB and {} MiB",
+            rss_before / 1024,
+            rss / 1024,
+            anon_before / 1024,
+            anon / 1024
+        );
+        println!("- `memlens leaks --top 1000` (symbolizes up to 8,000 stacks): {cold:.2} s cold, {warm:.2} s warm");
+        for l in String::from_utf8_lossy(&status.stdout).lines().filter(|l| {
+            l.starts_with("leak") || l.starts_with("page census") || l.starts_with("sampling")
+        }) {
+            println!("- status: {l}");
+        }
+        Ok(())
+    })();
+    stop(&mut agent);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// A `/proc/<pid>/status` memory field (`VmRSS:`, `RssAnon:`), in KiB.
+fn rss_kib(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

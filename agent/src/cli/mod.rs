@@ -1,5 +1,6 @@
 //! Command-line interface: argument definitions and one module per client subcommand.
 
+pub mod debug;
 pub mod leaks;
 pub mod status;
 pub mod top;
@@ -34,6 +35,23 @@ pub enum Command {
     Top(TopArgs),
     /// Which code paths hold memory and which keep growing: stacks by growth and by held bytes.
     Leaks(LeaksArgs),
+    /// Measurements used by `cargo xtask bench`.
+    #[command(hide = true, subcommand)]
+    Debug(DebugCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DebugCommand {
+    /// Symbolization throughput on this binary, cold and warm (JSON).
+    BenchSymbolize(BenchSymbolizeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchSymbolizeArgs {
+    #[arg(long, default_value_t = 10_000)]
+    pub stacks: usize,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=127))]
+    pub depth: u64,
 }
 
 #[derive(Args, Debug)]

@@ -182,6 +182,9 @@ fn many_stacks(root: &Path, depth: u32) -> Result<()> {
         let cold = timed(&query)?;
         let warm = timed(&query)?;
         let status = cli(&["status"])?;
+        let counters = cli(&["status", "--json"])?;
+        let counters: serde_json::Value =
+            serde_json::from_slice(&counters.stdout).unwrap_or_default();
         stop(&mut held);
         println!(
             "## agent with {tracked} distinct stacks tracked ({line})",
@@ -197,6 +200,7 @@ fn many_stacks(root: &Path, depth: u32) -> Result<()> {
             anon / 1024
         );
         println!("- `memlens leaks --top 1000` (symbolizes up to 8,000 stacks): {cold:.2} s cold, {warm:.2} s warm");
+        println!("- kernel counters: {}", counters["counters"]);
         for l in String::from_utf8_lossy(&status.stdout).lines().filter(|l| {
             l.starts_with("leak") || l.starts_with("page census") || l.starts_with("sampling")
         }) {

@@ -14,7 +14,7 @@ use axum::{
 };
 
 use super::{
-    server::{error, AppState},
+    server::{accept_query, error, AppState},
     LeaksQuery, LeaksResponse,
 };
 use crate::{
@@ -218,92 +218,70 @@ fn run(
     Ok((response, exported))
 }
 
-fn blocking_error(e: tokio::task::JoinError) -> Response {
-    error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        format!("query failed: {e}"),
-    )
+type Failure = (StatusCode, String);
+
+/// Runs `answer` off the async threads (queries symbolize) and turns its outcome into a response.
+async fn answer(
+    query: Result<Query<LeaksQuery>, QueryRejection>,
+    answer: impl FnOnce(LeaksQuery) -> Result<Response, Failure> + Send + 'static,
+) -> Response {
+    let query = match accept_query(query) {
+        Ok(q) => q,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    match tokio::task::spawn_blocking(move || answer(query)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err((code, message))) => error(code, message),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("query failed: {e}"),
+        ),
+    }
 }
 
 pub async fn leaks(
     State(state): State<AppState>,
     query: Result<Query<LeaksQuery>, QueryRejection>,
 ) -> Response {
-    let Query(query) = match query {
-        Ok(q) => q,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("bad query: {}", e.body_text()),
-            )
-        }
-    };
-    match tokio::task::spawn_blocking(move || run(&state, &query, false)).await {
-        Ok(Ok((response, _))) => Json(response).into_response(),
-        Ok(Err((code, message))) => error(code, message),
-        Err(e) => blocking_error(e),
-    }
+    answer(query, move |q| {
+        Ok(Json(run(&state, &q, false)?.0).into_response())
+    })
+    .await
 }
 
 pub async fn pprof(
     State(state): State<AppState>,
     query: Result<Query<LeaksQuery>, QueryRejection>,
 ) -> Response {
-    let Query(query) = match query {
-        Ok(q) => q,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("bad query: {}", e.body_text()),
-            )
-        }
-    };
-    let result = tokio::task::spawn_blocking(move || {
-        let (response, entries) = run(&state, &query, true)?;
+    answer(query, move |q| {
+        let (response, entries) = run(&state, &q, true)?;
         let window_ns = (response.window_seconds * 1e9) as i64;
-        exporters::pprof::encode(&entries, response.taken_at_unix_ms, window_ns).map_err(|e| {
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("encoding the profile: {e}"),
-            )
-        })
+        let bytes = exporters::pprof::encode(&entries, response.taken_at_unix_ms, window_ns)
+            .map_err(|e| {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("encoding the profile: {e}"),
+                )
+            })?;
+        Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
     })
-    .await;
-    match result {
-        Ok(Ok(bytes)) => {
-            ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()
-        }
-        Ok(Err((code, message))) => error(code, message),
-        Err(e) => blocking_error(e),
-    }
+    .await
 }
 
 pub async fn flamegraph(
     State(state): State<AppState>,
     query: Result<Query<LeaksQuery>, QueryRejection>,
 ) -> Response {
-    let Query(query) = match query {
-        Ok(q) => q,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("bad query: {}", e.body_text()),
-            )
-        }
-    };
-    let result = tokio::task::spawn_blocking(move || {
-        let (_, entries) = run(&state, &query, true)?;
-        exporters::flamegraph::svg(&entries, "memlens: held memory by stack").map_err(|e| {
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("drawing the flame graph: {e}"),
-            )
-        })
+    answer(query, move |q| {
+        let (_, entries) = run(&state, &q, true)?;
+        let svg =
+            exporters::flamegraph::svg(&entries, "memlens: held memory by stack").map_err(|e| {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("drawing the flame graph: {e}"),
+                )
+            })?;
+        Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
     })
-    .await;
-    match result {
-        Ok(Ok(svg)) => ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response(),
-        Ok(Err((code, message))) => error(code, message),
-        Err(e) => blocking_error(e),
-    }
+    .await
 }

@@ -114,6 +114,13 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The query, or what is wrong with it (for a 400 answer).
+pub(super) fn accept_query<Q>(query: Result<Query<Q>, QueryRejection>) -> Result<Q, String> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| format!("bad query: {}", e.body_text()))
+}
+
 pub(super) fn error(code: StatusCode, message: String) -> Response {
     (code, Json(ErrorBody { error: message })).into_response()
 }
@@ -127,14 +134,9 @@ async fn top(
     State(state): State<AppState>,
     query: Result<Query<TopQuery>, QueryRejection>,
 ) -> Response {
-    let Query(query) = match query {
+    let query = match accept_query(query) {
         Ok(q) => q,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("bad query: {}", e.body_text()),
-            )
-        }
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let snapshot = state.snapshots.latest();
     let limit = query.limit.unwrap_or(MAX_TOP_ROWS).min(MAX_TOP_ROWS);

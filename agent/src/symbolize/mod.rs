@@ -192,36 +192,25 @@ impl Symbolizer {
         };
         let module = mapping.map(Mapping::module_name);
         let module_offset = mapping.map(|m| m.file_offset(entry.addr));
-        let mut frames = Vec::with_capacity(1 + sym.inlined.len());
-        // blazesym lists inlined calls outermost first; frames go innermost first.
-        for inlined in sym.inlined.iter().rev() {
-            frames.push(Frame {
+        let frame =
+            |name: &str, code: Option<&blazesym::symbolize::CodeInfo<'_>>, inlined: bool| Frame {
                 addr: entry.addr,
-                function: Some(inlined.name.to_string()),
+                function: Some(name.to_string()),
                 module: module.clone(),
                 module_offset,
-                file: inlined
-                    .code_info
-                    .as_ref()
-                    .map(|c| c.to_path().display().to_string()),
-                line: inlined.code_info.as_ref().and_then(|c| c.line),
-                inlined: true,
+                file: code.map(|c| c.to_path().display().to_string()),
+                line: code.and_then(|c| c.line),
+                inlined,
                 recovered: entry.recovered,
-            });
-        }
-        frames.push(Frame {
-            addr: entry.addr,
-            function: Some(sym.name.to_string()),
-            module,
-            module_offset,
-            file: sym
-                .code_info
-                .as_ref()
-                .map(|c| c.to_path().display().to_string()),
-            line: sym.code_info.as_ref().and_then(|c| c.line),
-            inlined: false,
-            recovered: entry.recovered,
-        });
+            };
+        // blazesym lists inlined calls outermost first; frames go innermost first.
+        let mut frames: Vec<Frame> = sym
+            .inlined
+            .iter()
+            .rev()
+            .map(|i| frame(&i.name, i.code_info.as_ref(), true))
+            .collect();
+        frames.push(frame(&sym.name, sym.code_info.as_deref(), false));
         Some(frames)
     }
 

@@ -1,9 +1,17 @@
 //! Acceptance of page tracking per memory cgroup: real programs, real kernel, real cgroups,
 //! compared with the kernel's own `memory.stat`.
+//!
+//! The accuracy checks run the agent at 1 page in 64 (`ACCURACY`), where the estimator's 95%
+//! bound for these sizes (±6.1% for 256 MiB, ±8.7% for 128 MiB) sits inside the 10% asked; at the
+//! default 1 in 128 the bound for 128 MiB is ±12.3%, and the errors measured there are in
+//! docs/design.md ("The estimator and its error").
 
 use std::time::{Duration, Instant};
 
 use memlens_tests::{held, rel_diff, Agent, TestCgroup, Workload, MIB};
+
+/// Agent flags of the accuracy checks.
+const ACCURACY: &[&str] = &["--sample-shift", "6"];
 
 /// Waits until the agent's estimate reflects the workload: a census taken after `since`.
 fn settled_row(agent: &Agent, cgroup: &TestCgroup, min_anon: u64) -> serde_json::Value {
@@ -29,7 +37,7 @@ fn settled_row(agent: &Agent, cgroup: &TestCgroup, min_anon: u64) -> serde_json:
 
 #[test]
 fn anon_memory_is_attributed_to_its_cgroup_and_released() {
-    let agent = Agent::start(&[]);
+    let agent = Agent::start(ACCURACY);
     let cgroup = TestCgroup::new("anon256");
     let mut workload = Workload::start(&cgroup, &["anon", "256"]);
     workload.expect_line("ready");
@@ -149,7 +157,7 @@ fn transparent_huge_pages_are_counted_whole() {
 
 #[test]
 fn sibling_cgroups_are_each_attributed_their_own_pages() {
-    let agent = Agent::start(&[]);
+    let agent = Agent::start(ACCURACY);
     let small = TestCgroup::new("anon128");
     let large = TestCgroup::new("anon384");
     let mut w_small = Workload::start(&small, &["anon", "128"]);

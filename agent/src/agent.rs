@@ -13,9 +13,11 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     api::server::{self, AppState, InstanceLock, LeakSources},
-    attribution::{history::History, Attribution},
+    attribution::{files, history::History, Attribution},
     cgroup::{self, CgroupLayout},
-    collectors::{pages::PageCensus, stacks::StackGc},
+    collectors::{
+        filecache::FileCacheCollector, files::FileResolver, pages::PageCensus, stacks::StackGc,
+    },
     loader::{LoadOptions, Probes},
     model::{self, Snapshot, Snapshots},
     physmem::PageState,
@@ -82,6 +84,8 @@ pub fn run(settings: &AgentSettings) -> Result<()> {
         census: census.ok(),
         attribution: Attribution::new(max_stacks),
         leaks: leaks.clone(),
+        file_cache: FileCacheCollector::default(),
+        file_names: FileResolver::default(),
         max_cgroups: settings.max_cgroups,
         page_size: PageSize::system(),
     };
@@ -157,6 +161,8 @@ const HISTORY_FINE_SPAN: Duration = Duration::from_secs(600);
 const HISTORY_COARSE_SPAN: Duration = Duration::from_secs(6 * 3600);
 /// Most stacks kept per history snapshot.
 const HISTORY_MAX_STACKS: usize = 5000;
+/// Files kept per cgroup in the file-cache view.
+const TOP_FILES: usize = 50;
 /// New stacks of live processes symbolized in the background per refresh.
 const PREFETCH_PER_REFRESH: usize = 256;
 
@@ -171,6 +177,8 @@ struct Refresher {
     census: Option<PageCensus>,
     attribution: Attribution,
     leaks: LeakSources,
+    file_cache: FileCacheCollector,
+    file_names: FileResolver,
     max_cgroups: usize,
     page_size: PageSize,
 }
@@ -221,6 +229,17 @@ impl Refresher {
         snapshot.stacks_in_use = self.stacks_in_use;
         snapshot.stacks_collected = self.stack_gc.collected;
         snapshot.leaks = leaks.unwrap_or_default();
+        if let Some(map) = self.probes.file_pages.as_mut() {
+            let cache = self.file_cache.collect(map);
+            let view = files::build(
+                &cache,
+                &discovery,
+                &mut self.file_names,
+                self.page_size,
+                TOP_FILES,
+            );
+            snapshot.attach_files(view);
+        }
         snapshot.history_snapshots = self.history_snapshots;
         snapshot
     }

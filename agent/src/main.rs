@@ -33,6 +33,7 @@ fn main() -> ExitCode {
                 kernel_stack_reuse_ns: u64::try_from(args.kernel_stack_reuse.as_nanos())
                     .unwrap_or(u64::MAX),
                 btf: args.btf.clone(),
+                file_entries: args.file_entries,
             },
             refresh: args.refresh,
             max_cgroups: args.max_cgroups,
@@ -46,6 +47,9 @@ fn main() -> ExitCode {
         }
         Command::Leaks(args) => {
             client_runtime().and_then(|rt| rt.block_on(cli::leaks::run(&cli.socket, args)))
+        }
+        Command::Cache(args) => {
+            client_runtime().and_then(|rt| rt.block_on(cli::cache::run(&cli.socket, args)))
         }
         Command::Debug(cli::DebugCommand::BenchSymbolize(args)) => {
             cli::debug::bench_symbolize(args)

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    attribution::files::{CachedFile, FileView},
     cgroup::{CgroupLayout, Discovery, MemoryStats, Workload},
     collectors::pages::{Census, HeldPages},
     units::{MemcgId, PageSize},
@@ -42,6 +43,12 @@ pub struct CgroupRow {
     pub sock_bytes: Option<u64>,
     /// The eBPF page census estimate (None when the census is unavailable).
     pub held: Option<HeldEstimate>,
+    /// Page cache attributed to files by the page-cache probes (None when they are not attached).
+    #[serde(default)]
+    pub file_attributed_bytes: Option<u64>,
+    /// The file with the most page cache in this cgroup (and its descendants).
+    #[serde(default)]
+    pub top_file: Option<CachedFile>,
 }
 
 /// Estimated bytes held, from the sampled frames (hierarchical, like the counters).
@@ -93,6 +100,9 @@ pub struct Snapshot {
     /// Leak attribution of this census (served by `/v1/leaks`, not serialized here).
     #[serde(skip)]
     pub leaks: std::sync::Arc<crate::attribution::LeakView>,
+    /// File-cache attribution (served by `/v1/cache`).
+    #[serde(skip)]
+    pub files: std::sync::Arc<FileView>,
 }
 
 /// The latest snapshots, newest last: queries read the newest, and a client that needs several
@@ -217,6 +227,8 @@ pub fn build(
             slab_unreclaimable_bytes: stats.slab_unreclaimable.map(|b| b.0),
             sock_bytes: stats.sock.map(|b| b.0),
             held,
+            file_attributed_bytes: None,
+            top_file: None,
         });
     }
     snapshot
@@ -271,6 +283,18 @@ pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Snapshot {
+    /// Adds the file-cache attribution to the rows.
+    pub fn attach_files(&mut self, files: FileView) {
+        for row in &mut self.cgroups {
+            let cgroup = files.by_memcg.get(&row.id);
+            row.file_attributed_bytes = Some(cgroup.map_or(0, |c| c.attributed.0));
+            row.top_file = cgroup.and_then(|c| c.top.first().cloned());
+        }
+        self.files = std::sync::Arc::new(files);
+    }
 }
 
 #[cfg(test)]

@@ -12,12 +12,14 @@ use crate::{
 };
 
 /// Counters that mean something was lost.
-const LOSS_COUNTERS: [&str; 5] = [
+const LOSS_COUNTERS: [&str; 7] = [
     "out_of_range",
     "high_order_truncated",
     "stack_collisions",
     "kernel_stack_errors",
     "user_stack_errors",
+    "filemap_map_full",
+    "filemap_read_errors",
 ];
 
 /// The fixed facts, plus the clock of the agent's start.
@@ -178,6 +180,17 @@ impl StatusSource {
                 snapshot.stacks_collected
             ),
         );
+        match &r.filemap_probe {
+            Ok(how) => add(
+                "page cache",
+                CapabilityState::Ok,
+                format!(
+                    "{how}; {} (cgroup, file) pairs of {} counted, {} below zero (cached before start)",
+                    snapshot.files.entries, r.file_entries, snapshot.files.below_zero
+                ),
+            ),
+            Err(why) => add("page cache", CapabilityState::Unavailable, why.clone()),
+        }
         let programs = crate::loader::program_stats(&r.program_ids);
         let costs: Vec<String> = programs
             .iter()

@@ -31,10 +31,16 @@ pub enum Counter {
     /// Reading the user stack pointer or the words on top of the user stack failed: a frameless
     /// leaf's caller cannot be recovered for that sample.
     UserStackTopErrors = 10,
+    /// Page-cache add/delete events accounted.
+    FilemapEvents = 11,
+    /// Page-cache events lost: the file map was full.
+    FilemapMapFull = 12,
+    /// Page-cache events whose folio could not be read (probe read failed).
+    FilemapReadErrors = 13,
 }
 
 /// Number of counters; the size of the `COUNTERS` map.
-pub const COUNTER_COUNT: u32 = 11;
+pub const COUNTER_COUNT: u32 = 14;
 
 impl Counter {
     /// Every counter, in index order.
@@ -50,6 +56,9 @@ impl Counter {
         Counter::TaskMemcgErrors,
         Counter::KernelStackReused,
         Counter::UserStackTopErrors,
+        Counter::FilemapEvents,
+        Counter::FilemapMapFull,
+        Counter::FilemapReadErrors,
     ];
 
     /// Stable snake_case name, used in the API and metrics.
@@ -67,6 +76,9 @@ impl Counter {
             Counter::TaskMemcgErrors => "task_memcg_errors",
             Counter::KernelStackReused => "kernel_stack_reused",
             Counter::UserStackTopErrors => "user_stack_top_errors",
+            Counter::FilemapEvents => "filemap_events",
+            Counter::FilemapMapFull => "filemap_map_full",
+            Counter::FilemapReadErrors => "filemap_read_errors",
         }
     }
 }

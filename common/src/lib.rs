@@ -6,5 +6,6 @@
 #![no_std]
 
 pub mod counters;
+pub mod filemap;
 pub mod offsets;
 pub mod page;

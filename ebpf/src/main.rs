@@ -5,8 +5,12 @@
 //! set by the agent too, so nothing here assumes a machine size.
 #![no_std]
 #![no_main]
+// `lock xadd` for atomic counters (filemap.rs): Debian's rustc is stable, built with
+// RUSTC_BOOTSTRAP=memlens (the crate's name is its binary's) like aya-ebpf itself.
+#![feature(asm_experimental_arch)]
 
 mod counters;
+mod filemap;
 mod pages;
 mod task;
 

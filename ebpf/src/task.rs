@@ -2,8 +2,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel,
-        bpf_probe_read_user, bpf_task_pt_regs,
+        bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_task_pt_regs,
     },
     Global,
 };
@@ -27,6 +27,18 @@ fn read_u64(base: u64, offset: u32) -> Result<u64, i32> {
     unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const u64) }
 }
 
+/// Id of the memory cgroup whose `cgroup_subsys_state` is at `css`: `css->cgroup->kn->id`.
+#[inline(always)]
+pub fn memcg_id_of(css: u64) -> Result<u64, i32> {
+    let offsets = TASK_MEMCG_OFFSETS.load();
+    if offsets.valid == 0 {
+        return Err(0);
+    }
+    let cgroup = read_u64(css, offsets.css_cgroup)?;
+    let kn = read_u64(cgroup, offsets.cgroup_kn)?;
+    read_u64(kn, offsets.kernfs_node_id)
+}
+
 /// Memory cgroup id of the current task, or an error if the offsets are unknown or a read fails.
 ///
 /// match-kernel: include/linux/sched.h task_struct.cgroups; include/linux/cgroup-defs.h
@@ -41,9 +53,7 @@ pub fn current_memcg_id() -> Result<u64, i32> {
     let task = unsafe { bpf_get_current_task() };
     let css_set = read_u64(task, offsets.task_cgroups)?;
     let css = read_u64(css_set, offsets.css_set_memory_subsys)?;
-    let cgroup = read_u64(css, offsets.css_cgroup)?;
-    let kn = read_u64(cgroup, offsets.cgroup_kn)?;
-    read_u64(kn, offsets.kernfs_node_id)
+    memcg_id_of(css)
 }
 
 /// `offsetof(struct pt_regs, sp)`, from BTF (152 on x86-64).

@@ -478,3 +478,18 @@ pub fn leak_bin() -> PathBuf {
     })
     .clone()
 }
+
+/// Writes a file of `mib` MiB and drops its page cache (written back first), so a later read
+/// is cold and charges its cache to the reader's cgroup.
+pub fn cold_file(path: &Path, mib: usize) {
+    use std::os::fd::AsRawFd as _;
+    let mut file = std::fs::File::create(path).expect("create file");
+    let chunk = vec![0x37u8; 1 << 20];
+    for _ in 0..mib {
+        file.write_all(&chunk).expect("write file");
+    }
+    file.sync_all().expect("fsync");
+    // SAFETY: advisory call on a file descriptor we own.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "posix_fadvise(DONTNEED) failed");
+}

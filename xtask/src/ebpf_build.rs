@@ -139,8 +139,9 @@ pub fn build(workspace_root: &Path) -> Result<PathBuf, EbpfBuildError> {
     }
     cmd.env("PATH", path)
         .env("RUSTC", BPF_RUSTC)
-        // aya-ebpf uses #![feature(asm_experimental_arch)]; Debian's rustc is a stable one.
-        .env("RUSTC_BOOTSTRAP", "aya_ebpf,memlens_ebpf")
+        // aya-ebpf and the programs (crate `memlens`) use #![feature(asm_experimental_arch)];
+        // Debian's rustc is a stable one.
+        .env("RUSTC_BOOTSTRAP", "aya_ebpf,memlens")
         .env("CARGO_TARGET_DIR", ebpf_dir(workspace_root).join("target"));
 
     let output = cmd

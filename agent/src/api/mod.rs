@@ -2,6 +2,7 @@
 //!
 //! One HTTP stack (axum/hyper) so that later endpoints and `/metrics` share one server.
 
+mod cache;
 pub mod client;
 mod leaks;
 pub mod server;
@@ -11,9 +12,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    attribution::report::LeakEntry,
+    attribution::{files::CachedFile, report::LeakEntry},
     loader::ProgramStats,
     model::{CensusSummary, CgroupRow},
+    units::MemcgId,
 };
 
 /// Where the agent listens by default.
@@ -117,4 +119,65 @@ pub struct LeaksResponse {
     pub by_growth: Vec<LeakEntry>,
     /// Most held first.
     pub by_held: Vec<LeakEntry>,
+}
+
+/// Query of `GET /v1/cache`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheQuery {
+    /// A memory cgroup: id, path or end of path (files of its descendants included).
+    pub cgroup: Option<String>,
+    /// A pod, by UID (or its beginning).
+    pub pod: Option<String>,
+    /// Files per cgroup (default 10, at most 50).
+    pub top: Option<usize>,
+}
+
+/// `GET /v1/cache`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CacheResponse {
+    pub taken_at_unix_ms: u64,
+    /// (cgroup, file) pairs the kernel counts.
+    pub tracked_pairs: usize,
+    /// Pairs below zero: page cache older than the agent, evicted since.
+    pub pairs_below_zero: usize,
+    pub cgroups: Vec<CacheCgroup>,
+}
+
+/// One cgroup's working set explained, with its top files.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CacheCgroup {
+    pub id: MemcgId,
+    pub path: String,
+    pub name: String,
+    /// One sentence: what the working set is made of, and the biggest file.
+    pub diagnosis: String,
+    pub usage_bytes: u64,
+    pub working_set_bytes: u64,
+    pub anon_bytes: u64,
+    pub file_bytes: u64,
+    pub active_file_bytes: u64,
+    pub inactive_file_bytes: u64,
+    pub kernel_bytes: u64,
+    pub file_dirty_bytes: u64,
+    pub file_writeback_bytes: u64,
+    pub shmem_bytes: u64,
+    pub slab_reclaimable_bytes: Option<u64>,
+    pub slab_unreclaimable_bytes: Option<u64>,
+    pub sock_bytes: Option<u64>,
+    pub limit_bytes: Option<u64>,
+    /// Page cache the probes attributed to files, and its share of `file_bytes`.
+    pub attributed_bytes: u64,
+    pub attributed_share: f64,
+    /// Distinct files with cache here.
+    pub cached_files: usize,
+    pub files: Vec<CachedFileShare>,
+}
+
+/// A file's page cache and its share of the cgroup's.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CachedFileShare {
+    #[serde(flatten)]
+    pub file: CachedFile,
+    pub share_of_file_cache: f64,
 }

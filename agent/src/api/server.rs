@@ -17,7 +17,7 @@ use axum::{
 };
 
 pub use super::leaks::LeakSources;
-use super::{leaks, ErrorBody, StatusResponse, TopQuery, TopResponse, MAX_TOP_ROWS};
+use super::{cache, leaks, ErrorBody, StatusResponse, TopQuery, TopResponse, MAX_TOP_ROWS};
 use crate::model::{Snapshot, Snapshots};
 
 #[derive(Debug, thiserror::Error)]
@@ -102,13 +102,14 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/status", get(status))
         .route("/v1/top", get(top))
+        .route("/v1/cache", get(cache::cache))
         .route("/v1/leaks", get(leaks::leaks))
         .route("/v1/leaks/pprof", get(leaks::pprof))
         .route("/v1/leaks/flamegraph", get(leaks::flamegraph))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
-                "no such endpoint; see /v1/status, /v1/top, /v1/leaks".into(),
+                "no such endpoint; see /v1/status, /v1/top, /v1/leaks, /v1/cache".into(),
             )
         })
         .with_state(state)

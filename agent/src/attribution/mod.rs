@@ -5,6 +5,7 @@
 //! `2^(shift - o)` objects (its Horvitz-Thompson weight), so `objects` estimates how many
 //! allocations are live, whatever their size.
 
+pub mod files;
 pub mod history;
 pub mod report;
 

@@ -1,5 +1,6 @@
 //! Command-line interface: argument definitions and one module per client subcommand.
 
+pub mod cache;
 pub mod debug;
 pub mod leaks;
 pub mod status;
@@ -35,6 +36,8 @@ pub enum Command {
     Top(TopArgs),
     /// Which code paths hold memory and which keep growing: stacks by growth and by held bytes.
     Leaks(LeaksArgs),
+    /// The working set explained, and which files' page cache each cgroup holds.
+    Cache(CacheArgs),
     /// Measurements used by `cargo xtask bench`.
     #[command(hide = true, subcommand)]
     Debug(DebugCommand),
@@ -73,6 +76,10 @@ pub struct AgentArgs {
     /// How often to refresh the cgroup counters and the page census (e.g. 2s, 500ms).
     #[arg(long, default_value = "2s", value_parser = parse_refresh)]
     pub refresh: Duration,
+    /// Distinct (memory cgroup, file) pairs whose page cache is counted (about 64 bytes each);
+    /// events for further pairs are counted as lost.
+    #[arg(long, default_value_t = 131_072, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    pub file_entries: u32,
     /// BTF of the running kernel, for kernels without /sys/kernel/btf/vmlinux (e.g. from BTFHub).
     #[arg(long, value_name = "FILE")]
     pub btf: Option<PathBuf>,
@@ -83,6 +90,22 @@ pub struct AgentArgs {
     /// cgroup's "other stacks" entry.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
     pub max_stacks: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct CacheArgs {
+    /// This memory cgroup (id, path or end of path); default: the 10 with the most page cache.
+    #[arg(long)]
+    pub cgroup: Option<String>,
+    /// This pod (UID or its beginning).
+    #[arg(long)]
+    pub pod: Option<String>,
+    /// Files per cgroup.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=50))]
+    pub top: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

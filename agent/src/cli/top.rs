@@ -92,6 +92,10 @@ fn render(top: &TopResponse) -> String {
                     .map_or_else(|| "-".into(), |l| Bytes(l).to_string()),
             ),
             right(held),
+            Cell::new(row.top_file.as_ref().map_or_else(
+                || "-".to_string(),
+                |f| format!("{} {}", Bytes(f.bytes), short_path(&f.display())),
+            )),
         ]);
     }
     let mut out = table.to_string();
@@ -108,6 +112,18 @@ fn render(top: &TopResponse) -> String {
         1u64 << top.sample_shift
     );
     out
+}
+
+/// The last 32 characters of a path, so the table stays readable.
+fn short_path(path: &str) -> String {
+    let chars: Vec<char> = path.chars().collect();
+    if chars.len() <= 32 {
+        return path.to_string();
+    }
+    format!(
+        "...{}",
+        chars[chars.len() - 29..].iter().collect::<String>()
+    )
 }
 
 fn right(text: String) -> Cell {

@@ -1,4 +1,6 @@
 //! Collectors: turn kernel maps and kernel files into plain data for the model.
 
+pub mod filecache;
+pub mod files;
 pub mod pages;
 pub mod stacks;

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use btf_rs::{Btf, BtfType, Type};
-use memlens_common::offsets::TaskMemcgOffsets;
+use memlens_common::{filemap::FilemapOffsets, offsets::TaskMemcgOffsets};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -104,28 +104,54 @@ impl KernelBtf {
         None
     }
 
-    /// Value of enumerator `member` (of any enum).
-    pub fn enum_value(&self, member: &str) -> Result<u32, BtfError> {
-        let enums = ["cgroup_subsys_id"];
-        for e in enums {
-            if let Ok(types) = self.btf.resolve_types_by_name(e) {
-                for t in types {
-                    if let Type::Enum(en) = t {
-                        for m in &en.members {
-                            if self.btf.resolve_name(m).is_ok_and(|n| n == member) {
-                                return Ok(m.val());
-                            }
-                        }
+    /// Value of enumerator `member` of `enum name`.
+    pub fn enum_value(&self, name: &str, member: &str) -> Result<u32, BtfError> {
+        let types = self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|_| BtfError::NotFound(format!("enum {name}")))?;
+        for t in types {
+            if let Type::Enum(en) = t {
+                for m in &en.members {
+                    if self.btf.resolve_name(m).is_ok_and(|n| n == member) {
+                        return Ok(m.val());
                     }
                 }
             }
         }
-        Err(BtfError::NotFound(format!("enumerator {member}")))
+        Err(BtfError::NotFound(format!(
+            "enumerator {member} of enum {name}"
+        )))
+    }
+
+    /// Offsets for the page-cache programs.
+    pub fn filemap_offsets(&self) -> Result<FilemapOffsets, BtfError> {
+        let kmem = self.enum_value("page_memcg_data_flags", "MEMCG_DATA_KMEM")?;
+        // Flags are the bits below __NR_MEMCG_DATA_FLAGS; pointers are 8-byte aligned anyway.
+        let mask = self
+            .enum_value("page_memcg_data_flags", "__NR_MEMCG_DATA_FLAGS")
+            .map_or(7, |n| n.saturating_sub(1) | 7);
+        Ok(FilemapOffsets {
+            folio_flags: self.member_offset("folio", "flags")?,
+            folio_flags_1: self.member_offset("folio", "_flags_1")?,
+            folio_mapping: self.member_offset("folio", "mapping")?,
+            folio_memcg_data: self.member_offset("folio", "memcg_data")?,
+            mapping_host: self.member_offset("address_space", "host")?,
+            inode_ino: self.member_offset("inode", "i_ino")?,
+            inode_sb: self.member_offset("inode", "i_sb")?,
+            sb_dev: self.member_offset("super_block", "s_dev")?,
+            objcg_memcg: self.member_offset("obj_cgroup", "memcg")?,
+            memcg_css: self.member_offset("mem_cgroup", "css")?,
+            pg_head: self.enum_value("pageflags", "PG_head")?,
+            memcg_data_kmem: kmem,
+            memcg_data_mask: mask,
+            valid: 1,
+        })
     }
 
     /// Offsets of `task->cgroups->subsys[memory_cgrp_id]->cgroup->kn->id`.
     pub fn task_memcg_offsets(&self) -> Result<TaskMemcgOffsets, BtfError> {
-        let memory_id = self.enum_value("memory_cgrp_id")?;
+        let memory_id = self.enum_value("cgroup_subsys_id", "memory_cgrp_id")?;
         let subsys = self.member_offset("css_set", "subsys")?;
         Ok(TaskMemcgOffsets {
             task_cgroups: self.member_offset("task_struct", "cgroups")?,
@@ -135,5 +161,30 @@ impl KernelBtf {
             kernfs_node_id: self.member_offset("kernfs_node", "id")?,
             valid: 1,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Offsets of this machine's kernel, checked by hand against KERNEL.md; the test only runs
+    /// where the running kernel exposes BTF.
+    #[test]
+    fn offsets_from_the_running_kernel() {
+        let Ok(btf) = KernelBtf::load(None) else {
+            return;
+        };
+        let task = btf.task_memcg_offsets().expect("task offsets");
+        assert_eq!(task.valid, 1);
+        let files = btf.filemap_offsets().expect("filemap offsets");
+        assert_eq!(
+            files.folio_memcg_data,
+            btf.member_offset("page", "memcg_data").expect("page")
+        );
+        assert!(files.pg_head > 0 && files.pg_head < 64);
+        assert_eq!(files.memcg_data_kmem, 2);
+        assert_eq!(files.memcg_data_mask & 3, 3);
+        assert_eq!(btf.struct_size("page").expect("page"), 64);
     }
 }

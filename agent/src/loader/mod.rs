@@ -9,12 +9,13 @@ pub mod tracefs;
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
 use aya::{
-    maps::{MapData, PerCpuArray, StackTraceMap},
+    maps::{HashMap, MapData, PerCpuArray, StackTraceMap},
     programs::{RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use memlens_common::{
     counters::Counter,
+    filemap::FileKey,
     offsets::TaskMemcgOffsets,
     page::{AllocTracepointFields, MAX_SAMPLE_SHIFT},
 };
@@ -73,6 +74,8 @@ pub struct LoadOptions {
     pub kernel_stack_reuse_ns: u64,
     /// BTF of the running kernel, when not at /sys/kernel/btf/vmlinux.
     pub btf: Option<PathBuf>,
+    /// Entries of the page-cache map: distinct (memory cgroup, file) pairs.
+    pub file_entries: u32,
 }
 
 /// How the programs were loaded: the facts behind `memlens status`.
@@ -99,6 +102,9 @@ pub struct LoadReport {
     pub memlock_warning: Option<String>,
     /// Kernel ids of the attached programs.
     pub program_ids: Vec<u32>,
+    /// The page-cache probes in use, or why there are none.
+    pub filemap_probe: Result<String, String>,
+    pub file_entries: u32,
 }
 
 /// The programs' per-CPU counters (see `memlens_common::counters`), readable from any thread.
@@ -137,6 +143,8 @@ pub struct Probes {
     pub page_allocs: PageAllocTable,
     pub counters: Arc<KernelCounters>,
     pub stacks: StackTraceMap<MapData>,
+    /// Net page-cache pages per (memory cgroup, file), when the page-cache probes are attached.
+    pub file_pages: Option<HashMap<MapData, FileKey, i64>>,
     pub report: LoadReport,
 }
 
@@ -157,6 +165,7 @@ impl Probes {
         let page_struct_size = kernel_btf.struct_size("page")?;
         let pt_regs_sp = kernel_btf.member_offset("pt_regs", "sp")?;
         let task_memcg_offsets = kernel_btf.task_memcg_offsets().map_err(|e| e.to_string());
+        let filemap_offsets = kernel_btf.filemap_offsets().map_err(|e| e.to_string());
         if let Err(e) = &task_memcg_offsets {
             tracing::warn!("allocating task's memory cgroup will not be recorded: {e}");
         }
@@ -187,6 +196,7 @@ impl Probes {
         let base = vmemmap_base.as_ref().copied().unwrap_or(0);
         let fields = tp_fields.as_ref().copied().unwrap_or_default();
         let offsets = task_memcg_offsets.clone().unwrap_or_default();
+        let file_offsets = filemap_offsets.clone().unwrap_or_default();
         loader
             .override_global("SAMPLE_SHIFT", &sample_shift, true)
             .override_global("SUPERBLOCKS", &sample_entries, true)
@@ -195,6 +205,7 @@ impl Probes {
             .override_global("PAGE_STRUCT_SHIFT", &page_struct_shift, true)
             .override_global("ALLOC_TP_FIELDS", &fields, true)
             .override_global("TASK_MEMCG_OFFSETS", &offsets, true)
+            .override_global("FILEMAP_OFFSETS", &file_offsets, true)
             .override_global("PT_REGS_SP_OFFSET", &pt_regs_sp, true)
             .override_global(
                 "KERNEL_STACK_REUSE_NS",
@@ -205,7 +216,8 @@ impl Probes {
                 "PAGE_ALLOCS",
                 u32::try_from(sample_entries).unwrap_or(u32::MAX),
             )
-            .map_max_entries("STACKS", options.stack_entries);
+            .map_max_entries("STACKS", options.stack_entries)
+            .map_max_entries("FILE_PAGES", options.file_entries);
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| ebpf_err("loading the kernel programs", e))?;
@@ -232,6 +244,20 @@ impl Probes {
             )
             .map_err(|e| ebpf_err("opening COUNTERS", e))?,
         ));
+        let filemap_probe = match (&task_memcg_offsets, &filemap_offsets) {
+            (Err(e), _) | (_, Err(e)) => Err(format!("offsets unknown: {e}")),
+            (Ok(_), Ok(_)) => attach_filemap(&mut ebpf),
+        };
+        match &filemap_probe {
+            Ok(how) => tracing::info!("page cache: {how}"),
+            Err(why) => tracing::warn!("page cache not tracked: {why}"),
+        }
+        let file_pages = match (&filemap_probe, ebpf.take_map("FILE_PAGES")) {
+            (Ok(_), Some(map)) => {
+                Some(HashMap::try_from(map).map_err(|e| ebpf_err("opening FILE_PAGES", e))?)
+            }
+            _ => None,
+        };
         let stacks = StackTraceMap::try_from(
             ebpf.take_map("STACKS")
                 .ok_or(LoadError::MissingProgram("STACKS map"))?,
@@ -254,15 +280,20 @@ impl Probes {
             end_pfn: end_pfn.0,
             sample_entries,
             stack_entries: options.stack_entries,
-            map_bytes: sample_entries * record + u64::from(options.stack_entries) * (127 * 8 + 8),
+            map_bytes: sample_entries * record
+                + u64::from(options.stack_entries) * (127 * 8 + 8)
+                + u64::from(options.file_entries) * 64,
             memlock_warning,
             program_ids,
+            filemap_probe,
+            file_entries: options.file_entries,
         };
         Ok(Probes {
             _ebpf: ebpf,
             page_allocs,
             counters,
             stacks,
+            file_pages,
             report,
         })
     }
@@ -373,6 +404,24 @@ fn attach_page_alloc(
     Ok(("tracepoint kmem:mm_page_alloc".into(), Some(raw_error)))
 }
 
+/// Attaches the page-cache add and delete programs (raw tracepoints).
+fn attach_filemap(ebpf: &mut Ebpf) -> Result<String, String> {
+    for (program, tracepoint) in [
+        ("filemap_add", "mm_filemap_add_to_page_cache"),
+        ("filemap_delete", "mm_filemap_delete_from_page_cache"),
+    ] {
+        let p: &mut RawTracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| format!("program {program} missing"))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+        p.load()
+            .and_then(|()| p.attach(tracepoint).map(|_| ()))
+            .map_err(|e| ebpf_err("page-cache probe", format!("{tracepoint}: {e}")).to_string())?;
+    }
+    Ok("raw tracepoints mm_filemap_add_to_page_cache, mm_filemap_delete_from_page_cache".into())
+}
+
 /// Raises RLIMIT_MEMLOCK for kernels that still charge BPF maps to it (< 5.11); a refusal is a
 /// warning, since newer kernels charge the memory cgroup instead.
 fn raise_memlock_rlimit() -> Option<String> {
@@ -403,6 +452,7 @@ mod tests {
             stack_entries: 1,
             kernel_stack_reuse_ns: 0,
             btf: None,
+            file_entries: 1,
         };
         // 24 GiB of 4 KiB pages fits at 1 in 64.
         assert_eq!(

@@ -10,6 +10,12 @@
 //! `memlens-workload writefile <path> <MiB>`: writes a file of that size with buffered writes
 //! (its page cache is charged to the writer's cgroup), prints `written`, exits.
 //!
+//! `memlens-workload appendlog <path> <MiB>`: appends that much to a log file with buffered
+//! writes and keeps it open, prints `written`; on `truncate`: truncates it, prints `truncated`.
+//!
+//! `memlens-workload readfile <path>`: reads the whole file (buffered), prints `read <bytes>`,
+//! keeps it open.
+//!
 //! `memlens-workload storm <MiB> <rounds>`: the page-fault storm of `cargo xtask bench storm`:
 //! map, touch and unmap `<MiB>` of anonymous memory `<rounds>` times, then print
 //! `seconds <s> pages <n>`.
@@ -19,8 +25,8 @@ use std::{
     time::Instant,
 };
 
-const USAGE: &str =
-    "usage: memlens-workload anon <MiB> | anon-thp <MiB> | storm <MiB> <rounds> | writefile <path> <MiB>";
+const USAGE: &str = "usage: memlens-workload anon <MiB> | anon-thp <MiB> | storm <MiB> <rounds> \
+                     | writefile <path> <MiB> | appendlog <path> <MiB> | readfile <path>";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -37,13 +43,9 @@ fn main() {
         Some("anon") => hold(number(2) << 20, false),
         Some("anon-thp") => hold(number(2) << 20, true),
         Some("storm") => storm(number(2) << 20, number(3)),
-        Some("writefile") => match args.get(2) {
-            Some(path) => write_file(path, number(3) << 20),
-            None => {
-                eprintln!("{USAGE}");
-                std::process::exit(2);
-            }
-        },
+        Some("writefile") => write_file(path_arg(&args), number(3) << 20),
+        Some("appendlog") => append_log(path_arg(&args), number(3) << 20),
+        Some("readfile") => read_file(path_arg(&args)),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
@@ -87,21 +89,87 @@ fn map_huge(len: usize) -> *mut libc::c_void {
     aligned
 }
 
+fn path_arg(args: &[String]) -> &str {
+    match args.get(2) {
+        Some(path) => path,
+        None => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn fail(what: &str, e: &std::io::Error) -> ! {
+    eprintln!("{what}: {e}");
+    std::process::exit(1);
+}
+
+/// Waits for commands on stdin; `on` handles one and says whether to go on.
+fn serve(mut on: impl FnMut(&str) -> bool) {
+    for line in std::io::stdin().lock().lines() {
+        match line.as_deref() {
+            Ok("exit") | Err(_) => break,
+            Ok(command) => {
+                if !on(command) {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn append_log(path: &str, len: usize) {
+    use std::io::Write as _;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| fail(path, &e));
+    let line =
+        b"2026-11-23T00:00:00Z INFO request served in 12 ms by the handler of the log test\n";
+    let mut writer = std::io::BufWriter::new(&mut file);
+    let mut written = 0;
+    while written < len {
+        writer.write_all(line).unwrap_or_else(|e| fail(path, &e));
+        written += line.len();
+    }
+    writer.flush().unwrap_or_else(|e| fail(path, &e));
+    drop(writer);
+    println!("written");
+    let _ = std::io::stdout().flush();
+    serve(|command| {
+        if command == "truncate" {
+            file.set_len(0).unwrap_or_else(|e| fail(path, &e));
+            println!("truncated");
+            let _ = std::io::stdout().flush();
+        }
+        true
+    });
+}
+
+fn read_file(path: &str) {
+    use std::io::{Read as _, Write as _};
+    let mut file = std::fs::File::open(path).unwrap_or_else(|e| fail(path, &e));
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut total = 0usize;
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => total += n,
+            Err(e) => fail(path, &e),
+        }
+    }
+    println!("read {total}");
+    let _ = std::io::stdout().flush();
+    serve(|_| true);
+}
+
 fn write_file(path: &str, len: usize) {
     use std::io::Write as _;
     let chunk = vec![0x42u8; 1 << 20];
-    let mut file = match std::fs::File::create(path) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("cannot create {path}: {e}");
-            std::process::exit(1);
-        }
-    };
+    let mut file = std::fs::File::create(path).unwrap_or_else(|e| fail(path, &e));
     for _ in 0..len / chunk.len() {
-        if let Err(e) = file.write_all(&chunk) {
-            eprintln!("cannot write {path}: {e}");
-            std::process::exit(1);
-        }
+        file.write_all(&chunk).unwrap_or_else(|e| fail(path, &e));
     }
     println!("written");
 }

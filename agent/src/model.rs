@@ -243,30 +243,16 @@ fn hierarchical(
     discovery: &Discovery,
     local: &HashMap<MemcgId, HeldPages>,
 ) -> HashMap<MemcgId, HeldPages> {
-    let index: HashMap<&str, usize> = discovery
-        .cgroups
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.path.as_str(), i))
-        .collect();
     let mut totals: Vec<HeldPages> = discovery
         .cgroups
         .iter()
         .map(|c| local.get(&c.id).copied().unwrap_or_default())
         .collect();
-    // Children come after their parent in discovery order: fold from the end.
+    let parents = discovery.parents();
     for i in (0..discovery.cgroups.len()).rev() {
-        let path = discovery.cgroups[i].path.as_str();
-        let parent = match path.rsplit_once('/') {
-            Some(("", _)) if path != "/" => "/",
-            Some((parent, _)) => parent,
-            None => continue,
-        };
-        if let Some(&p) = index.get(parent) {
-            if p != i {
-                let child = totals[i];
-                totals[p].absorb(&child);
-            }
+        if let Some(p) = parents[i] {
+            let child = totals[i];
+            totals[p].absorb(&child);
         }
     }
     discovery

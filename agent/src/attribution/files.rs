@@ -83,13 +83,6 @@ pub fn build(
     page_size: PageSize,
     top: usize,
 ) -> FileView {
-    // Fold children into parents (discovery lists parents first).
-    let index: HashMap<&str, usize> = discovery
-        .cgroups
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.path.as_str(), i))
-        .collect();
     let mut sums: Vec<HashMap<FileId, u64>> = discovery
         .cgroups
         .iter()
@@ -101,21 +94,14 @@ pub fn build(
                 .unwrap_or_default()
         })
         .collect();
+    let parents = discovery.parents();
     for i in (0..discovery.cgroups.len()).rev() {
-        let path = discovery.cgroups[i].path.as_str();
-        let parent = match path.rsplit_once('/') {
-            Some(("", _)) if path != "/" => "/",
-            Some((parent, _)) => parent,
-            None => continue,
-        };
-        if let Some(&p) = index.get(parent) {
-            if p != i {
-                let child = std::mem::take(&mut sums[i]);
-                for (file, pages) in &child {
-                    *sums[p].entry(*file).or_default() += pages;
-                }
-                sums[i] = child;
+        if let Some(p) = parents[i] {
+            let child = std::mem::take(&mut sums[i]);
+            for (file, pages) in &child {
+                *sums[p].entry(*file).or_default() += pages;
             }
+            sums[i] = child;
         }
     }
     // (cgroup, pages attributed, distinct files, top files with their pages)

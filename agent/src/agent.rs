@@ -18,6 +18,7 @@ use crate::{
     collectors::{
         filecache::FileCacheCollector, files::FileResolver, pages::PageCensus, stacks::StackGc,
     },
+    history::Store,
     loader::{LoadOptions, Probes},
     model::{self, Snapshot, Snapshots},
     physmem::PageState,
@@ -35,11 +36,16 @@ pub struct AgentSettings {
     pub max_cgroups: usize,
     /// Cap on distinct stacks per census.
     pub max_stacks: u64,
+    pub db: PathBuf,
+    pub history_interval: Duration,
+    pub retention: Duration,
 }
 
 pub fn run(settings: &AgentSettings) -> Result<()> {
     // Claim the socket before touching the kernel: a second agent fails here, cleanly.
     let _lock = InstanceLock::acquire(&settings.socket)?;
+    let store = Store::open(&settings.db, settings.retention)?;
+    tracing::info!("history in {}", settings.db.display());
     let layout = CgroupLayout::detect()?;
     tracing::info!("cgroups: {layout}");
     match layout.memory_cgroup_of("self") {
@@ -86,6 +92,9 @@ pub fn run(settings: &AgentSettings) -> Result<()> {
         leaks: leaks.clone(),
         file_cache: FileCacheCollector::default(),
         file_names: FileResolver::default(),
+        store,
+        history_interval: settings.history_interval,
+        last_recorded: None,
         max_cgroups: settings.max_cgroups,
         page_size: PageSize::system(),
     };
@@ -124,6 +133,7 @@ async fn serve(
     tracing::info!("API on {}", settings.socket.display());
     let state = AppState {
         snapshots,
+        db: settings.db.clone(),
         status: Arc::new(move |snapshot| status.report(snapshot)),
         leaks,
     };
@@ -179,6 +189,9 @@ struct Refresher {
     leaks: LeakSources,
     file_cache: FileCacheCollector,
     file_names: FileResolver,
+    store: Store,
+    history_interval: Duration,
+    last_recorded: Option<Instant>,
     max_cgroups: usize,
     page_size: PageSize,
 }
@@ -241,6 +254,15 @@ impl Refresher {
             snapshot.attach_files(view);
         }
         snapshot.history_snapshots = self.history_snapshots;
+        if self
+            .last_recorded
+            .is_none_or(|t| t.elapsed() >= self.history_interval)
+        {
+            self.last_recorded = Some(Instant::now());
+            if let Err(e) = self.store.record(&snapshot) {
+                tracing::warn!("history not recorded: {e}");
+            }
+        }
         snapshot
     }
 }

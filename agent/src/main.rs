@@ -7,6 +7,7 @@ mod cgroup;
 mod cli;
 mod collectors;
 mod exporters;
+mod history;
 mod loader;
 mod model;
 mod physmem;
@@ -38,6 +39,9 @@ fn main() -> ExitCode {
             refresh: args.refresh,
             max_cgroups: args.max_cgroups,
             max_stacks: args.max_stacks,
+            db: args.db.clone(),
+            history_interval: args.history_interval,
+            retention: args.retention,
         }),
         Command::Status(args) => {
             client_runtime().and_then(|rt| rt.block_on(cli::status::run(&cli.socket, args)))
@@ -47,6 +51,9 @@ fn main() -> ExitCode {
         }
         Command::Leaks(args) => {
             client_runtime().and_then(|rt| rt.block_on(cli::leaks::run(&cli.socket, args)))
+        }
+        Command::History(args) => {
+            client_runtime().and_then(|rt| rt.block_on(cli::history::run(&cli.socket, args)))
         }
         Command::Cache(args) => {
             client_runtime().and_then(|rt| rt.block_on(cli::cache::run(&cli.socket, args)))

@@ -330,11 +330,16 @@ impl Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("memlens.sock");
         let log = dir.path().join("agent.log");
-        let child = Command::new(memlens_bin())
-            .arg("agent")
+        let mut cmd = Command::new(memlens_bin());
+        cmd.arg("agent")
             .arg("--socket")
             .arg(&socket)
-            .args(["--refresh", "500ms"])
+            .args(["--refresh", "500ms"]);
+        if !extra.contains(&"--db") {
+            // Each test's history stays in its own directory.
+            cmd.arg("--db").arg(dir.path().join("history.db"));
+        }
+        let child = cmd
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
@@ -419,6 +424,14 @@ impl Agent {
             }
             thread::sleep(Duration::from_millis(250));
         }
+    }
+}
+
+impl Agent {
+    /// Kills the agent with SIGKILL (no clean shutdown) and waits for it.
+    pub fn kill_hard(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -181,3 +181,26 @@ pub struct CachedFileShare {
     pub file: CachedFile,
     pub share_of_file_cache: f64,
 }
+
+/// Most samples one `/v1/history` answer carries.
+pub const MAX_HISTORY_POINTS: usize = 10_000;
+
+/// Query of `GET /v1/history`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// The memory cgroup: id, path or end of path (or the path of one that is gone).
+    pub cgroup: String,
+    /// How far back, e.g. `6h` (default 1h).
+    pub since: Option<String>,
+    /// Most samples (evenly thinned; default 1000, at most 10,000).
+    pub limit: Option<usize>,
+}
+
+/// `GET /v1/history`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HistoryResponse {
+    pub path: String,
+    /// Oldest first.
+    pub samples: Vec<crate::history::Sample>,
+}

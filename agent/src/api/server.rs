@@ -17,8 +17,14 @@ use axum::{
 };
 
 pub use super::leaks::LeakSources;
-use super::{cache, leaks, ErrorBody, StatusResponse, TopQuery, TopResponse, MAX_TOP_ROWS};
-use crate::model::{Snapshot, Snapshots};
+use super::{
+    cache, leaks, ErrorBody, HistoryQuery, HistoryResponse, StatusResponse, TopQuery, TopResponse,
+    MAX_HISTORY_POINTS, MAX_TOP_ROWS,
+};
+use crate::{
+    history::Reader,
+    model::{Snapshot, Snapshots},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -93,6 +99,8 @@ pub fn bind(socket: &Path) -> Result<tokio::net::UnixListener, ServerError> {
 #[derive(Clone)]
 pub struct AppState {
     pub snapshots: Arc<Snapshots>,
+    /// The history database, read per query.
+    pub db: PathBuf,
     pub status: Arc<dyn Fn(&Snapshot) -> StatusResponse + Send + Sync>,
     pub leaks: LeakSources,
 }
@@ -103,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/top", get(top))
         .route("/v1/cache", get(cache::cache))
+        .route("/v1/history", get(history))
         .route("/v1/leaks", get(leaks::leaks))
         .route("/v1/leaks/pprof", get(leaks::pprof))
         .route("/v1/leaks/flamegraph", get(leaks::flamegraph))
@@ -129,6 +138,55 @@ pub(super) fn error(code: StatusCode, message: String) -> Response {
 async fn status(State(state): State<AppState>) -> Json<StatusResponse> {
     let snapshot = state.snapshots.latest();
     Json((state.status)(&snapshot))
+}
+
+async fn history(
+    State(state): State<AppState>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Response {
+    let query = match accept_query(query) {
+        Ok(q) => q,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let since = match humantime::parse_duration(query.since.as_deref().unwrap_or("1h")) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad since: {e}")),
+    };
+    let snapshot = state.snapshots.latest();
+    let wanted = &query.cgroup;
+    // Cgroups that exist now, or else the path as given (history outlives cgroups).
+    let path = snapshot
+        .cgroups
+        .iter()
+        .find(|r| {
+            r.id.0.to_string() == *wanted
+                || r.path == *wanted
+                || r.path
+                    .ends_with(&format!("/{}", wanted.trim_start_matches('/')))
+        })
+        .map_or_else(|| wanted.clone(), |r| r.path.clone());
+    let limit = query.limit.unwrap_or(1000).min(MAX_HISTORY_POINTS);
+    let from = snapshot
+        .taken_at_unix_ms
+        .saturating_sub(since.as_millis() as u64);
+    let db = state.db.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        Reader::open(&db)
+            .and_then(|r| r.series(&path, from, limit))
+            .map(|s| (path, s))
+    })
+    .await;
+    match read {
+        Ok(Ok((path, samples))) if !samples.is_empty() => {
+            Json(HistoryResponse { path, samples }).into_response()
+        }
+        Ok(Ok((path, _))) => error(StatusCode::NOT_FOUND, format!("no history for {path:?}")),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("query failed: {e}"),
+        ),
+    }
 }
 
 async fn top(

@@ -2,6 +2,7 @@
 
 pub mod cache;
 pub mod debug;
+pub mod history;
 pub mod leaks;
 pub mod status;
 pub mod top;
@@ -36,6 +37,8 @@ pub enum Command {
     Top(TopArgs),
     /// Which code paths hold memory and which keep growing: stacks by growth and by held bytes.
     Leaks(LeaksArgs),
+    /// A cgroup's recorded memory history.
+    History(HistoryArgs),
     /// The working set explained, and which files' page cache each cgroup holds.
     Cache(CacheArgs),
     /// Measurements used by `cargo xtask bench`.
@@ -86,10 +89,35 @@ pub struct AgentArgs {
     /// Most memory cgroups listed.
     #[arg(long, default_value_t = 10_000)]
     pub max_cgroups: usize,
+    /// The history database (SQLite).
+    #[arg(long, default_value = "/var/lib/memlens/history.db")]
+    pub db: PathBuf,
+    /// How often a sample of every cgroup goes into the history (e.g. 30s).
+    #[arg(long, default_value = "30s", value_parser = parse_refresh)]
+    pub history_interval: Duration,
+    /// How long history is kept (at least the leak detector's lookback).
+    #[arg(long, default_value = "6h", value_parser = parse_retention)]
+    pub retention: Duration,
     /// Most distinct stacks attributed per census; the smallest beyond it merge into their
     /// cgroup's "other stacks" entry.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
     pub max_stacks: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    /// The memory cgroup (id, path or end of path).
+    #[arg(long)]
+    pub cgroup: String,
+    /// How far back (e.g. 1h).
+    #[arg(long, default_value = "1h")]
+    pub since: String,
+    /// Most samples shown (evenly thinned).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub limit: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -171,6 +199,15 @@ fn parse_reuse(text: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 100ms, 0s)"))?;
     if d > MAX_KERNEL_STACK_REUSE {
         return Err("must be at most 1s".into());
+    }
+    Ok(d)
+}
+
+/// A duration between 1 minute and 30 days.
+fn parse_retention(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 6h, 2d)"))?;
+    if d < Duration::from_secs(60) || d > Duration::from_secs(30 * 24 * 3600) {
+        return Err("must be between 1m and 30d".into());
     }
     Ok(d)
 }

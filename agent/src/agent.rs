@@ -19,7 +19,7 @@ use crate::{
         filecache::FileCacheCollector, files::FileResolver, pages::PageCensus, stacks::StackGc,
     },
     history::Store,
-    loader::{LoadOptions, Probes},
+    loader::{LoadError, LoadOptions, Probes},
     model::{self, Snapshot, Snapshots},
     physmem::PageState,
     status::StatusSource,
@@ -42,6 +42,11 @@ pub struct AgentSettings {
 }
 
 pub fn run(settings: &AgentSettings) -> Result<()> {
+    // Before anything touches /run or /var/lib: without root the answer is "run as root".
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(LoadError::NotRoot.into());
+    }
     // Claim the socket before touching the kernel: a second agent fails here, cleanly.
     let _lock = InstanceLock::acquire(&settings.socket)?;
     let store = Store::open(&settings.db, settings.retention)?;

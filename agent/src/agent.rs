@@ -4,7 +4,10 @@
 
 use std::{
     path::PathBuf,
-    sync::{mpsc, Arc, RwLock},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc, RwLock,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -13,11 +16,18 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     api::server::{self, AppState, InstanceLock, LeakSources},
-    attribution::{files, history::History, Attribution},
+    attribution::{files, history::History, query, Attribution},
+    cgroup::CgroupVersion,
     cgroup::{self, CgroupLayout},
     collectors::{
-        filecache::FileCacheCollector, files::FileResolver, pages::PageCensus, stacks::StackGc,
+        filecache::FileCacheCollector,
+        files::FileResolver,
+        lifecycle::{self, memory_hierarchy_id, Lifecycle, LifecycleStats},
+        pages::PageCensus,
+        stacks::StackGc,
     },
+    config::Config,
+    engine::{self, CheckRequest, Engine, EngineStats},
     history::Store,
     loader::{LoadError, LoadOptions, Probes},
     model::{self, Snapshot, Snapshots},
@@ -39,6 +49,8 @@ pub struct AgentSettings {
     pub db: PathBuf,
     pub history_interval: Duration,
     pub retention: Duration,
+    /// The event engine's settings.
+    pub config: Config,
 }
 
 pub fn run(settings: &AgentSettings) -> Result<()> {
@@ -69,12 +81,20 @@ pub fn run(settings: &AgentSettings) -> Result<()> {
             Err(why)
         }
     };
+    let mut probes = probes;
+    let lifecycle_ring = probes.lifecycle.take();
+    let lifecycle_stats = Arc::new(LifecycleStats::default());
+    let engine_stats = Arc::new(EngineStats::default());
     let status = StatusSource::new(
         probes.report.clone(),
         Arc::clone(&probes.counters),
         layout.clone(),
         census.as_ref().err().cloned(),
+        Arc::clone(&lifecycle_stats),
+        (Arc::clone(&engine_stats), schedule(&settings.config)),
     );
+    let memory_hierarchy = memory_hierarchy_id(layout.version == CgroupVersion::V2);
+    let memory_root = layout.memory_root.clone();
 
     let max_stacks = usize::try_from(settings.max_stacks).unwrap_or(usize::MAX);
     let leaks = LeakSources {
@@ -105,6 +125,37 @@ pub fn run(settings: &AgentSettings) -> Result<()> {
     };
     let snapshots = Arc::new(Snapshots::new(refresher.snapshot()));
     let published = Arc::clone(&snapshots);
+    let stop_lifecycle = Arc::new(AtomicBool::new(false));
+    let lifecycle_worker = match lifecycle_ring {
+        Some(ring) => Some(lifecycle::spawn(
+            ring,
+            death_evidence(Arc::clone(&snapshots), leaks.clone()),
+            &settings.db,
+            settings.retention,
+            Arc::clone(&snapshots),
+            Lifecycle::new(memory_hierarchy),
+            lifecycle_stats,
+            Arc::clone(&stop_lifecycle),
+        )?),
+        None => None,
+    };
+    let (check_tx, check_rx) = mpsc::channel::<CheckRequest>();
+    let engine = Engine {
+        config: settings.config.clone(),
+        host: settings
+            .config
+            .host
+            .clone()
+            .unwrap_or_else(|| "localhost".into()),
+        db: settings.db.clone(),
+        store: Store::open(&settings.db, settings.retention)?,
+        snapshots: Arc::clone(&snapshots),
+        leaks: leaks.clone(),
+        memory_root,
+        stats: engine_stats,
+    };
+    let engine_worker = engine::spawn(engine, check_rx, Arc::clone(&stop_lifecycle))
+        .context("cannot start the event engine")?;
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let interval = settings.refresh;
     let worker = thread::Builder::new()
@@ -121,18 +172,62 @@ pub fn run(settings: &AgentSettings) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let served = runtime.block_on(serve(settings, snapshots, status, leaks));
+    let served = runtime.block_on(serve(settings, snapshots, status, leaks, check_tx));
     let _ = stop_tx.send(());
     let _ = worker.join();
+    stop_lifecycle.store(true, Ordering::Relaxed);
+    if let Some(worker) = lifecycle_worker {
+        let _ = worker.join();
+    }
+    let _ = engine_worker.join();
     tracing::info!("stopped");
     served
 }
+
+/// What the engine runs when, for `memlens status`.
+fn schedule(config: &Config) -> String {
+    let every = |d: Duration| humantime::format_duration(d).to_string();
+    let leak = if config.leak.enabled || config.file_cache.enabled {
+        format!(
+            "leak detector every {} (lookback {}, horizon {}, threshold {:.0}% of the limit)",
+            every(config.leak.interval),
+            every(config.leak.lookback),
+            every(config.leak.horizon),
+            config.leak.threshold * 100.0
+        )
+    } else {
+        "leak detector off".into()
+    };
+    let restarts = if config.restarts.enabled {
+        format!(
+            "restart detector every {} (window {})",
+            every(config.restarts.interval),
+            every(config.restarts.window)
+        )
+    } else {
+        "restart detector off".into()
+    };
+    format!("{leak}, {restarts}")
+}
+
+/// The cgroup's memory just before a record (top stacks and files), from the kept censuses.
+fn death_evidence(snapshots: Arc<Snapshots>, leaks: LeakSources) -> lifecycle::EvidenceFn {
+    Box::new(move |record| {
+        let path = record.cgroup_path.as_deref()?;
+        let memory = query::memory_at(&snapshots, &leaks, path, record.ts_ms, EVIDENCE_TOP)?;
+        serde_json::to_value(memory).ok()
+    })
+}
+
+/// Stacks and files kept as evidence of a process' end.
+const EVIDENCE_TOP: usize = 5;
 
 async fn serve(
     settings: &AgentSettings,
     snapshots: Arc<Snapshots>,
     status: StatusSource,
     leaks: LeakSources,
+    checks: mpsc::Sender<CheckRequest>,
 ) -> Result<()> {
     let listener = server::bind(&settings.socket)?;
     tracing::info!("API on {}", settings.socket.display());
@@ -141,6 +236,7 @@ async fn serve(
         db: settings.db.clone(),
         status: Arc::new(move |snapshot| status.report(snapshot)),
         leaks,
+        checks,
     };
     axum::serve(listener, server::router(state))
         .with_graceful_shutdown(shutdown_signal())

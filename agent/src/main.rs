@@ -6,6 +6,8 @@ mod attribution;
 mod cgroup;
 mod cli;
 mod collectors;
+mod config;
+mod engine;
 mod exporters;
 mod history;
 mod loader;
@@ -20,28 +22,53 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use cli::{Cli, Command};
 
+/// The config file, or the defaults; the retention must cover the detectors' windows.
+fn agent_config(args: &cli::AgentArgs) -> anyhow::Result<config::Config> {
+    let config = match &args.config {
+        Some(path) => config::Config::load(path)?,
+        None => config::Config::default().with_hostname(),
+    };
+    let needed = config
+        .leak
+        .lookback
+        .max(config.restarts.window.saturating_mul(2));
+    if needed > args.retention {
+        anyhow::bail!(
+            "--retention {} is shorter than the detectors need ({}: leak.lookback, or twice \
+             restarts.window); raise --retention or shorten the windows",
+            humantime::format_duration(args.retention),
+            humantime::format_duration(needed)
+        );
+    }
+    Ok(config)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let is_agent = matches!(cli.command, Command::Agent(_));
     init_logging(is_agent);
     let result = match &cli.command {
-        Command::Agent(args) => agent::run(&agent::AgentSettings {
-            socket: cli.socket.clone(),
-            load: loader::LoadOptions {
-                sample_shift: args.sample_shift,
-                max_sample_entries: args.max_sample_entries,
-                stack_entries: args.stack_entries,
-                kernel_stack_reuse_ns: u64::try_from(args.kernel_stack_reuse.as_nanos())
-                    .unwrap_or(u64::MAX),
-                btf: args.btf.clone(),
-                file_entries: args.file_entries,
-            },
-            refresh: args.refresh,
-            max_cgroups: args.max_cgroups,
-            max_stacks: args.max_stacks,
-            db: args.db.clone(),
-            history_interval: args.history_interval,
-            retention: args.retention,
+        Command::Agent(args) => agent_config(args).and_then(|config| {
+            agent::run(&agent::AgentSettings {
+                socket: cli.socket.clone(),
+                load: loader::LoadOptions {
+                    sample_shift: args.sample_shift,
+                    max_sample_entries: args.max_sample_entries,
+                    stack_entries: args.stack_entries,
+                    kernel_stack_reuse_ns: u64::try_from(args.kernel_stack_reuse.as_nanos())
+                        .unwrap_or(u64::MAX),
+                    btf: args.btf.clone(),
+                    file_entries: args.file_entries,
+                    lifecycle_buffer: args.lifecycle_buffer,
+                },
+                refresh: args.refresh,
+                max_cgroups: args.max_cgroups,
+                max_stacks: args.max_stacks,
+                db: args.db.clone(),
+                history_interval: args.history_interval,
+                retention: args.retention,
+                config,
+            })
         }),
         Command::Status(args) => {
             client_runtime().and_then(|rt| rt.block_on(cli::status::run(&cli.socket, args)))
@@ -54,6 +81,12 @@ fn main() -> ExitCode {
         }
         Command::History(args) => {
             client_runtime().and_then(|rt| rt.block_on(cli::history::run(&cli.socket, args)))
+        }
+        Command::Lifecycle(args) => {
+            client_runtime().and_then(|rt| rt.block_on(cli::lifecycle::run(&cli.socket, args)))
+        }
+        Command::Events(command) => {
+            client_runtime().and_then(|rt| rt.block_on(cli::events::run(&cli.socket, command)))
         }
         Command::Cache(args) => {
             client_runtime().and_then(|rt| rt.block_on(cli::cache::run(&cli.socket, args)))

@@ -147,6 +147,16 @@ impl Snapshots {
             .unwrap_or_default()
     }
 
+    /// The newest kept snapshot taken at or before `unix_ms`.
+    #[must_use]
+    pub fn before(&self, unix_ms: u64) -> Option<std::sync::Arc<Snapshot>> {
+        let ring = self.ring.lock().ok()?;
+        ring.iter()
+            .rev()
+            .find(|s| s.taken_at_unix_ms <= unix_ms)
+            .cloned()
+    }
+
     /// The snapshot taken at `unix_ms`, if still kept.
     #[must_use]
     pub fn at(&self, unix_ms: u64) -> Option<std::sync::Arc<Snapshot>> {

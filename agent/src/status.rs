@@ -1,18 +1,20 @@
 //! What `memlens status` reports: one line per capability, from how the probes were loaded and
 //! what the latest refresh saw.
 
-use std::sync::Arc;
+use std::sync::{atomic::Ordering, Arc};
 
 use crate::{
     api::{Capability, CapabilityState, StatusResponse},
     cgroup::CgroupLayout,
+    collectors::lifecycle::LifecycleStats,
+    engine::EngineStats,
     loader::{KernelCounters, LoadReport},
     model::Snapshot,
     units::Bytes,
 };
 
 /// Counters that mean something was lost.
-const LOSS_COUNTERS: [&str; 7] = [
+const LOSS_COUNTERS: [&str; 8] = [
     "out_of_range",
     "high_order_truncated",
     "stack_collisions",
@@ -20,11 +22,15 @@ const LOSS_COUNTERS: [&str; 7] = [
     "user_stack_errors",
     "filemap_map_full",
     "filemap_read_errors",
+    "lifecycle_dropped",
 ];
 
 /// The fixed facts, plus the clock of the agent's start.
 pub struct StatusSource {
     report: LoadReport,
+    lifecycle: Arc<LifecycleStats>,
+    /// The engine's counters and a line saying what it runs when.
+    engine: (Arc<EngineStats>, String),
     counters: Arc<KernelCounters>,
     layout: CgroupLayout,
     census_unavailable: Option<String>,
@@ -38,12 +44,16 @@ impl StatusSource {
         counters: Arc<KernelCounters>,
         layout: CgroupLayout,
         census_unavailable: Option<String>,
+        lifecycle: Arc<LifecycleStats>,
+        engine: (Arc<EngineStats>, String),
     ) -> StatusSource {
         let started_at_unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         StatusSource {
             report,
+            lifecycle,
+            engine,
             counters,
             layout,
             census_unavailable,
@@ -191,6 +201,35 @@ impl StatusSource {
             ),
             Err(why) => add("page cache", CapabilityState::Unavailable, why.clone()),
         }
+        match &r.lifecycle_probe {
+            Ok(how) => add(
+                "lifecycle",
+                CapabilityState::Ok,
+                format!(
+                    "{how}; {} records kept, {} exits with status 0 not kept, {} lost in the kernel, {} write errors",
+                    self.lifecycle.recorded.load(Ordering::Relaxed),
+                    self.lifecycle.normal_exits.load(Ordering::Relaxed),
+                    counters.get("lifecycle_dropped").copied().unwrap_or(0),
+                    self.lifecycle.write_errors.load(Ordering::Relaxed)
+                ),
+            ),
+            Err(why) => add("lifecycle", CapabilityState::Unavailable, why.clone()),
+        }
+        let (engine, schedule) = &self.engine;
+        let failures = engine.failures.load(Ordering::Relaxed);
+        add(
+            "events",
+            if failures == 0 {
+                CapabilityState::Ok
+            } else {
+                CapabilityState::Degraded
+            },
+            format!(
+                "{schedule}; {} runs, {} events raised, {failures} failed runs",
+                engine.runs.load(Ordering::Relaxed),
+                engine.raised.load(Ordering::Relaxed),
+            ),
+        );
         let programs = crate::loader::program_stats(&r.program_ids);
         let costs: Vec<String> = programs
             .iter()

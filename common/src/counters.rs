@@ -37,10 +37,12 @@ pub enum Counter {
     FilemapMapFull = 12,
     /// Page-cache events whose folio could not be read (probe read failed).
     FilemapReadErrors = 13,
+    /// Lifecycle events lost: the ring buffer was full.
+    LifecycleDropped = 14,
 }
 
 /// Number of counters; the size of the `COUNTERS` map.
-pub const COUNTER_COUNT: u32 = 14;
+pub const COUNTER_COUNT: u32 = 15;
 
 impl Counter {
     /// Every counter, in index order.
@@ -59,6 +61,7 @@ impl Counter {
         Counter::FilemapEvents,
         Counter::FilemapMapFull,
         Counter::FilemapReadErrors,
+        Counter::LifecycleDropped,
     ];
 
     /// Stable snake_case name, used in the API and metrics.
@@ -79,6 +82,7 @@ impl Counter {
             Counter::FilemapEvents => "filemap_events",
             Counter::FilemapMapFull => "filemap_map_full",
             Counter::FilemapReadErrors => "filemap_read_errors",
+            Counter::LifecycleDropped => "lifecycle_dropped",
         }
     }
 }

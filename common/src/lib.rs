@@ -7,5 +7,6 @@
 
 pub mod counters;
 pub mod filemap;
+pub mod lifecycle;
 pub mod offsets;
 pub mod page;

@@ -11,6 +11,7 @@
 
 mod counters;
 mod filemap;
+mod lifecycle;
 mod pages;
 mod task;
 

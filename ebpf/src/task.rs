@@ -45,12 +45,17 @@ pub fn memcg_id_of(css: u64) -> Result<u64, i32> {
 /// css_set.subsys, cgroup_subsys_state.cgroup, cgroup.kn; include/linux/kernfs.h kernfs_node.id
 #[inline(always)]
 pub fn current_memcg_id() -> Result<u64, i32> {
+    // SAFETY: returns the current task_struct pointer; only used through probe reads.
+    task_memcg_id(unsafe { bpf_get_current_task() })
+}
+
+/// Memory cgroup id of the task at `task` (a `task_struct` address).
+#[inline(always)]
+pub fn task_memcg_id(task: u64) -> Result<u64, i32> {
     let offsets = TASK_MEMCG_OFFSETS.load();
     if offsets.valid == 0 {
         return Err(0);
     }
-    // SAFETY: returns the current task_struct pointer; only used through probe reads.
-    let task = unsafe { bpf_get_current_task() };
     let css_set = read_u64(task, offsets.task_cgroups)?;
     let css = read_u64(css_set, offsets.css_set_memory_subsys)?;
     memcg_id_of(css)

@@ -152,6 +152,17 @@ impl TestCgroup {
         }
     }
 
+    /// Sets the cgroup's memory limit (`memory.limit_in_bytes` on v1, `memory.max` on v2).
+    pub fn set_limit(&self, bytes: u64) {
+        let file = if self.v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        std::fs::write(self.dir.join(file), bytes.to_string())
+            .unwrap_or_else(|e| panic!("set {file} of {}: {e}", self.dir.display()));
+    }
+
     /// The cgroup's id as the kernel reports it: its directory's inode.
     #[must_use]
     pub fn id(&self) -> u64 {

@@ -151,8 +151,23 @@ fn malformed_api_requests_get_http_errors() {
         garbage.is_empty() || garbage.starts_with("HTTP/1.1 400"),
         "{garbage}"
     );
+    for request in [
+        &b"GET /v1/events?status=closed HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..],
+        b"GET /v1/events?kind=meltdown HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /v1/events/seven HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /v1/lifecycle?since=yesterday HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ] {
+        let answer = raw_request(&agent.socket, request);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    }
+    let no_event = raw_request(
+        &agent.socket,
+        b"GET /v1/events/999999 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(no_event.starts_with("HTTP/1.1 404"), "{no_event}");
     // Still serving after all that.
     assert!(agent.cli(&["status"]).status.success(), "{}", agent.log());
+    assert_clean_failure(&agent.cli(&["events", "show", "999999"]), "no event 999999");
     let out = agent.cli(&["top", "--cgroup", "/no/such"]);
     assert_clean_failure(&out, "no memory cgroup matches");
 }
@@ -179,4 +194,41 @@ fn status_has_one_line_per_capability() {
     let json = agent.cli(&["status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("status --json");
     assert!(v["counters"]["sampled_frames"].is_u64(), "{v}");
+}
+
+#[test]
+fn a_bad_config_file_names_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (text, needle) in [
+        ("[leak]\nlokback = \"6h\"\n", "leak.lokback"),
+        (
+            "[restarts]\nmin_restarts = \"two\"\n",
+            "restarts.min_restarts",
+        ),
+        ("[leak]\nlookback = \"-1h\"\n", "leak.lookback"),
+        ("[events]\nsilence = 30\n", "events.silence"),
+        ("colour = \"red\"\n", "colour"),
+    ] {
+        let config = dir.path().join("memlens.toml");
+        std::fs::write(&config, text).expect("write config");
+        let out = Command::new(memlens_bin())
+            .arg("--socket")
+            .arg(dir.path().join("s.sock"))
+            .args(["agent", "--db"])
+            .arg(dir.path().join("h.db"))
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("run agent");
+        assert_clean_failure(&out, needle);
+        assert!(
+            !dir.path().join("s.sock").exists(),
+            "the agent started on a bad config"
+        );
+    }
+    let out = Command::new(memlens_bin())
+        .args(["agent", "--config", "/nonexistent/memlens.toml"])
+        .output()
+        .expect("run agent");
+    assert_clean_failure(&out, "/nonexistent/memlens.toml");
 }

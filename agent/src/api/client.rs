@@ -1,9 +1,9 @@
-//! The CLI's side of the API: one GET over the agent's Unix socket.
+//! The CLI's side of the API: one request over the agent's Unix socket.
 
 use std::path::{Path, PathBuf};
 
 use http_body_util::{BodyExt as _, Empty};
-use hyper::{body::Bytes, Request, StatusCode};
+use hyper::{body::Bytes, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 
@@ -35,8 +35,21 @@ pub async fn get<T: DeserializeOwned>(
     serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
+/// POSTs to `path_and_query` (no body) and decodes the JSON answer.
+pub async fn post<T: DeserializeOwned>(
+    socket: &Path,
+    path_and_query: &str,
+) -> Result<T, ClientError> {
+    let body = send(socket, Method::POST, path_and_query).await?;
+    serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
 /// GETs `path_and_query` and returns the answer's body.
 pub async fn get_bytes(socket: &Path, path_and_query: &str) -> Result<Vec<u8>, ClientError> {
+    send(socket, Method::GET, path_and_query).await
+}
+
+async fn send(socket: &Path, method: Method, path_and_query: &str) -> Result<Vec<u8>, ClientError> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|e| match e.kind() {
@@ -57,7 +70,9 @@ pub async fn get_bytes(socket: &Path, path_and_query: &str) -> Result<Vec<u8>, C
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    let request = Request::get(path_and_query)
+    let request = Request::builder()
+        .method(method)
+        .uri(path_and_query)
         .header("host", "memlens")
         .body(Empty::<Bytes>::new())
         .map_err(|e| ClientError::Protocol(e.to_string()))?;

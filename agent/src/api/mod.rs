@@ -4,6 +4,7 @@
 
 mod cache;
 pub mod client;
+mod events;
 mod leaks;
 pub mod server;
 
@@ -11,8 +12,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::attribution::query::LeaksResponse;
 use crate::{
-    attribution::{files::CachedFile, report::LeakEntry},
+    attribution::files::CachedFile,
     loader::ProgramStats,
     model::{CensusSummary, CgroupRow},
     units::MemcgId,
@@ -82,43 +84,6 @@ pub struct TopQuery {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
-}
-
-/// Query of `GET /v1/leaks` (and its `/pprof` and `/flamegraph` forms).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LeaksQuery {
-    /// A memory cgroup (id, path, or end of path) and its descendants.
-    pub cgroup: Option<String>,
-    /// A pod, by UID (or its beginning).
-    pub pod: Option<String>,
-    pub pid: Option<u32>,
-    /// Growth window, e.g. `10m` (default 10m, at most 24h).
-    pub since: Option<String>,
-    /// Stacks per list (default 10, at most 1000).
-    pub top: Option<usize>,
-    /// Answer from the census taken at this time (`taken_at_unix_ms` of an earlier answer), so
-    /// several requests describe the same instant.
-    pub at: Option<u64>,
-}
-
-/// `GET /v1/leaks`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct LeaksResponse {
-    pub taken_at_unix_ms: u64,
-    pub sample_shift: u32,
-    /// The window asked for, and the one history could cover (shorter while the agent is young).
-    pub requested_window_seconds: f64,
-    pub window_seconds: f64,
-    /// Held bytes of all matching stacks.
-    pub held_bytes: u64,
-    pub matching_stacks: usize,
-    /// Distinct stacks merged into "other" entries by the cap, in this census.
-    pub overflow_stacks: u64,
-    /// Largest growth first.
-    pub by_growth: Vec<LeakEntry>,
-    /// Most held first.
-    pub by_held: Vec<LeakEntry>,
 }
 
 /// Query of `GET /v1/cache`.
@@ -203,4 +168,43 @@ pub struct HistoryResponse {
     pub path: String,
     /// Oldest first.
     pub samples: Vec<crate::history::Sample>,
+}
+
+/// Most lifecycle records or events in one answer.
+pub const MAX_RECORDS: usize = 10_000;
+
+/// Query of `GET /v1/lifecycle`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleQuery {
+    /// A memory cgroup path (and its descendants); default: all.
+    pub cgroup: Option<String>,
+    /// How far back, e.g. `1h` (default 1h).
+    pub since: Option<String>,
+    /// Most records, newest first (default 100).
+    pub limit: Option<usize>,
+}
+
+/// `GET /v1/lifecycle`: process exits, OOM kills, cgroups created and removed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LifecycleResponse {
+    pub records: Vec<crate::history::LifecycleRecord>,
+}
+
+/// Query of `GET /v1/events`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// `open` or `recovered`.
+    pub status: Option<String>,
+    /// `leak_suspected`, `file_cache_pressure` or `abnormal_restarts`.
+    pub kind: Option<String>,
+    /// Most events, newest first (default 100).
+    pub limit: Option<usize>,
+}
+
+/// `GET /v1/events`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EventsResponse {
+    pub events: Vec<crate::engine::event::Event>,
 }

@@ -12,15 +12,15 @@ use axum::{
     extract::{rejection::QueryRejection, Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
     Json, Router,
 };
 
-pub use super::leaks::LeakSources;
 use super::{
-    cache, leaks, ErrorBody, HistoryQuery, HistoryResponse, StatusResponse, TopQuery, TopResponse,
-    MAX_HISTORY_POINTS, MAX_TOP_ROWS,
+    cache, events, leaks, ErrorBody, HistoryQuery, HistoryResponse, StatusResponse, TopQuery,
+    TopResponse, MAX_HISTORY_POINTS, MAX_TOP_ROWS,
 };
+pub use crate::attribution::query::LeakSources;
 use crate::{
     history::Reader,
     model::{Snapshot, Snapshots},
@@ -103,6 +103,8 @@ pub struct AppState {
     pub db: PathBuf,
     pub status: Arc<dyn Fn(&Snapshot) -> StatusResponse + Send + Sync>,
     pub leaks: LeakSources,
+    /// On-demand runs of the event engine.
+    pub checks: std::sync::mpsc::Sender<crate::engine::CheckRequest>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -115,10 +117,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/leaks", get(leaks::leaks))
         .route("/v1/leaks/pprof", get(leaks::pprof))
         .route("/v1/leaks/flamegraph", get(leaks::flamegraph))
+        .route("/v1/lifecycle", get(events::lifecycle))
+        .route("/v1/events", get(events::list))
+        .route("/v1/events/check", post(events::check))
+        .route("/v1/events/{id}", get(events::show))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
-                "no such endpoint; see /v1/status, /v1/top, /v1/leaks, /v1/cache".into(),
+                "no such endpoint; see /v1/status, /v1/top, /v1/leaks, /v1/cache, /v1/history, /v1/lifecycle, /v1/events".into(),
             )
         })
         .with_state(state)

@@ -7,6 +7,7 @@
 
 pub mod files;
 pub mod history;
+pub mod query;
 pub mod report;
 
 use std::{

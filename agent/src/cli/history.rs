@@ -58,7 +58,7 @@ pub async fn run(socket: &Path, args: &HistoryArgs) -> Result<()> {
 }
 
 /// `hh:mm:ss` of a Unix time in milliseconds (UTC).
-fn clock(unix_ms: u64) -> String {
+pub(super) fn clock(unix_ms: u64) -> String {
     let s = unix_ms / 1000;
     format!("{:02}:{:02}:{:02}", (s / 3600) % 24, (s / 60) % 60, s % 60)
 }

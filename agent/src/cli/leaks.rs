@@ -93,7 +93,7 @@ fn render(r: &LeaksResponse) -> String {
     out
 }
 
-fn entry(out: &mut String, rank: usize, e: &LeakEntry) {
+pub(super) fn entry(out: &mut String, rank: usize, e: &LeakEntry) {
     let growth = if e.growth_bytes >= 0 {
         format!("+{}", Bytes(e.growth_bytes.unsigned_abs()))
     } else {

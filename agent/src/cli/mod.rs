@@ -1,9 +1,12 @@
 //! Command-line interface: argument definitions and one module per client subcommand.
 
 pub mod cache;
+pub mod chart;
 pub mod debug;
+pub mod events;
 pub mod history;
 pub mod leaks;
+pub mod lifecycle;
 pub mod status;
 pub mod top;
 
@@ -41,6 +44,11 @@ pub enum Command {
     History(HistoryArgs),
     /// The working set explained, and which files' page cache each cgroup holds.
     Cache(CacheArgs),
+    /// Process exits, OOM kills and cgroups created and removed, as the kernel reported them.
+    Lifecycle(LifecycleArgs),
+    /// Events of the engine: leaks suspected, file-cache pressure, abnormal restarts.
+    #[command(subcommand)]
+    Events(EventsCommand),
     /// Measurements used by `cargo xtask bench`.
     #[command(hide = true, subcommand)]
     Debug(DebugCommand),
@@ -83,6 +91,10 @@ pub struct AgentArgs {
     /// events for further pairs are counted as lost.
     #[arg(long, default_value_t = 131_072, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub file_entries: u32,
+    /// Bytes of the ring buffer carrying process exits, OOM kills and cgroup changes (a power of
+    /// two); events beyond it between two reads are counted as lost.
+    #[arg(long, default_value_t = 1 << 20, value_parser = parse_ring_size)]
+    pub lifecycle_buffer: u32,
     /// BTF of the running kernel, for kernels without /sys/kernel/btf/vmlinux (e.g. from BTFHub).
     #[arg(long, value_name = "FILE")]
     pub btf: Option<PathBuf>,
@@ -98,10 +110,78 @@ pub struct AgentArgs {
     /// How long history is kept (at least the leak detector's lookback).
     #[arg(long, default_value = "6h", value_parser = parse_retention)]
     pub retention: Duration,
+    /// The event engine's config file (TOML: detector windows, schedules, silence, filters);
+    /// default: the built-in defaults.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Most distinct stacks attributed per census; the smallest beyond it merge into their
     /// cgroup's "other stacks" entry.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
     pub max_stacks: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct LifecycleArgs {
+    /// Only this memory cgroup path and its descendants.
+    #[arg(long)]
+    pub cgroup: Option<String>,
+    /// How far back (e.g. 30m, 1h).
+    #[arg(long, default_value = "1h")]
+    pub since: String,
+    /// Most records, newest first.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub limit: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EventsCommand {
+    /// Events, newest first.
+    List(EventsListArgs),
+    /// One event: its evidence, and a chart of the usage with the forecast and the limit.
+    Show(EventShowArgs),
+    /// One event, or all, as JSON on standard output.
+    Export(EventExportArgs),
+    /// Run the detectors now and print what they raised and what recovered.
+    Check(EventCheckArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EventsListArgs {
+    #[arg(long, value_parser = ["open", "recovered"])]
+    pub status: Option<String>,
+    #[arg(long, value_parser = ["leak_suspected", "file_cache_pressure", "abnormal_restarts"])]
+    pub kind: Option<String>,
+    /// Most events.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub limit: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EventShowArgs {
+    /// The event's id (see `memlens events list`).
+    pub id: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EventExportArgs {
+    /// The event's id; all events when left out.
+    pub id: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct EventCheckArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -201,6 +281,15 @@ fn parse_reuse(text: &str) -> Result<Duration, String> {
         return Err("must be at most 1s".into());
     }
     Ok(d)
+}
+
+/// A power of two between 64 KiB and 256 MiB.
+fn parse_ring_size(text: &str) -> Result<u32, String> {
+    let n: u32 = text.parse().map_err(|e| format!("{e}"))?;
+    if !n.is_power_of_two() || !(1 << 16..=1 << 28).contains(&n) {
+        return Err("must be a power of two between 65536 and 268435456".into());
+    }
+    Ok(n)
 }
 
 /// A duration between 1 minute and 30 days.

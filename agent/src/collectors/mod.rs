@@ -2,5 +2,6 @@
 
 pub mod filecache;
 pub mod files;
+pub mod lifecycle;
 pub mod pages;
 pub mod stacks;

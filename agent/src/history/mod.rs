@@ -13,7 +13,7 @@ use std::{
 use rusqlite::{params, Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 
-use crate::model::Snapshot;
+use crate::{attribution::files::CachedFile, model::Snapshot};
 
 /// Schema migrations, in order: `MIGRATIONS[i]` takes version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -34,7 +34,108 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (path, ts_ms)
     ) WITHOUT ROWID;
     CREATE INDEX cgroup_samples_by_time ON cgroup_samples (ts_ms);",
+    // 2: lifecycle records (process exits, OOM kills, cgroups created and removed).
+    "CREATE TABLE lifecycle (
+        ts_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        comm TEXT NOT NULL,
+        cgroup_id INTEGER NOT NULL,
+        cgroup_path TEXT,
+        exit_code INTEGER,
+        signal INTEGER,
+        oom_killed INTEGER NOT NULL,
+        main_process INTEGER NOT NULL,
+        anon_rss_bytes INTEGER,
+        file_rss_bytes INTEGER,
+        shmem_rss_bytes INTEGER,
+        evidence TEXT,
+        PRIMARY KEY (ts_ms, kind, pid, cgroup_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX lifecycle_by_cgroup ON lifecycle (cgroup_path, ts_ms);",
+    // 3: the event engine's events; one open event per kind and subject.
+    "CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        status TEXT NOT NULL,
+        summary TEXT NOT NULL,
+        first_seen_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL,
+        recovered_ms INTEGER,
+        dimensions TEXT NOT NULL,
+        evidence TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX events_one_open ON events (kind, subject) WHERE status = 'open';
+    CREATE INDEX events_by_subject ON events (kind, subject, recovered_ms);",
+    // 4: the cgroup's own OOM-kill counter (to find kills no victim event was seen for) and the
+    // file with the most page cache, per sample.
+    "ALTER TABLE cgroup_samples ADD COLUMN oom_kills INTEGER;
+    ALTER TABLE cgroup_samples ADD COLUMN top_file TEXT;
+    ALTER TABLE cgroup_samples ADD COLUMN top_file_bytes INTEGER;",
 ];
+
+/// What a lifecycle record is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    /// A process ended other than with status 0 (normal exits are not kept).
+    Exit,
+    /// The OOM killer killed a process.
+    OomKill,
+    CgroupCreated,
+    CgroupRemoved,
+}
+
+impl RecordKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Exit => "exit",
+            RecordKind::OomKill => "oom_kill",
+            RecordKind::CgroupCreated => "cgroup_created",
+            RecordKind::CgroupRemoved => "cgroup_removed",
+        }
+    }
+
+    fn parse(s: &str) -> Option<RecordKind> {
+        Some(match s {
+            "exit" => RecordKind::Exit,
+            "oom_kill" => RecordKind::OomKill,
+            "cgroup_created" => RecordKind::CgroupCreated,
+            "cgroup_removed" => RecordKind::CgroupRemoved,
+            _ => return None,
+        })
+    }
+}
+
+/// One lifecycle record, as kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifecycleRecord {
+    pub ts_ms: u64,
+    pub kind: RecordKind,
+    pub pid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub cgroup_path: Option<String>,
+    /// Exit status, when the process exited (rather than being killed by a signal).
+    pub exit_code: Option<i32>,
+    /// The signal that ended the process.
+    pub signal: Option<i32>,
+    /// Chosen by the OOM killer (known from the kernel's own OOM event).
+    pub oom_killed: bool,
+    /// The cgroup's main process: its parent is in another memory cgroup (a container's init,
+    /// started by its runtime or supervisor from outside). Its abnormal end is a restart.
+    pub main_process: bool,
+    /// OOM kills: the victim's resident memory when it was chosen.
+    pub anon_rss_bytes: Option<u64>,
+    pub file_rss_bytes: Option<u64>,
+    pub shmem_rss_bytes: Option<u64>,
+    /// For OOM kills and main-process ends: the cgroup's memory just before (JSON: usage, top
+    /// stacks and files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<serde_json::Value>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -78,6 +179,14 @@ pub struct Sample {
     pub kernel_bytes: u64,
     pub limit_bytes: Option<u64>,
     pub held_bytes: Option<u64>,
+    /// The cgroup's own count of OOM kills so far.
+    #[serde(default)]
+    pub oom_kills: Option<u64>,
+    /// The file with the most page cache in the cgroup, and its bytes.
+    #[serde(default)]
+    pub top_file: Option<String>,
+    #[serde(default)]
+    pub top_file_bytes: Option<u64>,
 }
 
 /// The database.
@@ -109,7 +218,13 @@ impl Store {
         Ok(store)
     }
 
-    fn sql<T>(&self, result: rusqlite::Result<T>) -> Result<T, StoreError> {
+    /// The connection, for the tables other modules own (the engine's events); errors through
+    /// [`Store::sql`].
+    pub(crate) fn connection(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    pub(crate) fn sql<T>(&self, result: rusqlite::Result<T>) -> Result<T, StoreError> {
         result.map_err(|source| StoreError::Sql {
             path: self.path.clone(),
             source,
@@ -171,7 +286,7 @@ impl Store {
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO cgroup_samples VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                    "INSERT OR IGNORE INTO cgroup_samples VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                 )
                 .map_err(sql)?;
             for row in &snapshot.cgroups {
@@ -190,6 +305,9 @@ impl Store {
                         n(row.kernel_bytes),
                         row.limit_bytes.map(n),
                         row.held.as_ref().map(|h| n(h.bytes)),
+                        row.oom_kills.map(n),
+                        row.top_file.as_ref().map(CachedFile::display),
+                        row.top_file.as_ref().map(|f| n(f.bytes)),
                     ])
                     .map_err(sql)?;
             }
@@ -198,6 +316,49 @@ impl Store {
                 params![cutoff],
             )
             .map_err(sql)?;
+        }
+        tx.commit().map_err(sql)?;
+        Ok(written)
+    }
+}
+
+impl Store {
+    /// Records lifecycle events (again-recorded ones are ignored); returns how many were new.
+    pub fn record_lifecycle(&mut self, records: &[LifecycleRecord]) -> Result<usize, StoreError> {
+        let path = self.path.clone();
+        let sql = |source| StoreError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sql)?;
+        let mut written = 0;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO lifecycle VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                )
+                .map_err(sql)?;
+            let n = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
+            for r in records {
+                written += insert
+                    .execute(params![
+                        n(r.ts_ms),
+                        r.kind.as_str(),
+                        r.pid,
+                        r.comm,
+                        n(r.cgroup_id),
+                        r.cgroup_path,
+                        r.exit_code,
+                        r.signal,
+                        r.oom_killed,
+                        r.main_process,
+                        r.anon_rss_bytes.map(n),
+                        r.file_rss_bytes.map(n),
+                        r.shmem_rss_bytes.map(n),
+                        r.evidence.as_ref().map(ToString::to_string),
+                    ])
+                    .map_err(sql)?;
+            }
         }
         tx.commit().map_err(sql)?;
         Ok(written)
@@ -227,6 +388,74 @@ impl Reader {
         })
     }
 
+    /// The connection, for the tables other modules own.
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub(crate) fn sql<T>(&self, result: rusqlite::Result<T>) -> Result<T, StoreError> {
+        result.map_err(|source| StoreError::Sql {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Lifecycle records of the cgroup at `cgroup_path` and its descendants (all when None) since
+    /// `since_ms`, newest first, at most `limit`.
+    pub fn lifecycle(
+        &self,
+        cgroup_path: Option<&str>,
+        since_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<LifecycleRecord>, StoreError> {
+        let sql = |source| StoreError::Sql {
+            path: self.path.clone(),
+            source,
+        };
+        let mut query = self
+            .conn
+            .prepare_cached(
+                "SELECT ts_ms, kind, pid, comm, cgroup_id, cgroup_path, exit_code, signal, oom_killed,
+                        main_process, anon_rss_bytes, file_rss_bytes, shmem_rss_bytes, evidence
+                 FROM lifecycle
+                 WHERE ts_ms >= ?1 AND (?2 IS NULL OR cgroup_path = ?2 OR cgroup_path LIKE ?2 || '/%')
+                 ORDER BY ts_ms DESC LIMIT ?3",
+            )
+            .map_err(sql)?;
+        let u = |v: i64| u64::try_from(v).unwrap_or(0);
+        let rows = query
+            .query_map(
+                params![
+                    i64::try_from(since_ms).unwrap_or(i64::MAX),
+                    cgroup_path,
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
+                |r| {
+                    Ok(LifecycleRecord {
+                        ts_ms: u(r.get(0)?),
+                        kind: RecordKind::parse(&r.get::<_, String>(1)?)
+                            .unwrap_or(RecordKind::Exit),
+                        pid: r.get(2)?,
+                        comm: r.get(3)?,
+                        cgroup_id: u(r.get(4)?),
+                        cgroup_path: r.get(5)?,
+                        exit_code: r.get(6)?,
+                        signal: r.get(7)?,
+                        oom_killed: r.get(8)?,
+                        main_process: r.get(9)?,
+                        anon_rss_bytes: r.get::<_, Option<i64>>(10)?.map(u),
+                        file_rss_bytes: r.get::<_, Option<i64>>(11)?.map(u),
+                        shmem_rss_bytes: r.get::<_, Option<i64>>(12)?.map(u),
+                        evidence: r
+                            .get::<_, Option<String>>(13)?
+                            .and_then(|text| serde_json::from_str(&text).ok()),
+                    })
+                },
+            )
+            .map_err(sql)?;
+        rows.collect::<Result<_, _>>().map_err(sql)
+    }
+
     /// Samples of the cgroup at `path` since `since_ms`, oldest first, at most `limit` (evenly
     /// thinned when there are more).
     pub fn series(
@@ -243,7 +472,8 @@ impl Reader {
             .conn
             .prepare_cached(
                 "SELECT ts_ms, cgroup_id, usage_bytes, anon_bytes, file_bytes, active_file_bytes,
-                        inactive_file_bytes, working_set_bytes, kernel_bytes, limit_bytes, held_bytes
+                        inactive_file_bytes, working_set_bytes, kernel_bytes, limit_bytes, held_bytes,
+                        oom_kills, top_file, top_file_bytes
                  FROM cgroup_samples WHERE path = ?1 AND ts_ms >= ?2 ORDER BY ts_ms",
             )
             .map_err(sql)?;
@@ -264,6 +494,9 @@ impl Reader {
                         kernel_bytes: u(r.get(8)?),
                         limit_bytes: r.get::<_, Option<i64>>(9)?.map(u),
                         held_bytes: r.get::<_, Option<i64>>(10)?.map(u),
+                        oom_kills: r.get::<_, Option<i64>>(11)?.map(u),
+                        top_file: r.get(12)?,
+                        top_file_bytes: r.get::<_, Option<i64>>(13)?.map(u),
                     })
                 },
             )
@@ -296,7 +529,7 @@ mod tests {
                 active_file_bytes: 1,
                 inactive_file_bytes: 2,
                 kernel_bytes: 3,
-                working_set_bytes: usage - 2,
+                working_set_bytes: usage.saturating_sub(2),
                 shmem_bytes: 0,
                 file_dirty_bytes: 0,
                 file_writeback_bytes: 0,
@@ -345,6 +578,48 @@ mod tests {
         let series = reader.series("/a/b", 0, 100).unwrap();
         assert_eq!(series.len(), 1);
         assert_eq!(reader.series("/a/b", 0, 100).unwrap()[0].usage_bytes, 7);
+    }
+
+    #[test]
+    fn lifecycle_records_are_kept_once_and_found_by_cgroup() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.db");
+        let mut store = Store::open(&path, Duration::from_secs(3600)).unwrap();
+        let record = |ts, path: &str| LifecycleRecord {
+            ts_ms: ts,
+            kind: RecordKind::OomKill,
+            pid: 7,
+            comm: "leak".into(),
+            cgroup_id: 1,
+            cgroup_path: Some(path.into()),
+            exit_code: None,
+            signal: Some(9),
+            oom_killed: true,
+            main_process: true,
+            anon_rss_bytes: Some(1 << 20),
+            file_rss_bytes: Some(0),
+            shmem_rss_bytes: Some(0),
+            evidence: Some(serde_json::json!({"usage_bytes": 5})),
+        };
+        let records = [
+            record(1000, "/pod/a"),
+            record(2000, "/pod/a/c"),
+            record(3000, "/other"),
+        ];
+        assert_eq!(store.record_lifecycle(&records).unwrap(), 3);
+        assert_eq!(
+            store.record_lifecycle(&records).unwrap(),
+            0,
+            "recorded twice"
+        );
+        let reader = Reader::open(&path).unwrap();
+        let found = reader.lifecycle(Some("/pod/a"), 0, 10).unwrap();
+        assert_eq!(
+            found.iter().map(|r| r.ts_ms).collect::<Vec<_>>(),
+            [2000, 1000]
+        );
+        assert_eq!(found[0], records[1]);
+        assert_eq!(reader.lifecycle(None, 2500, 10).unwrap().len(), 1);
     }
 
     #[test]

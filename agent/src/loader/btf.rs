@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use btf_rs::{Btf, BtfType, Type};
-use memlens_common::{filemap::FilemapOffsets, offsets::TaskMemcgOffsets};
+use memlens_common::{
+    filemap::FilemapOffsets, lifecycle::LifecycleOffsets, offsets::TaskMemcgOffsets,
+};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -146,6 +148,19 @@ impl KernelBtf {
             memcg_data_kmem: kmem,
             memcg_data_mask: mask,
             valid: 1,
+        })
+    }
+
+    /// The task fields the lifecycle programs read (the tracepoint fields come from tracefs).
+    pub fn lifecycle_task_offsets(&self) -> Result<LifecycleOffsets, BtfError> {
+        Ok(LifecycleOffsets {
+            task_pid: self.member_offset("task_struct", "pid")?,
+            task_tgid: self.member_offset("task_struct", "tgid")?,
+            task_exit_code: self.member_offset("task_struct", "exit_code")?,
+            task_signal: self.member_offset("task_struct", "signal")?,
+            signal_group_exit_code: self.member_offset("signal_struct", "group_exit_code")?,
+            task_real_parent: self.member_offset("task_struct", "real_parent")?,
+            ..LifecycleOffsets::default()
         })
     }
 

@@ -9,13 +9,14 @@ pub mod tracefs;
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, StackTraceMap},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use memlens_common::{
     counters::Counter,
     filemap::FileKey,
+    lifecycle::LifecycleOffsets,
     offsets::TaskMemcgOffsets,
     page::{AllocTracepointFields, MAX_SAMPLE_SHIFT},
 };
@@ -76,6 +77,8 @@ pub struct LoadOptions {
     pub btf: Option<PathBuf>,
     /// Entries of the page-cache map: distinct (memory cgroup, file) pairs.
     pub file_entries: u32,
+    /// Bytes of the lifecycle ring buffer (a power of two).
+    pub lifecycle_buffer: u32,
 }
 
 /// How the programs were loaded: the facts behind `memlens status`.
@@ -104,6 +107,8 @@ pub struct LoadReport {
     pub program_ids: Vec<u32>,
     /// The page-cache probes in use, or why there are none.
     pub filemap_probe: Result<String, String>,
+    /// The lifecycle probes in use, or why there are none.
+    pub lifecycle_probe: Result<String, String>,
     pub file_entries: u32,
 }
 
@@ -145,6 +150,8 @@ pub struct Probes {
     pub stacks: StackTraceMap<MapData>,
     /// Net page-cache pages per (memory cgroup, file), when the page-cache probes are attached.
     pub file_pages: Option<HashMap<MapData, FileKey, i64>>,
+    /// Process exits, OOM victims, cgroup mkdir/rmdir, when the lifecycle probes are attached.
+    pub lifecycle: Option<RingBuf<MapData>>,
     pub report: LoadReport,
 }
 
@@ -197,6 +204,8 @@ impl Probes {
         let fields = tp_fields.as_ref().copied().unwrap_or_default();
         let offsets = task_memcg_offsets.clone().unwrap_or_default();
         let file_offsets = filemap_offsets.clone().unwrap_or_default();
+        let lifecycle_offsets = lifecycle_offsets(&kernel_btf);
+        let life_offsets = lifecycle_offsets.clone().unwrap_or_default();
         loader
             .override_global("SAMPLE_SHIFT", &sample_shift, true)
             .override_global("SUPERBLOCKS", &sample_entries, true)
@@ -206,6 +215,7 @@ impl Probes {
             .override_global("ALLOC_TP_FIELDS", &fields, true)
             .override_global("TASK_MEMCG_OFFSETS", &offsets, true)
             .override_global("FILEMAP_OFFSETS", &file_offsets, true)
+            .override_global("LIFECYCLE_OFFSETS", &life_offsets, true)
             .override_global("PT_REGS_SP_OFFSET", &pt_regs_sp, true)
             .override_global(
                 "KERNEL_STACK_REUSE_NS",
@@ -217,7 +227,8 @@ impl Probes {
                 u32::try_from(sample_entries).unwrap_or(u32::MAX),
             )
             .map_max_entries("STACKS", options.stack_entries)
-            .map_max_entries("FILE_PAGES", options.file_entries);
+            .map_max_entries("FILE_PAGES", options.file_entries)
+            .map_max_entries("LIFECYCLE", options.lifecycle_buffer);
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| ebpf_err("loading the kernel programs", e))?;
@@ -258,6 +269,20 @@ impl Probes {
             }
             _ => None,
         };
+        let lifecycle_probe = match &lifecycle_offsets {
+            Err(e) => Err(e.clone()),
+            Ok(_) => attach_lifecycle(&mut ebpf),
+        };
+        match &lifecycle_probe {
+            Ok(how) => tracing::info!("lifecycle: {how}"),
+            Err(why) => tracing::warn!("process exits and OOM kills not tracked: {why}"),
+        }
+        let lifecycle = match (&lifecycle_probe, ebpf.take_map("LIFECYCLE")) {
+            (Ok(_), Some(map)) => {
+                Some(RingBuf::try_from(map).map_err(|e| ebpf_err("opening LIFECYCLE", e))?)
+            }
+            _ => None,
+        };
         let stacks = StackTraceMap::try_from(
             ebpf.take_map("STACKS")
                 .ok_or(LoadError::MissingProgram("STACKS map"))?,
@@ -282,11 +307,13 @@ impl Probes {
             stack_entries: options.stack_entries,
             map_bytes: sample_entries * record
                 + u64::from(options.stack_entries) * (127 * 8 + 8)
-                + u64::from(options.file_entries) * 64,
+                + u64::from(options.file_entries) * 64
+                + u64::from(options.lifecycle_buffer),
             memlock_warning,
             program_ids,
             filemap_probe,
             file_entries: options.file_entries,
+            lifecycle_probe,
         };
         Ok(Probes {
             _ebpf: ebpf,
@@ -294,6 +321,7 @@ impl Probes {
             counters,
             stacks,
             file_pages,
+            lifecycle,
             report,
         })
     }
@@ -404,6 +432,57 @@ fn attach_page_alloc(
     Ok(("tracepoint kmem:mm_page_alloc".into(), Some(raw_error)))
 }
 
+/// Offsets of the lifecycle programs: task fields from BTF, record fields from tracefs.
+fn lifecycle_offsets(btf: &btf::KernelBtf) -> Result<LifecycleOffsets, String> {
+    let mut o = btf.lifecycle_task_offsets().map_err(|e| e.to_string())?;
+    let root = tracefs::root().map_err(|e| e.to_string())?;
+    let format =
+        |category, name| tracefs::Format::read(&root, category, name).map_err(|e| e.to_string());
+    let offset = |f: &tracefs::Format, name: &str| {
+        f.field(name).map(|f| f.offset).map_err(|e| e.to_string())
+    };
+    let exit = format("sched", "sched_process_exit")?;
+    // Kernels before 6.16 have no group_dead field: a thread-group leader's exit stands in.
+    o.exit_group_dead = exit
+        .field("group_dead")
+        .map_or(-1, |f| i32::try_from(f.offset).unwrap_or(-1));
+    let oom = format("oom", "mark_victim")?;
+    o.oom_pid = offset(&oom, "pid")?;
+    o.oom_anon_rss = offset(&oom, "anon_rss")?;
+    o.oom_file_rss = offset(&oom, "file_rss")?;
+    o.oom_shmem_rss = offset(&oom, "shmem_rss")?;
+    let cgroup = format("cgroup", "cgroup_mkdir")?;
+    o.cgroup_root = offset(&cgroup, "root")?;
+    o.cgroup_level = offset(&cgroup, "level")?;
+    o.cgroup_id = offset(&cgroup, "id")?;
+    o.cgroup_path = offset(&cgroup, "path")?;
+    o.valid = 1;
+    Ok(o)
+}
+
+/// Attaches the lifecycle programs (classic tracepoints).
+fn attach_lifecycle(ebpf: &mut Ebpf) -> Result<String, String> {
+    let points = [
+        ("process_exit", "sched", "sched_process_exit"),
+        ("oom_victim", "oom", "mark_victim"),
+        ("cgroup_mkdir", "cgroup", "cgroup_mkdir"),
+        ("cgroup_rmdir", "cgroup", "cgroup_rmdir"),
+    ];
+    for (program, category, name) in points {
+        let p: &mut TracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| format!("program {program} missing"))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+        p.load()
+            .and_then(|()| p.attach(category, name).map(|_| ()))
+            .map_err(|e| {
+                ebpf_err("lifecycle probe", format!("{category}:{name}: {e}")).to_string()
+            })?;
+    }
+    Ok("tracepoints sched:sched_process_exit, oom:mark_victim, cgroup:cgroup_mkdir, cgroup:cgroup_rmdir".into())
+}
+
 /// Attaches the page-cache add and delete programs (raw tracepoints).
 fn attach_filemap(ebpf: &mut Ebpf) -> Result<String, String> {
     for (program, tracepoint) in [
@@ -453,6 +532,7 @@ mod tests {
             kernel_stack_reuse_ns: 0,
             btf: None,
             file_entries: 1,
+            lifecycle_buffer: 4096,
         };
         // 24 GiB of 4 KiB pages fits at 1 in 64.
         assert_eq!(

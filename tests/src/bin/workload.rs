@@ -10,8 +10,9 @@
 //! `memlens-workload writefile <path> <MiB>`: writes a file of that size with buffered writes
 //! (its page cache is charged to the writer's cgroup), prints `written`, exits.
 //!
-//! `memlens-workload appendlog <path> <MiB>`: appends that much to a log file with buffered
-//! writes and keeps it open, prints `written`; on `truncate`: truncates it, prints `truncated`.
+//! `memlens-workload appendlog <path> <MiB> [<MiB/s>]`: appends that much to a log file with
+//! buffered writes (at most that fast, when given) and keeps it open, prints `written`; on
+//! `truncate`: truncates it, prints `truncated`.
 //!
 //! `memlens-workload readfile <path>`: reads the whole file (buffered), prints `read <bytes>`,
 //! keeps it open.
@@ -26,7 +27,7 @@ use std::{
 };
 
 const USAGE: &str = "usage: memlens-workload anon <MiB> | anon-thp <MiB> | storm <MiB> <rounds> \
-                     | writefile <path> <MiB> | appendlog <path> <MiB> | readfile <path>";
+                     | writefile <path> <MiB> | appendlog <path> <MiB> [<MiB/s>] | readfile <path>";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -44,7 +45,11 @@ fn main() {
         Some("anon-thp") => hold(number(2) << 20, true),
         Some("storm") => storm(number(2) << 20, number(3)),
         Some("writefile") => write_file(path_arg(&args), number(3) << 20),
-        Some("appendlog") => append_log(path_arg(&args), number(3) << 20),
+        Some("appendlog") => append_log(
+            path_arg(&args),
+            number(3) << 20,
+            args.get(4).and_then(|a| a.parse::<usize>().ok()),
+        ),
         Some("readfile") => read_file(path_arg(&args)),
         _ => {
             eprintln!("{USAGE}");
@@ -118,7 +123,7 @@ fn serve(mut on: impl FnMut(&str) -> bool) {
     }
 }
 
-fn append_log(path: &str, len: usize) {
+fn append_log(path: &str, len: usize, mib_per_second: Option<usize>) {
     use std::io::Write as _;
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -129,9 +134,18 @@ fn append_log(path: &str, len: usize) {
         b"2026-11-23T00:00:00Z INFO request served in 12 ms by the handler of the log test\n";
     let mut writer = std::io::BufWriter::new(&mut file);
     let mut written = 0;
+    let started = Instant::now();
     while written < len {
         writer.write_all(line).unwrap_or_else(|e| fail(path, &e));
         written += line.len();
+        if let Some(rate) = mib_per_second.filter(|&r| r > 0) {
+            // Steady growth: at most `rate` MiB a second.
+            let due = std::time::Duration::from_secs_f64(written as f64 / (rate << 20) as f64);
+            if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                writer.flush().unwrap_or_else(|e| fail(path, &e));
+                std::thread::sleep(ahead);
+            }
+        }
     }
     writer.flush().unwrap_or_else(|e| fail(path, &e));
     drop(writer);

@@ -1,0 +1,326 @@
+//! `memlens events`: list, show (evidence and a chart), export, check now.
+
+use std::{fmt::Write as _, path::Path};
+
+use anyhow::Result;
+use comfy_table::{presets::NOTHING, Table};
+
+use super::{
+    chart::{self, ChartInput},
+    history::clock,
+    leaks::entry,
+    EventsCommand,
+};
+use crate::{
+    api::{client, EventsResponse},
+    engine::{
+        event::{Event, EventKind, Status},
+        leak::GrowthEvidence,
+        restarts::RestartEvidence,
+        CheckReport,
+    },
+    units::Bytes,
+};
+
+/// Stacks shown per event.
+const STACKS_SHOWN: usize = 3;
+
+pub async fn run(socket: &Path, command: &EventsCommand) -> Result<()> {
+    match command {
+        EventsCommand::List(args) => {
+            let mut query = format!("/v1/events?limit={}", args.limit);
+            if let Some(status) = &args.status {
+                let _ = write!(query, "&status={status}");
+            }
+            if let Some(kind) = &args.kind {
+                let _ = write!(query, "&kind={kind}");
+            }
+            let answer: EventsResponse = client::get(socket, &query).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                print!("{}", list(&answer.events));
+            }
+        }
+        EventsCommand::Show(args) => {
+            let event: Event = client::get(socket, &format!("/v1/events/{}", args.id)).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&event)?);
+            } else {
+                print!("{}", show(&event));
+            }
+        }
+        EventsCommand::Export(args) => {
+            let json = match args.id {
+                Some(id) => serde_json::to_string_pretty(
+                    &client::get::<Event>(socket, &format!("/v1/events/{id}")).await?,
+                )?,
+                None => serde_json::to_string_pretty(
+                    &client::get::<EventsResponse>(socket, "/v1/events?limit=10000")
+                        .await?
+                        .events,
+                )?,
+            };
+            println!("{json}");
+        }
+        EventsCommand::Check(args) => {
+            let report: CheckReport = client::post(socket, "/v1/events/check").await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", check(&report));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn list(events: &[Event]) -> String {
+    if events.is_empty() {
+        return "no events\n".into();
+    }
+    let mut table = Table::new();
+    table.load_preset(NOTHING).set_header(vec![
+        "ID",
+        "STATUS",
+        "KIND",
+        "SEVERITY",
+        "FIRST SEEN",
+        "DURATION",
+        "SUMMARY",
+    ]);
+    for e in events {
+        table.add_row(vec![
+            e.id.to_string(),
+            e.status.as_str().to_string(),
+            e.kind.as_str().to_string(),
+            e.severity.as_str().to_string(),
+            clock(e.first_seen_unix_ms),
+            duration(e.duration_seconds),
+            e.summary.clone(),
+        ]);
+    }
+    format!("{table}\n")
+}
+
+fn duration(seconds: f64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(seconds.max(0.0) as u64)).to_string()
+}
+
+fn check(report: &CheckReport) -> String {
+    let mut out = String::new();
+    if let Some(why) = &report.skipped {
+        let _ = writeln!(out, "no detector ran: {why}");
+        return out;
+    }
+    let _ = writeln!(out, "ran: {}", report.detectors.join(", "));
+    for (title, events) in [
+        ("raised", &report.raised),
+        ("still open", &report.still_open),
+        ("recovered", &report.recovered),
+    ] {
+        let _ = writeln!(out, "{title}: {}", events.len());
+        for e in events.iter() {
+            let _ = writeln!(
+                out,
+                "  #{} {} {}: {}",
+                e.id,
+                e.kind,
+                e.severity.as_str(),
+                e.summary
+            );
+        }
+    }
+    out
+}
+
+fn show(e: &Event) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "event {}  {}  {}  {}",
+        e.id,
+        e.kind,
+        e.severity.as_str(),
+        e.status.as_str()
+    );
+    let _ = writeln!(out, "{}", e.summary);
+    let _ = writeln!(
+        out,
+        "first seen {} UTC, last seen {} UTC, {} {}",
+        clock(e.first_seen_unix_ms),
+        clock(e.last_seen_unix_ms),
+        if e.status == Status::Open {
+            "open for"
+        } else {
+            "lasted"
+        },
+        duration(e.duration_seconds)
+    );
+    let d = &e.dimensions;
+    let mut dims = vec![format!("host={}", d.host)];
+    for (key, value) in [
+        ("cluster", &d.cluster),
+        ("namespace", &d.namespace),
+        ("pod", &d.pod),
+        ("pod_uid", &d.pod_uid),
+        ("container", &d.container),
+        ("cgroup", &d.cgroup),
+    ] {
+        if let Some(v) = value {
+            dims.push(format!("{key}={v}"));
+        }
+    }
+    let _ = writeln!(out, "{}\n", dims.join(" "));
+    match e.kind {
+        EventKind::LeakSuspected | EventKind::FileCachePressure => {
+            match serde_json::from_value::<GrowthEvidence>(e.evidence.clone()) {
+                Ok(g) => growth(&mut out, &g),
+                Err(err) => {
+                    let _ = writeln!(out, "evidence (unreadable: {err}): {}", e.evidence);
+                }
+            }
+        }
+        EventKind::AbnormalRestarts => {
+            match serde_json::from_value::<RestartEvidence>(e.evidence.clone()) {
+                Ok(r) => restarts(&mut out, &r),
+                Err(err) => {
+                    let _ = writeln!(out, "evidence (unreadable: {err}): {}", e.evidence);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn growth(out: &mut String, g: &GrowthEvidence) {
+    let secs = |s: Option<f64>| s.map_or_else(|| "not within the horizon".into(), duration);
+    let _ = writeln!(
+        out,
+        "growth {}/h (anon {}/h, file cache {}/h) over {} samples, {:.0}% of pairs rising",
+        Bytes(g.growth_bytes_per_hour.max(0.0) as u64),
+        Bytes(g.anon_growth_bytes_per_hour.max(0.0) as u64),
+        Bytes(g.file_growth_bytes_per_hour.max(0.0) as u64),
+        g.samples,
+        g.rising_share * 100.0
+    );
+    let _ = writeln!(
+        out,
+        "usage {} of limit {} ({:?}); threshold {}; forecast in {}: {}",
+        Bytes(g.usage_bytes),
+        Bytes(g.limit_bytes),
+        g.limit_source,
+        Bytes(g.threshold_bytes),
+        duration(g.horizon_seconds),
+        Bytes(g.forecast_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "time to threshold: {}; time to limit: {}\n",
+        secs(g.time_to_threshold_seconds),
+        secs(g.time_to_limit_seconds)
+    );
+    let now = g.evaluated_at_unix_ms as f64;
+    let rel = |(t, b): (u64, u64)| ((t as f64 - now) / 1000.0, b as f64);
+    let history: Vec<(f64, f64)> = g.series.iter().copied().map(rel).collect();
+    let _ = write!(
+        out,
+        "{}",
+        chart::render(&ChartInput {
+            history: &history,
+            forecast: Some((rel(g.forecast[0]), rel(g.forecast[1]))),
+            limit: Some(g.limit_bytes as f64),
+            width: 100,
+            height: 16,
+        })
+    );
+    if !g.top_processes.is_empty() {
+        let mut table = Table::new();
+        table
+            .load_preset(NOTHING)
+            .set_header(vec!["PID", "COMM", "RSS", "ANON", "FILE"]);
+        for p in &g.top_processes {
+            table.add_row(vec![
+                p.pid.to_string(),
+                p.comm.clone(),
+                Bytes(p.rss_bytes).to_string(),
+                Bytes(p.anon_bytes).to_string(),
+                Bytes(p.file_bytes).to_string(),
+            ]);
+        }
+        let _ = writeln!(out, "\nTop processes by memory:\n{table}");
+    }
+    if !g.top_stacks.is_empty() {
+        let _ = writeln!(out, "\nTop growing stacks:");
+        for (i, s) in g.top_stacks.iter().take(STACKS_SHOWN).enumerate() {
+            entry(out, i + 1, s);
+        }
+    }
+    if !g.top_files.is_empty() {
+        let _ = writeln!(out, "\nFiles with the most page cache:");
+        for f in &g.top_files {
+            let _ = writeln!(out, "  {:>10}  {}", Bytes(f.bytes).to_string(), f.display());
+        }
+    }
+}
+
+fn restarts(out: &mut String, r: &RestartEvidence) {
+    let _ = writeln!(
+        out,
+        "{} restarts ({} OOM kills) in the last {}; {} of {} members restarted ({:.0}%, before {:.0}%)\n",
+        r.restarts,
+        r.oom_kills,
+        duration(r.window_seconds),
+        r.restarted_members,
+        r.members,
+        r.restarted_share * 100.0,
+        r.previous_restarted_share * 100.0
+    );
+    let mut table = Table::new();
+    table.load_preset(NOTHING).set_header(vec![
+        "TIME (UTC)",
+        "REASON",
+        "EXIT",
+        "PID",
+        "COMM",
+        "MEMORY AT DEATH",
+        "CGROUP",
+    ]);
+    for x in &r.recent {
+        table.add_row(vec![
+            clock(x.at_unix_ms),
+            serde_json::to_value(x.reason)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            x.container_exit_code.to_string(),
+            x.pid.to_string(),
+            x.comm.clone(),
+            x.memory_at_death_bytes
+                .map(|b| Bytes(b).to_string())
+                .unwrap_or_default(),
+            x.cgroup.clone(),
+        ]);
+    }
+    let _ = writeln!(out, "{table}");
+    if let Some(memory) = r
+        .recent
+        .iter()
+        .find_map(|x| x.memory.as_ref().filter(|_| x.oom_killed))
+    {
+        if let Ok(m) = serde_json::from_value::<crate::attribution::query::MemoryAt>(memory.clone())
+        {
+            let _ = writeln!(
+                out,
+                "\nAt the latest OOM kill, {} was held by:",
+                Bytes(m.usage_bytes)
+            );
+            for (i, s) in m.top_stacks.iter().take(STACKS_SHOWN).enumerate() {
+                entry(out, i + 1, s);
+            }
+            for f in &m.top_files {
+                let _ = writeln!(out, "  {:>10}  {}", Bytes(f.bytes).to_string(), f.display());
+            }
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! Process exits, OOM kills and cgroup changes, drained from the kernel programs' ring buffer on
+//! a thread of their own and written to the history database as they come.
+//!
+//! An OOM kill is known from the kernel's own OOM event (`oom:mark_victim`), never inferred from
+//! a cgroup's cumulative counter: the victim's exit that follows is recorded as the OOM kill,
+//! with the victim's memory at the kill; any other exit in the cgroup is just an exit.
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use memlens_common::lifecycle::{LifecycleEvent, LifecycleKind};
+
+use crate::{
+    history::{LifecycleRecord, RecordKind, Store},
+    model::{unix_ms, Snapshots},
+};
+
+/// How long an OOM victim waits for its exit before it is recorded without one.
+const VICTIM_PATIENCE: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(100);
+/// `oom:mark_victim` reports resident memory in KiB.
+const KIB: u64 = 1024;
+
+/// What the thread has done, for `memlens status`.
+#[derive(Default)]
+pub struct LifecycleStats {
+    pub recorded: AtomicU64,
+    /// Exits with status 0 (not kept).
+    pub normal_exits: AtomicU64,
+    pub write_errors: AtomicU64,
+}
+
+/// Turns kernel events into records.
+pub struct Lifecycle {
+    /// Hierarchy id of the memory controller's cgroups (mkdir/rmdir of other hierarchies are
+    /// ignored).
+    memory_hierarchy: i32,
+    /// OOM victims waiting for their exit, by pid.
+    victims: HashMap<u32, (LifecycleEvent, Instant, u64)>,
+    /// Cgroup paths learnt from mkdir events, for exits in cgroups removed before a snapshot.
+    paths: HashMap<u64, String>,
+}
+
+impl Lifecycle {
+    #[must_use]
+    pub fn new(memory_hierarchy: i32) -> Lifecycle {
+        Lifecycle {
+            memory_hierarchy,
+            victims: HashMap::new(),
+            paths: HashMap::new(),
+        }
+    }
+
+    /// Records for one event (`unix_ms` is when it happened); `path_of` names memory cgroups.
+    pub fn handle(
+        &mut self,
+        event: &LifecycleEvent,
+        unix_ms: u64,
+        path_of: &dyn Fn(u64) -> Option<String>,
+        stats: &LifecycleStats,
+    ) -> Vec<LifecycleRecord> {
+        let mut out = Vec::new();
+        match LifecycleKind::from_u32(event.kind) {
+            Some(LifecycleKind::OomVictim) => {
+                self.victims
+                    .insert(event.pid, (*event, Instant::now(), unix_ms));
+            }
+            Some(LifecycleKind::Exit) => {
+                let status = if event.group_exit_code != 0 {
+                    event.group_exit_code
+                } else {
+                    event.exit_code
+                };
+                let signal = status & 0x7f;
+                let victim = self.victims.remove(&event.pid);
+                if status == 0 && victim.is_none() {
+                    stats.normal_exits.fetch_add(1, Ordering::Relaxed);
+                    return out;
+                }
+                let path = path_of(event.memcg).or_else(|| self.paths.get(&event.memcg).cloned());
+                let mut record = LifecycleRecord {
+                    ts_ms: unix_ms,
+                    kind: RecordKind::Exit,
+                    pid: event.pid,
+                    comm: comm(&event.comm),
+                    cgroup_id: event.memcg,
+                    cgroup_path: path,
+                    exit_code: (signal == 0).then_some((status >> 8) & 0xff),
+                    signal: (signal != 0).then_some(signal),
+                    oom_killed: false,
+                    main_process: event.parent_memcg != 0 && event.parent_memcg != event.memcg,
+                    anon_rss_bytes: None,
+                    file_rss_bytes: None,
+                    shmem_rss_bytes: None,
+                    evidence: None,
+                };
+                if let Some((oom, _, _)) = victim {
+                    record.kind = RecordKind::OomKill;
+                    record.oom_killed = true;
+                    record.anon_rss_bytes = Some(oom.anon_rss * KIB);
+                    record.file_rss_bytes = Some(oom.file_rss * KIB);
+                    record.shmem_rss_bytes = Some(oom.shmem_rss * KIB);
+                }
+                out.push(record);
+            }
+            Some(kind @ (LifecycleKind::CgroupMkdir | LifecycleKind::CgroupRmdir)) => {
+                if event.exit_code != self.memory_hierarchy {
+                    return out;
+                }
+                let path = comm(&event.path);
+                if kind == LifecycleKind::CgroupMkdir {
+                    if self.paths.len() > 100_000 {
+                        self.paths.clear();
+                    }
+                    self.paths.insert(event.memcg, path.clone());
+                }
+                out.push(LifecycleRecord {
+                    ts_ms: unix_ms,
+                    kind: if kind == LifecycleKind::CgroupMkdir {
+                        RecordKind::CgroupCreated
+                    } else {
+                        RecordKind::CgroupRemoved
+                    },
+                    pid: 0,
+                    comm: String::new(),
+                    cgroup_id: event.memcg,
+                    cgroup_path: Some(path),
+                    exit_code: None,
+                    signal: None,
+                    oom_killed: false,
+                    main_process: false,
+                    anon_rss_bytes: None,
+                    file_rss_bytes: None,
+                    shmem_rss_bytes: None,
+                    evidence: None,
+                });
+            }
+            None => {}
+        }
+        out
+    }
+
+    /// OOM victims whose exit never came: recorded as OOM kills without an exit status.
+    pub fn expire(&mut self, path_of: &dyn Fn(u64) -> Option<String>) -> Vec<LifecycleRecord> {
+        let mut out = Vec::new();
+        self.victims.retain(|_, (oom, seen, unix_ms)| {
+            if seen.elapsed() < VICTIM_PATIENCE {
+                return true;
+            }
+            out.push(LifecycleRecord {
+                ts_ms: *unix_ms,
+                kind: RecordKind::OomKill,
+                pid: oom.pid,
+                comm: String::new(),
+                cgroup_id: oom.memcg,
+                cgroup_path: path_of(oom.memcg),
+                exit_code: None,
+                signal: None,
+                oom_killed: true,
+                main_process: false,
+                anon_rss_bytes: Some(oom.anon_rss * KIB),
+                file_rss_bytes: Some(oom.file_rss * KIB),
+                shmem_rss_bytes: Some(oom.shmem_rss * KIB),
+                evidence: None,
+            });
+            false
+        });
+        out
+    }
+}
+
+fn comm(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// Describes the memory of a record's cgroup just before it (JSON), for OOM kills and
+/// main-process ends; given by the agent, which knows the census.
+pub type EvidenceFn = Box<dyn Fn(&LifecycleRecord) -> Option<serde_json::Value> + Send>;
+
+/// Most records given evidence per round (a crash loop must not stall the ring buffer).
+const EVIDENCE_PER_ROUND: usize = 8;
+
+/// Starts the thread draining `ring` into the database at `db`.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn(
+    mut ring: RingBuf<MapData>,
+    evidence: EvidenceFn,
+    db: &Path,
+    retention: Duration,
+    snapshots: Arc<Snapshots>,
+    mut lifecycle: Lifecycle,
+    stats: Arc<LifecycleStats>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let mut store = Store::open(db, retention)?;
+    Ok(std::thread::Builder::new()
+        .name("lifecycle".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let snapshot = snapshots.latest();
+                let path_of = |id: u64| {
+                    snapshot
+                        .cgroups
+                        .iter()
+                        .find(|r| r.id.0 == id)
+                        .map(|r| r.path.clone())
+                };
+                // bpf_ktime_get_ns counts CLOCK_MONOTONIC: anchor it to the wall clock once per round.
+                let (wall, mono) = (unix_ms(), monotonic_ns());
+                let mut records = Vec::new();
+                while let Some(item) = ring.next() {
+                    if item.len() < size_of::<LifecycleEvent>() {
+                        continue;
+                    }
+                    // SAFETY: the item holds one LifecycleEvent written by the kernel program (plain
+                    // data, size checked above); read unaligned into our own value.
+                    let event: LifecycleEvent =
+                        unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                    let at = wall.saturating_sub(mono.saturating_sub(event.ts_ns) / 1_000_000);
+                    records.extend(lifecycle.handle(&event, at, &path_of, &stats));
+                }
+                records.extend(lifecycle.expire(&path_of));
+                for record in records
+                    .iter_mut()
+                    .filter(|r| r.oom_killed || r.main_process)
+                    .take(EVIDENCE_PER_ROUND)
+                {
+                    record.evidence = evidence(record);
+                }
+                if !records.is_empty() {
+                    match store.record_lifecycle(&records) {
+                        Ok(n) => {
+                            stats.recorded.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!("lifecycle events not recorded: {e}");
+                        }
+                    }
+                }
+                std::thread::sleep(POLL);
+            }
+        })?)
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// The memory controller's hierarchy id, as cgroup tracepoints report it: its row of
+/// `/proc/cgroups` on cgroup v1, 0 on cgroup v2.
+#[must_use]
+pub fn memory_hierarchy_id(v2: bool) -> i32 {
+    if v2 {
+        return 0;
+    }
+    std::fs::read_to_string("/proc/cgroups")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.split_whitespace().next() == Some("memory"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: LifecycleKind, pid: u32) -> LifecycleEvent {
+        LifecycleEvent {
+            kind: kind as u32,
+            pid,
+            ts_ns: 0,
+            memcg: 5,
+            exit_code: 0,
+            group_exit_code: 0,
+            anon_rss: 0,
+            file_rss: 0,
+            shmem_rss: 0,
+            parent_memcg: 1,
+            comm: *b"worker\0\0\0\0\0\0\0\0\0\0",
+            path: [0; memlens_common::lifecycle::PATH_BYTES],
+        }
+    }
+
+    #[test]
+    fn only_the_oom_victims_exit_is_an_oom_kill() {
+        let stats = LifecycleStats::default();
+        let mut life = Lifecycle::new(4);
+        let path = |_: u64| Some("/pod/c".to_string());
+        let mut victim = event(LifecycleKind::OomVictim, 10);
+        victim.anon_rss = 100;
+        assert!(life.handle(&victim, 1, &path, &stats).is_empty());
+        // SIGKILL (9) for the victim.
+        let mut killed = event(LifecycleKind::Exit, 10);
+        killed.group_exit_code = 9;
+        let records = life.handle(&killed, 2, &path, &stats);
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            (records[0].kind, records[0].oom_killed, records[0].signal),
+            (RecordKind::OomKill, true, Some(9))
+        );
+        assert_eq!(records[0].anon_rss_bytes, Some(102_400));
+        // A later SIGTERM in the same cgroup is not an OOM kill.
+        let mut terminated = event(LifecycleKind::Exit, 11);
+        terminated.exit_code = 15;
+        let records = life.handle(&terminated, 3, &path, &stats);
+        assert_eq!(
+            (records[0].kind, records[0].oom_killed, records[0].signal),
+            (RecordKind::Exit, false, Some(15))
+        );
+        // exit(3)
+        let mut failed = event(LifecycleKind::Exit, 12);
+        failed.exit_code = 3 << 8;
+        assert_eq!(life.handle(&failed, 4, &path, &stats)[0].exit_code, Some(3));
+        // exit(0) is not kept.
+        assert!(life
+            .handle(&event(LifecycleKind::Exit, 13), 5, &path, &stats)
+            .is_empty());
+        assert_eq!(stats.normal_exits.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn cgroup_changes_of_other_hierarchies_are_ignored() {
+        let stats = LifecycleStats::default();
+        let mut life = Lifecycle::new(4);
+        let none = |_: u64| None;
+        let mut mkdir = event(LifecycleKind::CgroupMkdir, 0);
+        mkdir.path[..4].copy_from_slice(b"/a/b");
+        mkdir.exit_code = 2;
+        assert!(life.handle(&mkdir, 1, &none, &stats).is_empty());
+        mkdir.exit_code = 4;
+        let records = life.handle(&mkdir, 1, &none, &stats);
+        assert_eq!(records[0].cgroup_path.as_deref(), Some("/a/b"));
+        assert_eq!(records[0].kind, RecordKind::CgroupCreated);
+    }
+}

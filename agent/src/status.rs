@@ -206,11 +206,12 @@ impl StatusSource {
                 "lifecycle",
                 CapabilityState::Ok,
                 format!(
-                    "{how}; {} records kept, {} exits with status 0 not kept, {} lost in the kernel, {} write errors",
+                    "{how}; {} records kept, {} exits with status 0 not kept, {} lost in the kernel, {} write errors, {} oldest dropped by the cap",
                     self.lifecycle.recorded.load(Ordering::Relaxed),
                     self.lifecycle.normal_exits.load(Ordering::Relaxed),
                     counters.get("lifecycle_dropped").copied().unwrap_or(0),
-                    self.lifecycle.write_errors.load(Ordering::Relaxed)
+                    self.lifecycle.write_errors.load(Ordering::Relaxed),
+                    self.lifecycle.capped.load(Ordering::Relaxed)
                 ),
             ),
             Err(why) => add("lifecycle", CapabilityState::Unavailable, why.clone()),
@@ -225,8 +226,9 @@ impl StatusSource {
                 CapabilityState::Degraded
             },
             format!(
-                "{schedule}; {} runs, {} events raised, {failures} failed runs",
+                "{schedule}; {} runs (the last took {} ms), {} events raised, {failures} failed runs",
                 engine.runs.load(Ordering::Relaxed),
+                engine.last_run_ms.load(Ordering::Relaxed),
                 engine.raised.load(Ordering::Relaxed),
             ),
         );

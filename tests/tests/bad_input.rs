@@ -185,6 +185,8 @@ fn status_has_one_line_per_capability() {
         "sampling",
         "page census",
         "drops",
+        "lifecycle",
+        "events",
     ] {
         assert!(
             text.lines().any(|l| l.starts_with(capability)),

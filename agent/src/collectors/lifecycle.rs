@@ -37,6 +37,8 @@ pub struct LifecycleStats {
     /// Exits with status 0 (not kept).
     pub normal_exits: AtomicU64,
     pub write_errors: AtomicU64,
+    /// Records dropped because the table was full (the oldest go).
+    pub capped: AtomicU64,
 }
 
 /// Turns kernel events into records.
@@ -239,8 +241,9 @@ pub fn spawn(
                 }
                 if !records.is_empty() {
                     match store.record_lifecycle(&records) {
-                        Ok(n) => {
+                        Ok((n, capped)) => {
                             stats.recorded.fetch_add(n as u64, Ordering::Relaxed);
+                            stats.capped.fetch_add(capped as u64, Ordering::Relaxed);
                         }
                         Err(e) => {
                             stats.write_errors.fetch_add(1, Ordering::Relaxed);

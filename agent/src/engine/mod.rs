@@ -128,6 +128,8 @@ pub struct EngineStats {
     pub runs: AtomicU64,
     pub failures: AtomicU64,
     pub raised: AtomicU64,
+    /// How long the last run took (detectors, evidence, writes).
+    pub last_run_ms: AtomicU64,
 }
 
 /// An on-demand run, answered on `reply`.
@@ -157,6 +159,7 @@ struct Due {
 impl Engine {
     /// Runs the due detectors and records what they found.
     fn run(&mut self, due: Due) -> Result<CheckReport, EngineError> {
+        let started = Instant::now();
         let now_ms = unix_ms();
         let mut report = CheckReport {
             checked_at_unix_ms: now_ms,
@@ -237,6 +240,10 @@ impl Engine {
         report.still_open = load(&applied.updated)?;
         report.recovered = load(&applied.recovered)?;
         self.stats.runs.fetch_add(1, Ordering::Relaxed);
+        self.stats.last_run_ms.store(
+            u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         self.stats
             .raised
             .fetch_add(report.raised.len() as u64, Ordering::Relaxed);

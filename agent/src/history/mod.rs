@@ -76,6 +76,9 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE cgroup_samples ADD COLUMN top_file_bytes INTEGER;",
 ];
 
+/// Most lifecycle records kept (a crash-looping host must not fill the disk); the oldest go.
+pub const MAX_LIFECYCLE_ROWS: i64 = 500_000;
+
 /// What a lifecycle record is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -323,8 +326,15 @@ impl Store {
 }
 
 impl Store {
-    /// Records lifecycle events (again-recorded ones are ignored); returns how many were new.
-    pub fn record_lifecycle(&mut self, records: &[LifecycleRecord]) -> Result<usize, StoreError> {
+    /// Records lifecycle events (again-recorded ones are ignored), then drops those older than
+    /// the retention window and, beyond [`MAX_LIFECYCLE_ROWS`], the oldest. Returns how many
+    /// were new and how many the cap dropped.
+    pub fn record_lifecycle(
+        &mut self,
+        records: &[LifecycleRecord],
+    ) -> Result<(usize, usize), StoreError> {
+        let cutoff = crate::model::unix_ms()
+            .saturating_sub(u64::try_from(self.retention.as_millis()).unwrap_or(u64::MAX));
         let path = self.path.clone();
         let sql = |source| StoreError::Sql {
             path: path.clone(),
@@ -360,8 +370,20 @@ impl Store {
                     .map_err(sql)?;
             }
         }
+        tx.execute(
+            "DELETE FROM lifecycle WHERE ts_ms < ?1",
+            params![i64::try_from(cutoff).unwrap_or(i64::MAX)],
+        )
+        .map_err(sql)?;
+        let capped = tx
+            .execute(
+                "DELETE FROM lifecycle WHERE ts_ms < (SELECT ts_ms FROM lifecycle
+                 ORDER BY ts_ms DESC LIMIT 1 OFFSET ?1)",
+                params![MAX_LIFECYCLE_ROWS],
+            )
+            .map_err(sql)?;
         tx.commit().map_err(sql)?;
-        Ok(written)
+        Ok((written, capped))
     }
 }
 
@@ -585,8 +607,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("history.db");
         let mut store = Store::open(&path, Duration::from_secs(3600)).unwrap();
+        let base = crate::model::unix_ms();
         let record = |ts, path: &str| LifecycleRecord {
-            ts_ms: ts,
+            ts_ms: base + ts,
             kind: RecordKind::OomKill,
             pid: 7,
             comm: "leak".into(),
@@ -606,20 +629,27 @@ mod tests {
             record(2000, "/pod/a/c"),
             record(3000, "/other"),
         ];
-        assert_eq!(store.record_lifecycle(&records).unwrap(), 3);
+        assert_eq!(store.record_lifecycle(&records).unwrap(), (3, 0));
         assert_eq!(
             store.record_lifecycle(&records).unwrap(),
-            0,
+            (0, 0),
             "recorded twice"
         );
         let reader = Reader::open(&path).unwrap();
         let found = reader.lifecycle(Some("/pod/a"), 0, 10).unwrap();
         assert_eq!(
-            found.iter().map(|r| r.ts_ms).collect::<Vec<_>>(),
+            found.iter().map(|r| r.ts_ms - base).collect::<Vec<_>>(),
             [2000, 1000]
         );
         assert_eq!(found[0], records[1]);
-        assert_eq!(reader.lifecycle(None, 2500, 10).unwrap().len(), 1);
+        assert_eq!(reader.lifecycle(None, base + 2500, 10).unwrap().len(), 1);
+        // Older than the retention window: dropped at the next write.
+        let old = LifecycleRecord {
+            ts_ms: base - 7200 * 1000,
+            ..records[0].clone()
+        };
+        assert_eq!(store.record_lifecycle(&[old]).unwrap(), (1, 0));
+        assert_eq!(reader.lifecycle(None, 0, 10).unwrap().len(), 3);
     }
 
     #[test]

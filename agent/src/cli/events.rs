@@ -303,17 +303,21 @@ fn restarts(out: &mut String, r: &RestartEvidence) {
         ]);
     }
     let _ = writeln!(out, "{table}");
-    if let Some(memory) = r
-        .recent
-        .iter()
-        .find_map(|x| x.memory.as_ref().filter(|_| x.oom_killed))
-    {
+    if let Some((at, memory)) = r.recent.iter().find_map(|x| {
+        x.memory
+            .as_ref()
+            .filter(|_| x.oom_killed)
+            .map(|m| (x.at_unix_ms, m))
+    }) {
         if let Ok(m) = serde_json::from_value::<crate::attribution::query::MemoryAt>(memory.clone())
         {
+            // The census is periodic: a process that filled its limit faster than that was
+            // seen smaller than it died.
             let _ = writeln!(
                 out,
-                "\nAt the latest OOM kill, {} was held by:",
-                Bytes(m.usage_bytes)
+                "\nAt the latest OOM kill, the cgroup used {} in the census {:.1} s before it; held by:",
+                Bytes(m.usage_bytes),
+                at.saturating_sub(m.taken_at_unix_ms) as f64 / 1000.0
             );
             for (i, s) in m.top_stacks.iter().take(STACKS_SHOWN).enumerate() {
                 entry(out, i + 1, s);

@@ -104,6 +104,18 @@ fn lifecycle(agent: &Agent, cgroup: &str) -> Vec<Value> {
         .clone()
 }
 
+fn history(agent: &Agent, cgroup: &str) -> Vec<Value> {
+    json(
+        agent,
+        &[
+            "history", "--cgroup", cgroup, "--since", "10m", "--limit", "10000", "--json",
+        ],
+    )["samples"]
+        .as_array()
+        .expect("samples")
+        .clone()
+}
+
 fn names_function(value: &Value, function: &str) -> bool {
     value.to_string().contains(function)
 }
@@ -165,8 +177,13 @@ fn a_steady_leak_is_forecast_before_its_oom_kill_across_an_agent_restart() {
     let show = agent.cli(&["events", "show", &id.to_string()]);
     let shown = String::from_utf8_lossy(&show.stdout).into_owned();
     assert!(show.status.success() && shown.contains("limit"), "{shown}");
+    let history_before = history(&agent, &cgroup.path);
     agent.kill_hard();
     let agent = setup.agent();
+    let history_after = history(&agent, &cgroup.path);
+    for sample in &history_before {
+        assert!(history_after.contains(sample), "history lost: {sample}");
+    }
     let after = events(&agent, "leak_suspected", &cgroup.path);
     assert_eq!(after.len(), 1, "duplicated or lost: {after:?}");
     assert_eq!(

@@ -10,9 +10,10 @@ use axum::{
 
 use super::{
     server::{accept_query, error, AppState},
-    EventsQuery, EventsResponse, LifecycleQuery, LifecycleResponse, MAX_RECORDS,
+    EventsQuery, EventsResponse, LifecycleEntry, LifecycleQuery, LifecycleResponse, MAX_RECORDS,
 };
 use crate::{
+    cgroup::Workload,
     engine::{
         event::{EventKind, Status},
         store, CheckRequest,
@@ -75,7 +76,16 @@ pub async fn lifecycle(
     })
     .await
     {
-        Ok(records) => Json(LifecycleResponse { records }).into_response(),
+        Ok(records) => Json(LifecycleResponse {
+            records: records
+                .into_iter()
+                .map(|record| LifecycleEntry {
+                    workload: record.cgroup_path.as_deref().map(Workload::from_path),
+                    record,
+                })
+                .collect(),
+        })
+        .into_response(),
         Err(response) => response,
     }
 }

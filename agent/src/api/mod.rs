@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::attribution::query::LeaksResponse;
 use crate::{
     attribution::files::CachedFile,
+    cgroup::Workload,
     loader::ProgramStats,
     model::{CensusSummary, CgroupRow},
     units::MemcgId,
@@ -188,7 +189,16 @@ pub struct LifecycleQuery {
 /// `GET /v1/lifecycle`: process exits, OOM kills, cgroups created and removed.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LifecycleResponse {
-    pub records: Vec<crate::history::LifecycleRecord>,
+    pub records: Vec<LifecycleEntry>,
+}
+
+/// A lifecycle record and what its cgroup is (pod, container, unit), from the path.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LifecycleEntry {
+    #[serde(flatten)]
+    pub record: crate::history::LifecycleRecord,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
 }
 
 /// Query of `GET /v1/events`.

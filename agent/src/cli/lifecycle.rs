@@ -40,7 +40,7 @@ pub async fn run(socket: &Path, args: &LifecycleArgs) -> Result<()> {
         "MEMORY",
         "CGROUP",
     ]);
-    for r in &answer.records {
+    for r in answer.records.iter().map(|e| &e.record) {
         table.add_row(vec![
             clock(r.ts_ms),
             what(r).to_string(),

@@ -15,7 +15,10 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use crate::{
-    api::server::{self, AppState, InstanceLock, LeakSources},
+    api::{
+        metrics::MetricsSources,
+        server::{self, AppState, InstanceLock, LeakSources},
+    },
     attribution::{files, history::History, query, Attribution},
     cgroup::CgroupVersion,
     cgroup::{self, CgroupLayout},
@@ -28,6 +31,7 @@ use crate::{
     },
     config::Config,
     engine::{self, CheckRequest, Engine, EngineStats},
+    exporters::prometheus::ApiLatency,
     history::Store,
     loader::{LoadError, LoadOptions, Probes},
     model::{self, Snapshot, Snapshots},
@@ -51,6 +55,8 @@ pub struct AgentSettings {
     pub retention: Duration,
     /// The event engine's settings.
     pub config: Config,
+    /// Where to serve `/metrics` and `/healthz` over TCP (off when None).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 pub fn run(settings: &AgentSettings) -> Result<()> {
@@ -134,7 +140,7 @@ pub fn run(settings: &AgentSettings) -> Result<()> {
             settings.retention,
             Arc::clone(&snapshots),
             Lifecycle::new(memory_hierarchy),
-            lifecycle_stats,
+            Arc::clone(&lifecycle_stats),
             Arc::clone(&stop_lifecycle),
         )?),
         None => None,
@@ -152,7 +158,7 @@ pub fn run(settings: &AgentSettings) -> Result<()> {
         snapshots: Arc::clone(&snapshots),
         leaks: leaks.clone(),
         memory_root,
-        stats: engine_stats,
+        stats: Arc::clone(&engine_stats),
     };
     let engine_worker = engine::spawn(engine, check_rx, Arc::clone(&stop_lifecycle))
         .context("cannot start the event engine")?;
@@ -172,7 +178,14 @@ pub fn run(settings: &AgentSettings) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let served = runtime.block_on(serve(settings, snapshots, status, leaks, check_tx));
+    let metrics = MetricsSources {
+        latency: ApiLatency::default(),
+        lifecycle: Arc::clone(&lifecycle_stats),
+        engine: Arc::clone(&engine_stats),
+        stack_entries: u64::from(settings.load.stack_entries),
+        file_entries: u64::from(settings.load.file_entries),
+    };
+    let served = runtime.block_on(serve(settings, snapshots, status, leaks, check_tx, metrics));
     let _ = stop_tx.send(());
     let _ = worker.join();
     stop_lifecycle.store(true, Ordering::Relaxed);
@@ -228,6 +241,7 @@ async fn serve(
     status: StatusSource,
     leaks: LeakSources,
     checks: mpsc::Sender<CheckRequest>,
+    metrics: MetricsSources,
 ) -> Result<()> {
     let listener = server::bind(&settings.socket)?;
     tracing::info!("API on {}", settings.socket.display());
@@ -237,7 +251,20 @@ async fn serve(
         status: Arc::new(move |snapshot| status.report(snapshot)),
         leaks,
         checks,
+        metrics,
     };
+    if let Some(addr) = settings.metrics_addr {
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
+        tracing::info!("metrics on http://{addr}/metrics");
+        let router = server::metrics_router(state.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(tcp, router).await {
+                tracing::warn!("metrics listener failed: {e}");
+            }
+        });
+    }
     axum::serve(listener, server::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await

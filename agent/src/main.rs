@@ -68,6 +68,7 @@ fn main() -> ExitCode {
                 history_interval: args.history_interval,
                 retention: args.retention,
                 config,
+                metrics_addr: args.metrics_addr,
             })
         }),
         Command::Status(args) => {

@@ -1,6 +1,10 @@
-//! Idempotent installation of the kernel programs' toolchain (README, "Toolchain").
+//! Idempotent installation of the kernel programs' toolchain (README, "Toolchain"), and of the
+//! tools the tests use (promtool, kubernetes-validate).
 
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{bail, Context as _, Result};
 
@@ -17,14 +21,31 @@ const PACKAGES: &[&str] = &[
 /// bpf-linker release known to build against LLVM 22 here.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+/// Debian packages the tests use: `prometheus` (the `prometheus` and `promtool` binaries), and
+/// `python3-venv` (Debian's `python3 -m venv`, with the pip it bootstraps) for the validator below.
+const TEST_PACKAGES: &[&str] = &["prometheus", "python3-venv"];
+/// kubernetes-validate (PyPI), pinned: it bundles the Kubernetes JSON schemas, so
+/// tests/tests/deploy.rs validates the manifests in deploy/ offline.
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+/// Debian's python3, the one `python3-venv` makes able to create virtualenvs.
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 
 pub fn setup() -> Result<()> {
     install_packages(PACKAGES)?;
-    install_bpf_linker()
+    // Without recommends: prometheus alone recommends node-exporter and more (minutes of
+    // downloads on a fresh machine, none of it used).
+    install(TEST_PACKAGES, false)?;
+    install_bpf_linker()?;
+    install_kubernetes_validate()
 }
 
 /// Installs the Debian packages that are not installed yet.
 pub fn install_packages(packages: &[&str]) -> Result<()> {
+    install(packages, true)
+}
+
+/// Installs the Debian packages that are not installed yet, with or without their recommends.
+fn install(packages: &[&str], recommends: bool) -> Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()
@@ -45,6 +66,7 @@ pub fn install_packages(packages: &[&str]) -> Result<()> {
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["install", "-y", "-qq"])
+            .args((!recommends).then_some("--no-install-recommends"))
             .args(&missing),
     )
 }
@@ -79,4 +101,65 @@ fn install_bpf_linker() -> Result<()> {
             .args(["--no-default-features", "--features", "llvm-22"]),
     )
     .context("installing bpf-linker")
+}
+
+/// The virtualenv holding kubernetes-validate: `target/tools/kubernetes-validate/` in the
+/// workspace (tests/tests/deploy.rs runs `bin/kubernetes-validate` from there).
+fn kubernetes_validate_venv() -> Result<PathBuf> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(|root| {
+            root.join("target")
+                .join("tools")
+                .join("kubernetes-validate")
+        })
+        .context("xtask lives one level below the workspace root")
+}
+
+/// The kubernetes-validate version installed in `venv`, if any.
+fn installed_kubernetes_validate(venv: &Path) -> Option<String> {
+    Command::new(venv.join("bin").join("python"))
+        .args([
+            "-c",
+            "import importlib.metadata as m; print(m.version('kubernetes-validate'))",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+fn install_kubernetes_validate() -> Result<()> {
+    let venv = kubernetes_validate_venv()?;
+    if installed_kubernetes_validate(&venv).as_deref() == Some(KUBERNETES_VALIDATE_VERSION)
+        && venv.join("bin").join("kubernetes-validate").is_file()
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing kubernetes-validate {KUBERNETES_VALIDATE_VERSION} into {}",
+        venv.display()
+    );
+    // --clear: a venv left by another version of Python or of the package starts afresh.
+    util::run(
+        Command::new(SYSTEM_PYTHON)
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
+    )
+    .with_context(|| format!("creating the virtualenv {}", venv.display()))?;
+    let requirement = format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}");
+    util::run(
+        Command::new(venv.join("bin").join("pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(&requirement),
+    )
+    .context("installing kubernetes-validate")?;
+    match installed_kubernetes_validate(&venv) {
+        Some(v) if v == KUBERNETES_VALIDATE_VERSION => Ok(()),
+        other => bail!(
+            "kubernetes-validate {KUBERNETES_VALIDATE_VERSION} was installed into {} but it \
+             reports {other:?}",
+            venv.display()
+        ),
+    }
 }

@@ -6,6 +6,7 @@ mod cache;
 pub mod client;
 mod events;
 mod leaks;
+pub mod metrics;
 pub mod server;
 
 use std::collections::BTreeMap;

@@ -105,9 +105,31 @@ pub struct AppState {
     pub leaks: LeakSources,
     /// On-demand runs of the event engine.
     pub checks: std::sync::mpsc::Sender<crate::engine::CheckRequest>,
+    pub metrics: super::metrics::MetricsSources,
+}
+
+/// The metrics listener's routes (TCP): the exposition and the health check, nothing else (the
+/// full API stays on the root-only Unix socket).
+pub fn metrics_router(state: AppState) -> Router {
+    let latency = state.metrics.latency.clone();
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(super::metrics::metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            latency,
+            super::metrics::time_requests,
+        ))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "this listener serves /metrics and /healthz; the API is on the Unix socket".into(),
+            )
+        })
+        .with_state(state)
 }
 
 pub fn router(state: AppState) -> Router {
+    let latency = state.metrics.latency.clone();
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/status", get(status))
@@ -121,6 +143,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", get(events::list))
         .route("/v1/events/check", post(events::check))
         .route("/v1/events/{id}", get(events::show))
+        .route("/metrics", get(super::metrics::metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            latency,
+            super::metrics::time_requests,
+        ))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,

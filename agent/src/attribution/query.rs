@@ -316,3 +316,95 @@ pub fn memory_at(
         top_files,
     })
 }
+
+/// One of a cgroup's largest stacks, labelled by its innermost named functions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgroupStack {
+    pub cgroup: String,
+    /// `f < g < h`: innermost first, at most [`STACK_LABEL_FRAMES`] named frames.
+    pub stack: String,
+    pub bytes: u64,
+}
+
+/// Named frames in a stack label.
+pub const STACK_LABEL_FRAMES: usize = 3;
+
+/// The `per_cgroup` stacks holding the most memory in each of the `cgroups` cgroups holding the
+/// most, symbolized (from the cache when it can), for metrics whose cardinality must be bounded.
+/// Stacks that read the same once labelled are summed.
+#[must_use]
+pub fn top_stacks(
+    snapshot: &Snapshot,
+    sources: &LeakSources,
+    per_cgroup: usize,
+    cgroups: usize,
+) -> Vec<CgroupStack> {
+    let view = Arc::clone(&snapshot.leaks);
+    let mut by_memcg: HashMap<MemcgId, Vec<(crate::attribution::LeakKey, f64)>> = HashMap::new();
+    for (key, held) in &view.table.entries {
+        if key.user != crate::attribution::OTHER {
+            by_memcg
+                .entry(key.memcg)
+                .or_default()
+                .push((*key, held.pages));
+        }
+    }
+    let mut totals: Vec<(MemcgId, f64)> = by_memcg
+        .iter()
+        .map(|(m, rows)| (*m, rows.iter().map(|r| r.1).sum()))
+        .collect();
+    totals.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let paths: HashMap<MemcgId, String> = snapshot
+        .cgroups
+        .iter()
+        .map(|r| (r.id, r.path.clone()))
+        .collect();
+    let mut chosen = Vec::new();
+    for (memcg, _) in totals.into_iter().take(cgroups) {
+        let Some(path) = paths.get(&memcg) else {
+            continue;
+        };
+        let mut rows = by_memcg.remove(&memcg).unwrap_or_default();
+        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+        rows.truncate(per_cgroup);
+        chosen.extend(rows.into_iter().map(|r| (path.clone(), r)));
+    }
+    let page_size = snapshot.page_size;
+    let labelled = sources.symbols.call(move |symbols| {
+        chosen
+            .into_iter()
+            .map(|(path, (key, pages))| {
+                let names: Vec<String> = symbols
+                    .user(&view, key.process, key.user)
+                    .map(|s| {
+                        s.frames
+                            .iter()
+                            .filter_map(|f| f.function.clone())
+                            .take(STACK_LABEL_FRAMES)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let stack = if names.is_empty() {
+                    "[unknown]".to_string()
+                } else {
+                    names.join(" < ")
+                };
+                (path, stack, (pages * page_size as f64) as u64)
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut merged: HashMap<(String, String), u64> = HashMap::new();
+    for (cgroup, stack, bytes) in labelled.unwrap_or_default() {
+        *merged.entry((cgroup, stack)).or_default() += bytes;
+    }
+    let mut out: Vec<CgroupStack> = merged
+        .into_iter()
+        .map(|((cgroup, stack), bytes)| CgroupStack {
+            cgroup,
+            stack,
+            bytes,
+        })
+        .collect();
+    out.sort_by(|a, b| a.cgroup.cmp(&b.cgroup).then(b.bytes.cmp(&a.bytes)));
+    out
+}

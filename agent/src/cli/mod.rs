@@ -110,6 +110,10 @@ pub struct AgentArgs {
     /// How long history is kept (at least the leak detector's lookback).
     #[arg(long, default_value = "6h", value_parser = parse_retention)]
     pub retention: Duration,
+    /// Serve Prometheus metrics (`/metrics`) and a health check (`/healthz`) over TCP on this
+    /// address, e.g. 127.0.0.1:9464 (off by default; the API stays on the Unix socket).
+    #[arg(long, value_name = "ADDR", env = "MEMLENS_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// The event engine's config file (TOML: detector windows, schedules, silence, filters);
     /// default: the built-in defaults.
     #[arg(long, value_name = "FILE")]

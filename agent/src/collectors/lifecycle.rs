@@ -6,11 +6,11 @@
 //! with the victim's memory at the kill; any other exit in the cgroup is just an exit.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::Path,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -39,6 +39,35 @@ pub struct LifecycleStats {
     pub write_errors: AtomicU64,
     /// Records dropped because the table was full (the oldest go).
     pub capped: AtomicU64,
+    /// OOM kills and main-process abnormal ends per cgroup path since the start (for metrics;
+    /// at most [`MAX_COUNTED_CGROUPS`] cgroups, further ones counted under "other").
+    pub per_cgroup: Mutex<BTreeMap<String, (u64, u64)>>,
+}
+
+/// Cgroups counted separately in [`LifecycleStats::per_cgroup`].
+const MAX_COUNTED_CGROUPS: usize = 10_000;
+
+impl LifecycleStats {
+    fn count(&self, records: &[LifecycleRecord]) {
+        let Ok(mut counts) = self.per_cgroup.lock() else {
+            return;
+        };
+        for r in records {
+            let restart = r.oom_killed || (r.kind == RecordKind::Exit && r.main_process);
+            if !restart {
+                continue;
+            }
+            let path = r.cgroup_path.clone().unwrap_or_default();
+            let key = if counts.len() < MAX_COUNTED_CGROUPS || counts.contains_key(&path) {
+                path
+            } else {
+                "other".to_string()
+            };
+            let entry = counts.entry(key).or_default();
+            entry.0 += u64::from(r.oom_killed);
+            entry.1 += 1;
+        }
+    }
 }
 
 /// Turns kernel events into records.
@@ -242,6 +271,7 @@ pub fn spawn(
                 if !records.is_empty() {
                     match store.record_lifecycle(&records) {
                         Ok((n, capped)) => {
+                            stats.count(&records);
                             stats.recorded.fetch_add(n as u64, Ordering::Relaxed);
                             stats.capped.fetch_add(capped as u64, Ordering::Relaxed);
                         }

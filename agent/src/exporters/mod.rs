@@ -1,5 +1,6 @@
-//! Exports of leak attribution in formats other tools read: pprof profiles (`go tool pprof`,
-//! Pyroscope, Parca) and flame graphs (inferno).
+//! Exports in formats other tools read: pprof profiles (`go tool pprof`, Pyroscope, Parca), flame
+//! graphs (inferno), and the Prometheus exposition.
 
 pub mod flamegraph;
 pub mod pprof;
+pub mod prometheus;

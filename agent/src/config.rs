@@ -42,6 +42,14 @@
 //!     { cluster_name = "prod-eu", namespace = ["shop", "payments"] },
 //!     { namespace = "monitoring" },
 //! ]
+//!
+//! # The agent's flags (`memlens agent --help`), by name in snake case; a flag given on the
+//! # command line or its MEMLENS_* variable wins.
+//! [agent]
+//! sample_shift = 7
+//! refresh = "2s"
+//! db = "/var/lib/memlens/history.db"
+//! metrics_addr = "0.0.0.0:9464"
 //! ```
 
 use std::fmt;
@@ -66,6 +74,77 @@ pub struct Config {
     pub restarts: RestartConfig,
     pub events: EventsConfig,
     pub filters: Filters,
+    /// The agent's own settings, the same as its flags (flags and `MEMLENS_*` variables win).
+    pub agent: AgentSettings,
+}
+
+/// `memlens agent`'s flags in the file, by the flag's name in snake case (`sample_shift` is
+/// `--sample-shift`). Values are checked by the same parsers as the flags.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_shift: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_sample_entries: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack_entries: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_stack_reuse: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_entries: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle_buffer: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub btf: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_cgroups: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_stacks: Option<u64>,
+}
+
+impl AgentSettings {
+    /// The settings given, as `(key, --flag, value)`.
+    #[must_use]
+    pub fn flags(&self) -> Vec<(&'static str, String, String)> {
+        let mut out = Vec::new();
+        let mut add = |key: &'static str, value: Option<String>| {
+            if let Some(v) = value {
+                out.push((key, format!("--{}", key.replace('_', "-")), v));
+            }
+        };
+        let text = |v: &Option<String>| v.clone();
+        let num = |v: Option<u64>| v.map(|n| n.to_string());
+        let path = |v: &Option<PathBuf>| v.as_ref().map(|p| p.display().to_string());
+        add("sample_shift", num(self.sample_shift.map(u64::from)));
+        add("max_sample_entries", num(self.max_sample_entries));
+        add("stack_entries", num(self.stack_entries.map(u64::from)));
+        add("kernel_stack_reuse", text(&self.kernel_stack_reuse));
+        add("refresh", text(&self.refresh));
+        add("file_entries", num(self.file_entries.map(u64::from)));
+        add(
+            "lifecycle_buffer",
+            num(self.lifecycle_buffer.map(u64::from)),
+        );
+        add("btf", path(&self.btf));
+        add("max_cgroups", num(self.max_cgroups));
+        add("db", path(&self.db));
+        add("history_interval", text(&self.history_interval));
+        add("retention", text(&self.retention));
+        add("metrics_addr", text(&self.metrics_addr));
+        add("max_stacks", num(self.max_stacks));
+        out
+    }
 }
 
 /// The leak detector: forecasts each cgroup's memory from a trend over `lookback`.
@@ -518,7 +597,7 @@ mod tests {
         let positive = "must be a positive duration such as 30m or 6h";
         let cases = [
             ("[leak]\nlokback = \"6h\"", "line 2: leak.lokback: unknown key (expected one of: enabled, interval, lookback, horizon, threshold, min_samples, min_growth_bytes_per_hour)"),
-            ("colour = 1", "line 1: colour: unknown key (expected one of: host, cluster, leak, file_cache, restarts, events, filters)"),
+            ("colour = 1", "line 1: colour: unknown key (expected one of: host, cluster, leak, file_cache, restarts, events, filters, agent)"),
             ("[filters]\nnamespaces = [{ namespace = \"a\", cluster = \"b\" }]", "line 2: filters.namespaces[0].cluster: unknown key (expected one of: cluster_name, namespace)"),
             ("[filters]\nnamespaces = [{ cluster_name = \"x\" }]", "line 2: filters.namespaces[0].namespace: required key is missing"),
             ("[restarts]\nmin_restarts = \"2\"", "line 2: restarts.min_restarts: expected an integer, found a string"),

@@ -43,8 +43,66 @@ fn agent_config(args: &cli::AgentArgs) -> anyhow::Result<config::Config> {
     Ok(config)
 }
 
+/// The file's `[agent]` settings as flags, each checked by its flag's own parser.
+fn checked_agent_settings(
+    path: &std::path::Path,
+    file: &config::Config,
+) -> anyhow::Result<Vec<(&'static str, String, String)>> {
+    let settings = file.agent.flags();
+    for (key, flag, value) in &settings {
+        if let Err(e) = Cli::try_parse_from(["memlens", "agent", flag.as_str(), value.as_str()]) {
+            let why = e.to_string();
+            let why = why
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ");
+            anyhow::bail!("{}: agent.{key}: {why}", path.display());
+        }
+    }
+    Ok(settings)
+}
+
+/// The agent's flags with the config file's `[agent]` settings under them: a setting counts
+/// unless its flag is given or its `MEMLENS_*` variable is set (flags > environment > file >
+/// defaults). The file's values go through the flags' own parsers, and an error names the key.
+fn with_file_settings(cli: Cli) -> anyhow::Result<Cli> {
+    let Command::Agent(args) = &cli.command else {
+        return Ok(cli);
+    };
+    let Some(path) = &args.config else {
+        return Ok(cli);
+    };
+    let file = config::Config::load(path)?;
+    let settings: Vec<_> = checked_agent_settings(path, &file)?
+        .into_iter()
+        .filter(|(key, _, _)| std::env::var_os(format!("MEMLENS_{}", key.to_uppercase())).is_none())
+        .collect();
+    if settings.is_empty() {
+        return Ok(cli);
+    }
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let at = argv
+        .iter()
+        .enumerate()
+        .skip(1)
+        .find(|(i, a)| *a == "agent" && argv[i - 1] != "--socket")
+        .map_or(argv.len(), |(i, _)| i + 1);
+    let file_flags = settings
+        .into_iter()
+        .flat_map(|(_, flag, value)| [flag.into(), value.into()]);
+    argv.splice(at..at, file_flags);
+    Ok(Cli::try_parse_from(argv)?)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match with_file_settings(Cli::parse()) {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("memlens: error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let is_agent = matches!(cli.command, Command::Agent(_));
     init_logging(is_agent);
     let result = match &cli.command {
@@ -86,6 +144,17 @@ fn main() -> ExitCode {
         Command::Lifecycle(args) => {
             client_runtime().and_then(|rt| rt.block_on(cli::lifecycle::run(&cli.socket, args)))
         }
+        Command::Config(cli::ConfigCommand::Check(args)) => config::Config::load(&args.file)
+            .map_err(anyhow::Error::from)
+            .and_then(|config| {
+                checked_agent_settings(&args.file, &config)?;
+                let effective = toml::to_string(&config)?;
+                println!(
+                    "{} is valid; effective settings:\n\n{effective}",
+                    args.file.display()
+                );
+                Ok(())
+            }),
         Command::Events(command) => {
             client_runtime().and_then(|rt| rt.block_on(cli::events::run(&cli.socket, command)))
         }

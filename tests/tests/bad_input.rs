@@ -210,6 +210,8 @@ fn a_bad_config_file_names_the_key() {
         ("[leak]\nlookback = \"-1h\"\n", "leak.lookback"),
         ("[events]\nsilence = 30\n", "events.silence"),
         ("colour = \"red\"\n", "colour"),
+        ("[agent]\nsample_shift = 40\n", "agent.sample_shift"),
+        ("[agent]\nrefresh = \"soon\"\n", "agent.refresh"),
     ] {
         let config = dir.path().join("memlens.toml");
         std::fs::write(&config, text).expect("write config");
@@ -227,6 +229,13 @@ fn a_bad_config_file_names_the_key() {
             !dir.path().join("s.sock").exists(),
             "the agent started on a bad config"
         );
+        let checked = Command::new(memlens_bin())
+            .args(["config", "check"])
+            .arg(&config)
+            .output()
+            .expect("run config check");
+        assert_clean_failure(&checked, needle);
+        assert_clean_failure(&checked, "memlens.toml:");
     }
     let out = Command::new(memlens_bin())
         .args(["agent", "--config", "/nonexistent/memlens.toml"])

@@ -33,6 +33,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the agent: load the kernel programs and serve the API (needs root).
+    #[command(args_override_self = true)]
     Agent(AgentArgs),
     /// One line per capability of the running agent: probes, offsets, layout, sampling, drops.
     Status(StatusArgs),
@@ -49,6 +50,9 @@ pub enum Command {
     /// Events of the engine: leaks suspected, file-cache pressure, abnormal restarts.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// The agent's config file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Measurements used by `cargo xtask bench`.
     #[command(hide = true, subcommand)]
     Debug(DebugCommand),
@@ -72,43 +76,47 @@ pub struct BenchSymbolizeArgs {
 pub struct AgentArgs {
     /// Sample one page frame in 2^N (0..=16; default 1 in 64). Lower is more precise and costs
     /// more: see docs/benchmarks.md.
-    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(0..=16))]
+    #[arg(long, env = "MEMLENS_SAMPLE_SHIFT", default_value_t = 7, value_parser = clap::value_parser!(u32).range(0..=16))]
     pub sample_shift: u32,
     /// Upper bound on sampled-frame records (56 bytes each); the shift is raised to fit.
-    #[arg(long, default_value_t = 524_288, value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
+    #[arg(long, env = "MEMLENS_MAX_SAMPLE_ENTRIES", default_value_t = 524_288, value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
     pub max_sample_entries: u64,
     /// Distinct stacks kept in the kernel (about 1 KiB each).
-    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
+    #[arg(long, env = "MEMLENS_STACK_ENTRIES", default_value_t = 8192, value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
     pub stack_entries: u32,
     /// Reuse a CPU's last kernel stack for the same user stack within this long instead of
     /// walking it again (the walk is the costliest part of a sample); 0s walks every time.
-    #[arg(long, default_value = "100ms", value_parser = parse_reuse)]
+    #[arg(long, env = "MEMLENS_KERNEL_STACK_REUSE", default_value = "100ms", value_parser = parse_reuse)]
     pub kernel_stack_reuse: Duration,
     /// How often to refresh the cgroup counters and the page census (e.g. 2s, 500ms).
-    #[arg(long, default_value = "2s", value_parser = parse_refresh)]
+    #[arg(long, env = "MEMLENS_REFRESH", default_value = "2s", value_parser = parse_refresh)]
     pub refresh: Duration,
     /// Distinct (memory cgroup, file) pairs whose page cache is counted (about 64 bytes each);
     /// events for further pairs are counted as lost.
-    #[arg(long, default_value_t = 131_072, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    #[arg(long, env = "MEMLENS_FILE_ENTRIES", default_value_t = 131_072, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub file_entries: u32,
     /// Bytes of the ring buffer carrying process exits, OOM kills and cgroup changes (a power of
     /// two); events beyond it between two reads are counted as lost.
-    #[arg(long, default_value_t = 1 << 20, value_parser = parse_ring_size)]
+    #[arg(long, env = "MEMLENS_LIFECYCLE_BUFFER", default_value_t = 1 << 20, value_parser = parse_ring_size)]
     pub lifecycle_buffer: u32,
     /// BTF of the running kernel, for kernels without /sys/kernel/btf/vmlinux (e.g. from BTFHub).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "MEMLENS_BTF", value_name = "FILE")]
     pub btf: Option<PathBuf>,
     /// Most memory cgroups listed.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, env = "MEMLENS_MAX_CGROUPS", default_value_t = 10_000)]
     pub max_cgroups: usize,
     /// The history database (SQLite).
-    #[arg(long, default_value = "/var/lib/memlens/history.db")]
+    #[arg(
+        long,
+        env = "MEMLENS_DB",
+        default_value = "/var/lib/memlens/history.db"
+    )]
     pub db: PathBuf,
     /// How often a sample of every cgroup goes into the history (e.g. 30s).
-    #[arg(long, default_value = "30s", value_parser = parse_refresh)]
+    #[arg(long, env = "MEMLENS_HISTORY_INTERVAL", default_value = "30s", value_parser = parse_refresh)]
     pub history_interval: Duration,
     /// How long history is kept (at least the leak detector's lookback).
-    #[arg(long, default_value = "6h", value_parser = parse_retention)]
+    #[arg(long, env = "MEMLENS_RETENTION", default_value = "6h", value_parser = parse_retention)]
     pub retention: Duration,
     /// Serve Prometheus metrics (`/metrics`) and a health check (`/healthz`) over TCP on this
     /// address, e.g. 127.0.0.1:9464 (off by default; the API stays on the Unix socket).
@@ -116,11 +124,11 @@ pub struct AgentArgs {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// The event engine's config file (TOML: detector windows, schedules, silence, filters);
     /// default: the built-in defaults.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "MEMLENS_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Most distinct stacks attributed per census; the smallest beyond it merge into their
     /// cgroup's "other stacks" entry.
-    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
+    #[arg(long, env = "MEMLENS_MAX_STACKS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
     pub max_stacks: u64,
 }
 
@@ -138,6 +146,19 @@ pub struct LifecycleArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Validate a config file: errors name the key and the line; prints the effective settings
+    /// (defaults filled in) as TOML.
+    Check(ConfigCheckArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigCheckArgs {
+    /// The config file (TOML).
+    pub file: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]

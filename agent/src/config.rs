@@ -475,8 +475,12 @@ fn describe(key: String, message: &str) -> (String, String) {
     (key, format!("expected {expected}, found {found}"))
 }
 
-/// The machine's hostname, or `None` when it cannot be read.
+/// The node's name (`MEMLENS_NODE_NAME`), else the machine's hostname; `None` when neither is known.
 fn hostname() -> Option<String> {
+    // In a DaemonSet the pod's hostname is the pod's name: the node's comes from the downward API.
+    if let Some(node) = std::env::var("MEMLENS_NODE_NAME").ok().filter(|n| !n.is_empty()) {
+        return Some(node);
+    }
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
     let name = name.trim();
     (!name.is_empty()).then(|| name.to_owned())

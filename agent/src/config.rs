@@ -478,7 +478,10 @@ fn describe(key: String, message: &str) -> (String, String) {
 /// The node's name (`MEMLENS_NODE_NAME`), else the machine's hostname; `None` when neither is known.
 fn hostname() -> Option<String> {
     // In a DaemonSet the pod's hostname is the pod's name: the node's comes from the downward API.
-    if let Some(node) = std::env::var("MEMLENS_NODE_NAME").ok().filter(|n| !n.is_empty()) {
+    if let Some(node) = std::env::var("MEMLENS_NODE_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+    {
         return Some(node);
     }
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;

@@ -21,7 +21,11 @@ use crate::{
     },
     attribution::{files, history::History, query, Attribution},
     cgroup::CgroupVersion,
-    cgroup::{self, CgroupLayout},
+    cgroup::{
+        self,
+        kube::{LogDirs, PodDirectory},
+        CgroupLayout,
+    },
     collectors::{
         filecache::FileCacheCollector,
         files::FileResolver,
@@ -91,6 +95,13 @@ pub fn run(settings: &AgentSettings) -> Result<()> {
     let lifecycle_ring = probes.lifecycle.take();
     let lifecycle_stats = Arc::new(LifecycleStats::default());
     let engine_stats = Arc::new(EngineStats::default());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // Pod and container names: the Kubernetes API when in a cluster, else the kubelet's logs.
+    let pods = PodDirectory::start(LogDirs::default(), Some(runtime.handle().clone()));
     let status = StatusSource::new(
         probes.report.clone(),
         Arc::clone(&probes.counters),
@@ -98,6 +109,7 @@ pub fn run(settings: &AgentSettings) -> Result<()> {
         census.as_ref().err().cloned(),
         Arc::clone(&lifecycle_stats),
         (Arc::clone(&engine_stats), schedule(&settings.config)),
+        pods.clone(),
     );
     let memory_hierarchy = memory_hierarchy_id(layout.version == CgroupVersion::V2);
     let memory_root = layout.memory_root.clone();
@@ -159,6 +171,7 @@ pub fn run(settings: &AgentSettings) -> Result<()> {
         leaks: leaks.clone(),
         memory_root,
         stats: Arc::clone(&engine_stats),
+        pods: pods.clone(),
     };
     let engine_worker = engine::spawn(engine, check_rx, Arc::clone(&stop_lifecycle))
         .context("cannot start the event engine")?;
@@ -173,17 +186,13 @@ pub fn run(settings: &AgentSettings) -> Result<()> {
         })
         .context("cannot start the refresh thread")?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     let metrics = MetricsSources {
         latency: ApiLatency::default(),
         lifecycle: Arc::clone(&lifecycle_stats),
         engine: Arc::clone(&engine_stats),
         stack_entries: u64::from(settings.load.stack_entries),
         file_entries: u64::from(settings.load.file_entries),
+        pods,
     };
     let served = runtime.block_on(serve(settings, snapshots, status, leaks, check_tx, metrics));
     let _ = stop_tx.send(());

@@ -182,7 +182,12 @@ fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Logs to stderr; `RUST_LOG` overrides the default (info for the agent, warnings for the CLI).
 fn init_logging(agent: bool) {
-    let default = if agent { "info" } else { "warn" };
+    // kube's client logs every failed request; the pod directory warns once itself.
+    let default = if agent {
+        "info,kube_client::client::builder=off"
+    } else {
+        "warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()

@@ -5,6 +5,7 @@ use std::sync::{atomic::Ordering, Arc};
 
 use crate::{
     api::{Capability, CapabilityState, StatusResponse},
+    cgroup::kube::PodDirectory,
     cgroup::CgroupLayout,
     collectors::lifecycle::LifecycleStats,
     engine::EngineStats,
@@ -31,6 +32,7 @@ pub struct StatusSource {
     lifecycle: Arc<LifecycleStats>,
     /// The engine's counters and a line saying what it runs when.
     engine: (Arc<EngineStats>, String),
+    pods: PodDirectory,
     counters: Arc<KernelCounters>,
     layout: CgroupLayout,
     census_unavailable: Option<String>,
@@ -46,6 +48,7 @@ impl StatusSource {
         census_unavailable: Option<String>,
         lifecycle: Arc<LifecycleStats>,
         engine: (Arc<EngineStats>, String),
+        pods: PodDirectory,
     ) -> StatusSource {
         let started_at_unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -54,6 +57,7 @@ impl StatusSource {
             report,
             lifecycle,
             engine,
+            pods,
             counters,
             layout,
             census_unavailable,
@@ -216,6 +220,7 @@ impl StatusSource {
             ),
             Err(why) => add("lifecycle", CapabilityState::Unavailable, why.clone()),
         }
+        add("pod names", CapabilityState::Ok, self.pods.source());
         let (engine, schedule) = &self.engine;
         let failures = engine.failures.load(Ordering::Relaxed);
         add(

@@ -16,9 +16,10 @@ use axum::{
 use super::server::{error, AppState};
 use crate::{
     attribution::query,
+    cgroup::kube::PodDirectory,
     cgroup::Workload,
     collectors::lifecycle::LifecycleStats,
-    engine::{kube::PodNames, store, EngineStats},
+    engine::{store, EngineStats},
     exporters::prometheus::{
         classic_text, AgentFigures, ApiLatency, CgroupLabels, Exposition, RouteLabels,
     },
@@ -40,6 +41,7 @@ pub struct MetricsSources {
     pub engine: Arc<EngineStats>,
     pub stack_entries: u64,
     pub file_entries: u64,
+    pub pods: PodDirectory,
 }
 
 /// Times every request by route (bounded: the router's own patterns, or "unmatched").
@@ -61,17 +63,23 @@ pub async fn time_requests(
     response
 }
 
-fn labels(pods: &PodNames, path: &str, workload: &Workload) -> CgroupLabels {
+fn labels(pods: &PodDirectory, path: &str, workload: &Workload) -> CgroupLabels {
     let mut l = CgroupLabels {
         id: path.to_string(),
         namespace: String::new(),
         pod: String::new(),
         container: String::new(),
     };
-    if let Workload::Pod { pod_uid, .. } = workload {
-        if let Some(pod) = pods.get(pod_uid) {
-            l.namespace.clone_from(&pod.namespace);
-            l.pod.clone_from(&pod.name);
+    if let Workload::Pod {
+        pod_uid,
+        container_id,
+        ..
+    } = workload
+    {
+        if let Some(pod) = pods.lookup(pod_uid, container_id.as_deref()) {
+            l.namespace = pod.namespace;
+            l.pod = pod.pod;
+            l.container = pod.container.unwrap_or_default();
         }
     }
     l
@@ -79,9 +87,9 @@ fn labels(pods: &PodNames, path: &str, workload: &Workload) -> CgroupLabels {
 
 fn exposition(state: &AppState, snapshot: &Snapshot) -> Result<String, String> {
     let sources = &state.metrics;
-    let pods = PodNames::scan(std::path::Path::new(crate::engine::kube::POD_LOG_DIR));
+    let pods = &sources.pods;
     let mut e = Exposition::new();
-    e.cgroups(snapshot, &|row| labels(&pods, &row.path, &row.workload));
+    e.cgroups(snapshot, &|row| labels(pods, &row.path, &row.workload));
     e.files(snapshot, TOP_FILES);
     e.stacks(&query::top_stacks(
         snapshot,
@@ -116,7 +124,7 @@ fn exposition(state: &AppState, snapshot: &Snapshot) -> Result<String, String> {
         .map(|c| c.clone())
         .unwrap_or_default();
     e.lifecycle(&counts, &|path| {
-        labels(&pods, path, &Workload::from_path(path))
+        labels(pods, path, &Workload::from_path(path))
     });
     let (symbolized, hits) = state
         .leaks

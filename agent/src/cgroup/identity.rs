@@ -209,8 +209,11 @@ fn pod_uid_of(part: &str) -> Option<String> {
     is_uid(&uid).then_some(uid)
 }
 
+/// A pod UID: 36 characters with dashes, or 32 hex digits (static pods' UIDs are a hash of
+/// their manifest, e.g. kube-apiserver's and etcd's).
 fn is_uid(s: &str) -> bool {
-    s.len() == 36 && s.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+    (s.len() == 36 && s.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
+        || (s.len() == 32 && s.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 fn is_container_id(s: &str) -> bool {
@@ -253,6 +256,15 @@ mod tests {
             runtime,
             conmon: false,
         }
+    }
+
+    #[test]
+    fn static_pods_have_32_hex_uids() {
+        let uid = "3a1f0e9c2b7d4e8f9a0b1c2d3e4f5a6b";
+        assert!(matches!(
+            Workload::from_path(&format!("/kubepods/burstable/pod{uid}/{CID}")),
+            Workload::Pod { pod_uid, container_id: Some(_), .. } if pod_uid == uid
+        ));
     }
 
     #[test]

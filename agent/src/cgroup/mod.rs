@@ -2,6 +2,7 @@
 //! is (pod, container, unit) and the kernel's own counters for it.
 
 pub mod identity;
+pub mod kube;
 pub mod layout;
 pub mod stat;
 

@@ -119,7 +119,7 @@ pub struct Dimensions {
     pub cluster: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    /// Pod name, when known from the kubelet's log directory.
+    /// Pod name, when known (Kubernetes API or the kubelet's log directories).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -127,6 +127,9 @@ pub struct Dimensions {
     /// Container id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// Container name, when known (Kubernetes API or the kubelet's log directories).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
     /// Memory cgroup path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,

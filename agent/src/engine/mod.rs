@@ -6,7 +6,6 @@
 //! check`); events live in the history database, so a restart of the agent keeps them.
 
 pub mod event;
-pub mod kube;
 pub mod leak;
 pub mod restarts;
 pub mod store;
@@ -25,16 +24,13 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use self::{
-    event::{Dimensions, Event, EventKind, Finding, Status},
-    kube::PodNames,
-};
+use self::event::{Dimensions, Event, EventKind, Finding, Status};
 use crate::{
     attribution::{
         query::{self, LeakSources, LeaksQuery},
         report::LeakEntry,
     },
-    cgroup::Workload,
+    cgroup::{kube::PodDirectory, Workload},
     config::Config,
     history::{Reader, Store, StoreError},
     model::{unix_ms, CgroupRow, Snapshot, Snapshots},
@@ -50,25 +46,33 @@ pub struct Context<'a> {
     pub memory_root: &'a Path,
     /// The node's memory: the limit of a cgroup that has none.
     pub mem_total: u64,
-    pub pods: &'a PodNames,
+    pub pods: &'a PodDirectory,
     /// The stacks of a cgroup growing most over a window (symbolized), at most n.
     pub growing_stacks: &'a dyn Fn(&str, Duration, usize) -> Vec<LeakEntry>,
 }
 
 impl Context<'_> {
     /// Namespace of a pod's cgroup, when the kubelet's log directory names it.
-    fn namespace_of(&self, row: &CgroupRow) -> Option<&str> {
+    fn namespace_of(&self, row: &CgroupRow) -> Option<String> {
         match &row.workload {
-            Workload::Pod { pod_uid, .. } => self.pods.get(pod_uid).map(|p| p.namespace.as_str()),
+            Workload::Pod {
+                pod_uid,
+                container_id,
+                ..
+            } => self
+                .pods
+                .lookup(pod_uid, container_id.as_deref())
+                .map(|p| p.namespace),
             _ => None,
         }
     }
 
     /// Whether the configured filters let this cgroup through.
     fn allowed(&self, row: &CgroupRow) -> bool {
-        self.config
-            .filters
-            .namespace_allowed(self.config.cluster.as_deref(), self.namespace_of(row))
+        self.config.filters.namespace_allowed(
+            self.config.cluster.as_deref(),
+            self.namespace_of(row).as_deref(),
+        )
     }
 
     fn dimensions(&self, row: &CgroupRow) -> Dimensions {
@@ -84,9 +88,10 @@ impl Context<'_> {
                 container_id,
                 ..
             } => {
-                if let Some(pod) = self.pods.get(pod_uid) {
-                    dims.namespace = Some(pod.namespace.clone());
-                    dims.pod = Some(pod.name.clone());
+                if let Some(pod) = self.pods.lookup(pod_uid, container_id.as_deref()) {
+                    dims.namespace = Some(pod.namespace);
+                    dims.pod = Some(pod.pod);
+                    dims.container_name = pod.container;
                 }
                 dims.pod_uid = Some(pod_uid.clone());
                 dims.container.clone_from(container_id);
@@ -147,6 +152,8 @@ pub struct Engine {
     pub leaks: LeakSources,
     pub memory_root: PathBuf,
     pub stats: Arc<EngineStats>,
+    /// Pod and container names.
+    pub pods: PodDirectory,
 }
 
 /// Which detectors a run covers.
@@ -171,7 +178,6 @@ impl Engine {
         }
         let snapshot = self.snapshots.latest();
         let reader = Reader::open(&self.db)?;
-        let pods = PodNames::scan(Path::new(kube::POD_LOG_DIR));
         let snapshots = Arc::clone(&self.snapshots);
         let leaks = self.leaks.clone();
         let at = snapshot.taken_at_unix_ms;
@@ -198,7 +204,7 @@ impl Engine {
             host: &self.host,
             memory_root: &self.memory_root,
             mem_total: mem_total(),
-            pods: &pods,
+            pods: &self.pods,
             growing_stacks: &growing,
         };
         let mut kinds = Vec::new();

@@ -253,7 +253,7 @@ fn group_of(cx: &Context<'_>, restart: &Restart) -> (String, String, Dimensions)
         ..Dimensions::default()
     };
     if let Some(uid) = &restart.pod_uid {
-        if let Some(pod) = cx.pods.get(uid) {
+        if let Some(pod) = cx.pods.lookup(uid, None) {
             dims.namespace = Some(pod.namespace.clone());
             return (format!("namespace:{}", pod.namespace), uid.clone(), dims);
         }
@@ -283,7 +283,7 @@ fn members_now(cx: &Context<'_>, group: &str) -> BTreeSet<String> {
                 else {
                     return None;
                 };
-                return (cx.pods.get(pod_uid)?.namespace == ns).then(|| pod_uid.clone());
+                return (cx.pods.lookup(pod_uid, None)?.namespace == ns).then(|| pod_uid.clone());
             }
             if let Some(uid) = group.strip_prefix("pod:") {
                 return matches!(&row.workload, Workload::Pod { pod_uid, container_id: Some(_), .. } if pod_uid == uid)

@@ -187,6 +187,7 @@ fn status_has_one_line_per_capability() {
         "drops",
         "lifecycle",
         "events",
+        "pod names",
     ] {
         assert!(
             text.lines().any(|l| l.starts_with(capability)),

@@ -1,6 +1,6 @@
 //! Developer commands for memlens: `cargo xtask <command>`.
 //!
-//! `setup` installs what the build needs (idempotent, quick when all is there); `run` and `test`
+//! `setup` installs what the build and the tests need (idempotent, quick when all is there); `run` and `test`
 //! are the README's two commands and call `setup` first, so a fresh machine needs nothing else.
 
 mod bench;

@@ -14,6 +14,7 @@ use clap::Subcommand;
 
 use crate::util;
 
+mod exits;
 mod filecache;
 mod stacks;
 mod storm;
@@ -57,6 +58,15 @@ pub enum Bench {
         /// File size in MiB.
         #[arg(long, default_value_t = 2048)]
         mib: usize,
+    },
+    /// Processes exiting one after another (status 0 and 1), untraced and with the agent,
+    /// interleaved; then the exit probe's own cost, an `events check` and a `/metrics` scrape.
+    Exits {
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Processes per run.
+        #[arg(long, default_value_t = 2000)]
+        processes: usize,
     },
     /// The agent with one page held under each of 2^depth distinct stacks: its RSS, and how long
     /// a leaks query takes cold and warm.
@@ -105,6 +115,7 @@ pub fn run(root: &Path, which: Bench) -> Result<()> {
         }
         Bench::Stacks { depth } => stacks::many_stacks(root, depth),
         Bench::Filecache { rounds, mib } => filecache::file_cache(root, rounds, mib),
+        Bench::Exits { rounds, processes } => exits::exits(root, rounds, processes),
     }
 }
 

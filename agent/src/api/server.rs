@@ -111,27 +111,16 @@ pub struct AppState {
 /// The metrics listener's routes (TCP): the exposition and the health check, nothing else (the
 /// full API stays on the root-only Unix socket).
 pub fn metrics_router(state: AppState) -> Router {
-    let latency = state.metrics.latency.clone();
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(super::metrics::metrics))
-        .layer(axum::middleware::from_fn_with_state(
-            latency,
-            super::metrics::time_requests,
-        ))
-        .fallback(|| async {
-            error(
-                StatusCode::NOT_FOUND,
-                "this listener serves /metrics and /healthz; the API is on the Unix socket".into(),
-            )
-        })
-        .with_state(state)
+    finish(
+        Router::new(),
+        state,
+        "this listener serves /metrics and /healthz; the API is on the Unix socket",
+    )
 }
 
+/// The API's routes (Unix socket).
 pub fn router(state: AppState) -> Router {
-    let latency = state.metrics.latency.clone();
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+    let routes = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/top", get(top))
         .route("/v1/cache", get(cache::cache))
@@ -142,18 +131,27 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/lifecycle", get(events::lifecycle))
         .route("/v1/events", get(events::list))
         .route("/v1/events/check", post(events::check))
-        .route("/v1/events/{id}", get(events::show))
+        .route("/v1/events/{id}", get(events::show));
+    finish(
+        routes,
+        state,
+        "no such endpoint; see /v1/status, /v1/top, /v1/leaks, /v1/cache, /v1/history, \
+         /v1/lifecycle, /v1/events, /metrics",
+    )
+}
+
+/// Adds what every listener serves (`/healthz`, `/metrics`), times every request by route, and
+/// answers anything else with `not_found`.
+fn finish(routes: Router<AppState>, state: AppState, not_found: &'static str) -> Router {
+    let latency = state.metrics.latency.clone();
+    routes
+        .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(super::metrics::metrics))
         .layer(axum::middleware::from_fn_with_state(
             latency,
             super::metrics::time_requests,
         ))
-        .fallback(|| async {
-            error(
-                StatusCode::NOT_FOUND,
-                "no such endpoint; see /v1/status, /v1/top, /v1/leaks, /v1/cache, /v1/history, /v1/lifecycle, /v1/events".into(),
-            )
-        })
+        .fallback(move || async move { error(StatusCode::NOT_FOUND, not_found.into()) })
         .with_state(state)
 }
 

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use super::{pct, quartiles, start_agent, stop, BpfStats};
+use super::{quartiles, ratio_table, start_agent, stop, BpfStats};
 use crate::util;
 
 /// Runs `count` processes that exit with `status` one after the other; seconds taken.
@@ -134,24 +134,10 @@ pub(super) fn exits(root: &Path, rounds: usize, processes: usize) -> Result<()> 
             scraped * 1000.0
         );
         println!();
-        println!("| processes | untraced (median) | added time, median of per-round ratios (quartiles) | added time, fastest runs |");
-        println!("|---|---|---|---|");
-        for (name, runs) in [
+        ratio_table(&[
             ("exit 0 (counted, not kept)", &runs[0]),
             ("exit 1 (recorded)", &runs[1]),
-        ] {
-            let mut ratios: Vec<f64> = runs[1].iter().zip(&runs[0]).map(|(a, u)| a / u).collect();
-            let (q1, med, q3) = quartiles(&mut ratios);
-            let fastest = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
-            let (_, base, _) = quartiles(&mut runs[0].clone());
-            println!(
-                "| {name} | {base:.3} s | {:+.1}% ({:+.1}% .. {:+.1}%) | {:+.1}% |",
-                pct(med),
-                pct(q1),
-                pct(q3),
-                pct(fastest(&runs[1]) / fastest(&runs[0]))
-            );
-        }
+        ]);
         Ok(())
     })();
     let _ = std::fs::remove_dir_all(&dir);

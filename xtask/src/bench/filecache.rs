@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{bail, Result};
 
-use super::{build_workload, pct, quartiles, start_agent, stop, BpfStats};
+use super::{build_workload, ratio_table, start_agent, stop, BpfStats};
 use crate::util;
 
 /// `cargo xtask bench filecache`.
@@ -99,21 +99,7 @@ pub(super) fn file_cache(root: &Path, rounds: usize, mib: usize) -> Result<()> {
         }
         println!();
         println!();
-        println!("| workload | untraced (median) | added time, median of per-round ratios (quartiles) | added time, fastest runs |");
-        println!("|---|---|---|---|");
-        for (name, runs) in [("cold sequential read", &read), ("buffered write", &write)] {
-            let mut ratios: Vec<f64> = runs[1].iter().zip(&runs[0]).map(|(a, u)| a / u).collect();
-            let (q1, med, q3) = quartiles(&mut ratios);
-            let fastest = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
-            let (_, base, _) = quartiles(&mut runs[0].clone());
-            println!(
-                "| {name} | {base:.3} s | {:+.1}% ({:+.1}% .. {:+.1}%) | {:+.1}% |",
-                pct(med),
-                pct(q1),
-                pct(q3),
-                pct(fastest(&runs[1]) / fastest(&runs[0]))
-            );
-        }
+        ratio_table(&[("cold sequential read", &read), ("buffered write", &write)]);
         Ok(())
     })();
     let _ = std::fs::remove_dir_all(&dir);

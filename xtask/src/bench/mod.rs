@@ -225,3 +225,23 @@ impl Drop for BpfStats {
         let _ = std::fs::write(BPF_STATS, self.previous.trim());
     }
 }
+
+/// Prints the table of added time per workload: `runs[0]` untraced, `runs[1]` with the agent,
+/// one entry per round.
+pub(super) fn ratio_table(rows: &[(&str, &[Vec<f64>; 2])]) {
+    println!("| workload | untraced (median) | added time, median of per-round ratios (quartiles) | added time, fastest runs |");
+    println!("|---|---|---|---|");
+    for (name, runs) in rows {
+        let mut ratios: Vec<f64> = runs[1].iter().zip(&runs[0]).map(|(a, u)| a / u).collect();
+        let (q1, med, q3) = quartiles(&mut ratios);
+        let fastest = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+        let (_, base, _) = quartiles(&mut runs[0].clone());
+        println!(
+            "| {name} | {base:.3} s | {:+.1}% ({:+.1}% .. {:+.1}%) | {:+.1}% |",
+            pct(med),
+            pct(q1),
+            pct(q3),
+            pct(fastest(&runs[1]) / fastest(&runs[0]))
+        );
+    }
+}

@@ -16,6 +16,8 @@ mod kpf {
     pub const SLAB: u64 = 1 << 7;
     pub const MMAP: u64 = 1 << 11;
     pub const ANON: u64 = 1 << 12;
+    pub const COMPOUND_HEAD: u64 = 1 << 15;
+    pub const COMPOUND_TAIL: u64 = 1 << 16;
     pub const PGTABLE: u64 = 1 << 26;
 }
 
@@ -86,9 +88,25 @@ impl PageState {
         })
     }
 
-    /// The memory cgroup `pfn` is charged to, if any.
+    /// The memory cgroup `pfn` is charged to, if any; for a tail page of a large folio (a
+    /// transparent huge page, say), the cgroup its head is charged to.
+    ///
+    /// Kernels that read the charge from the page itself (6.1) report no cgroup for tail pages:
+    /// only the head carries `memcg_data`. Kernels that read it from the folio (6.12) report the
+    /// head's cgroup for every page. With THP `always`, most of a workload's anonymous memory
+    /// is tail pages, so without this its held memory was under-estimated fiftyfold on 6.1.
     pub fn memcg(&self, pfn: Pfn) -> io::Result<Option<MemcgId>> {
         let id = read_u64_at(&self.cgroup, pfn)?;
+        if id != 0 {
+            return Ok(Some(MemcgId(id)));
+        }
+        if read_u64_at(&self.flags, pfn)? & kpf::COMPOUND_TAIL == 0 {
+            return Ok(None);
+        }
+        let Some(head) = head_of(pfn, |p| read_u64_at(&self.flags, p))? else {
+            return Ok(None);
+        };
+        let id = read_u64_at(&self.cgroup, head)?;
         Ok((id != 0).then_some(MemcgId(id)))
     }
 
@@ -96,6 +114,26 @@ impl PageState {
     pub fn flags(&self, pfn: Pfn) -> io::Result<u64> {
         read_u64_at(&self.flags, pfn)
     }
+}
+
+/// Largest folio order looked through for a tail page's head: 1 GiB pages on x86-64.
+const MAX_FOLIO_ORDER: u32 = 18;
+
+/// The head frame of the large folio that `tail` is a tail page of, given each frame's
+/// `/proc/kpageflags` word.
+///
+/// Folios are naturally aligned: a folio of order `o` starts at a multiple of `2^o`. Aligning
+/// `tail` down to growing powers of two therefore meets only tails of the same folio until it
+/// meets the head, so the first candidate flagged as a compound head is the one (at most
+/// `MAX_FOLIO_ORDER` reads).
+fn head_of(tail: Pfn, mut flags_at: impl FnMut(Pfn) -> io::Result<u64>) -> io::Result<Option<Pfn>> {
+    for order in 1..=MAX_FOLIO_ORDER {
+        let candidate = Pfn(tail.0 & !((1u64 << order) - 1));
+        if flags_at(candidate)? & kpf::COMPOUND_HEAD != 0 {
+            return Ok(Some(candidate));
+        }
+    }
+    Ok(None)
 }
 
 fn read_u64_at(file: &File, pfn: Pfn) -> io::Result<u64> {
@@ -116,6 +154,26 @@ mod tests {
         let zoneinfo = include_str!("fixtures/zoneinfo");
         // Normal zone: start 1048576 + spanned 5505024.
         assert_eq!(end_pfn_in(zoneinfo), Pfn(6_553_600));
+    }
+
+    #[test]
+    fn a_tail_page_leads_to_its_folios_head() {
+        // A 2 MiB folio (order 9) at frame 0x1200 beside a 16 KiB folio (order 2) at 0x1400.
+        let flags = |p: Pfn| -> io::Result<u64> {
+            Ok(match p.0 {
+                0x1200 | 0x1400 => kpf::COMPOUND_HEAD | kpf::ANON,
+                0x1201..=0x13ff | 0x1401..=0x1403 => kpf::COMPOUND_TAIL | kpf::ANON,
+                _ => 0,
+            })
+        };
+        assert_eq!(head_of(Pfn(0x1201), flags).unwrap(), Some(Pfn(0x1200)));
+        assert_eq!(head_of(Pfn(0x13ff), flags).unwrap(), Some(Pfn(0x1200)));
+        assert_eq!(head_of(Pfn(0x1333), flags).unwrap(), Some(Pfn(0x1200)));
+        assert_eq!(head_of(Pfn(0x1403), flags).unwrap(), Some(Pfn(0x1400)));
+        // A frame in no folio finds no head.
+        assert_eq!(head_of(Pfn(0x2001), |_| Ok(0)).unwrap(), None);
+        // A read error is passed on, not taken for "no head".
+        assert!(head_of(Pfn(0x1201), |_| Err(io::Error::other("gone"))).is_err());
     }
 
     #[test]

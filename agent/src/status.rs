@@ -78,6 +78,7 @@ impl StatusSource {
                 detail,
             });
         };
+        add("kernel", CapabilityState::Ok, r.kernel.clone());
         match &r.page_probe_fallback {
             None => add("page probe", CapabilityState::Ok, r.page_probe.clone()),
             Some(why) => add(

@@ -49,6 +49,25 @@ pub fn workload_bin() -> PathBuf {
     bin
 }
 
+/// How many times slower than this host the machine running the tests is
+/// (`MEMLENS_TEST_SLOWDOWN`, default 1): `cargo xtask vm-test` sets it for guests under software
+/// emulation.
+#[must_use]
+pub fn slowdown() -> u32 {
+    std::env::var("MEMLENS_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&f: &u32| f >= 1)
+        .unwrap_or(1)
+}
+
+/// `wait` stretched by [`slowdown`]: how long to wait for something that takes `wait` here.
+/// Only waiting scales; what the tests assert about memory never does.
+#[must_use]
+pub fn patience(wait: Duration) -> Duration {
+    wait * slowdown()
+}
+
 /// Panics unless running as root: these tests load kernel programs and create cgroups.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -122,6 +141,27 @@ impl OwnCgroup {
     }
 }
 
+impl OwnCgroup {
+    /// On cgroup v2, children have the memory controller only when their parent enables it in
+    /// `cgroup.subtree_control`. That succeeds in the root cgroup (a VM's tests run there) or in
+    /// a cgroup with no processes of its own; anywhere else the error says what to do.
+    fn delegate_memory(&self) {
+        let control = self.dir.join("cgroup.subtree_control");
+        let enabled = std::fs::read_to_string(&control).unwrap_or_default();
+        if enabled.split_whitespace().any(|c| c == "memory") {
+            return;
+        }
+        if let Err(e) = std::fs::write(&control, "+memory") {
+            panic!(
+                "cannot enable the memory controller for children of {} ({e}): on cgroup v2 run \
+                 the tests from the root cgroup, or from a cgroup that has +memory in \
+                 cgroup.subtree_control",
+                self.dir.display()
+            );
+        }
+    }
+}
+
 static NEXT_CGROUP: AtomicUsize = AtomicUsize::new(0);
 
 /// A child memory cgroup of this process's own, removed on drop.
@@ -142,6 +182,9 @@ impl TestCgroup {
             std::process::id(),
             NEXT_CGROUP.fetch_add(1, Ordering::Relaxed)
         );
+        if own.v2 {
+            own.delegate_memory();
+        }
         let dir = own.dir.join(&leaf);
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
         let path = format!("{}/{leaf}", own.path.trim_end_matches('/'));
@@ -206,7 +249,7 @@ impl Drop for TestCgroup {
 
 fn remove_dir_patiently(dir: &Path) {
     // Processes we started are killed before the cgroup drops; their exit may take a moment.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + patience(Duration::from_secs(10));
     loop {
         match std::fs::remove_dir(dir) {
             Ok(()) => return,
@@ -362,7 +405,7 @@ impl Agent {
             log,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + patience(Duration::from_secs(60));
         loop {
             if let Ok(Some(status)) = agent.child.try_wait() {
                 panic!("memlens agent exited ({status}):\n{}", agent.log());
@@ -372,7 +415,8 @@ impl Agent {
             }
             assert!(
                 Instant::now() < deadline,
-                "agent did not answer in 60 s:\n{}",
+                "agent did not answer in {:?}:\n{}",
+                patience(Duration::from_secs(60)),
                 agent.log()
             );
             thread::sleep(Duration::from_millis(200));
@@ -420,14 +464,15 @@ impl Agent {
             .cloned()
     }
 
-    /// Polls `row(path)` until `done` holds for it or `timeout` passes; returns the last row.
+    /// Polls `row(path)` until `done` holds for it or `timeout` (stretched by [`slowdown`])
+    /// passes; returns the last row.
     pub fn wait_row(
         &self,
         path: &str,
         timeout: Duration,
         done: impl Fn(&Value) -> bool,
     ) -> Option<Value> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + patience(timeout);
         loop {
             let row = self.row(path);
             if row.as_ref().is_some_and(&done) || Instant::now() > deadline {
@@ -488,8 +533,16 @@ pub fn leak_bin() -> PathBuf {
             .join("workloads")
             .join("leak.c");
         let profile_dir = workload_bin().parent().expect("profile dir").to_path_buf();
-        let out = profile_dir.join("memlens-leak");
-        let building = profile_dir.join(format!("memlens-leak.{}", std::process::id()));
+        // In a VM guest the host's target directory is read-only: build beside the tests'
+        // temporary files instead.
+        let name = format!("memlens-leak.{}", std::process::id());
+        let dir = if std::fs::File::create(profile_dir.join(&name)).is_ok() {
+            profile_dir
+        } else {
+            std::env::temp_dir()
+        };
+        let out = dir.join("memlens-leak");
+        let building = dir.join(name);
         let status = Command::new("gcc")
             .args(["-O2", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
             .arg(&building)

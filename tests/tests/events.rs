@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use memlens_tests::{leak_bin, workload_bin, Agent, TestCgroup, Workload, MIB};
+use memlens_tests::{leak_bin, patience, workload_bin, Agent, TestCgroup, Workload, MIB};
 use serde_json::Value;
 
 /// One workload at a time: the forecasts are timed against real OOM kills.
@@ -120,7 +120,9 @@ fn names_function(value: &Value, function: &str) -> bool {
     value.to_string().contains(function)
 }
 
+/// Polls `probe` until it finds something, for `timeout` stretched by the slowdown.
 fn poll<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let timeout = patience(timeout);
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(found) = probe() {
@@ -281,6 +283,69 @@ fn a_growing_log_is_file_cache_pressure_not_a_leak() {
     let report = json(&agent, &["events", "check", "--json"]);
     assert!(!report.to_string().contains("leak_suspected"), "{report}");
     writer.send("exit");
+}
+
+/// The kernel's count of OOM kills in the cgroup (`memory.oom_control` on v1, `memory.events`
+/// on v2).
+fn kernel_oom_kills(cgroup: &TestCgroup) -> u64 {
+    let file = if cgroup.v2 {
+        "memory.events"
+    } else {
+        "memory.oom_control"
+    };
+    let text = std::fs::read_to_string(cgroup.dir.join(file)).expect("OOM counter file");
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no oom_kill line in {file}: {text}"))
+}
+
+#[test]
+fn an_oom_kill_is_recorded_with_its_cgroup() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let setup = setup();
+    let cgroup = TestCgroup::new("oom");
+    cgroup.set_limit(64 * MIB);
+    let agent = setup.agent();
+    let mut workload = Workload::start(&cgroup, &["anon", "200"]);
+    let pid = workload.pid();
+    let status = workload.wait();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "the workload was not killed: {status}"
+    );
+    assert_eq!(
+        kernel_oom_kills(&cgroup),
+        1,
+        "the kernel counted no OOM kill"
+    );
+
+    let kill = poll(Duration::from_secs(20), "the OOM kill record", || {
+        lifecycle(&agent, &cgroup.path)
+            .into_iter()
+            .find(|r| r["pid"] == pid && r["kind"] == "oom_kill")
+    });
+    let rss = kill["anon_rss_bytes"].as_u64().expect("victim's anon RSS");
+    eprintln!(
+        "OOM kill of pid {pid} recorded in {} (id {}), victim anon RSS {:.1} MiB, signal {}; \
+         the kernel's oom_kill count 1",
+        kill["cgroup_path"],
+        kill["cgroup_id"],
+        rss as f64 / MIB as f64,
+        kill["signal"]
+    );
+    assert_eq!(kill["cgroup_path"], cgroup.path.as_str(), "{kill}");
+    assert_eq!(kill["cgroup_id"], cgroup.id(), "{kill}");
+    assert!(
+        kill["oom_killed"] == true && kill["signal"] == 9 && kill["main_process"] == true,
+        "{kill}"
+    );
+    assert!(
+        (32 * MIB..=72 * MIB).contains(&rss),
+        "anon at the kill: {rss}"
+    );
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use memlens_tests::{cold_file, Agent, TestCgroup, Workload, MIB};
+use memlens_tests::{cold_file, patience, Agent, TestCgroup, Workload, MIB};
 use serde_json::Value;
 
 /// `memlens cache --cgroup <cgroup> --json`, or None while the agent has not listed the new
@@ -34,14 +34,14 @@ fn file_bytes(entry: &Value, path: &str) -> u64 {
         .sum()
 }
 
-/// Polls until `done` holds (or `timeout`); returns the last answer.
+/// Polls until `done` holds (or `timeout`, stretched by the slowdown); returns the last answer.
 fn wait_cache(
     agent: &Agent,
     cgroup: &TestCgroup,
     timeout: Duration,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + patience(timeout);
     loop {
         match cache(agent, cgroup) {
             Some(entry) if done(&entry) || Instant::now() > deadline => return entry,
@@ -123,7 +123,7 @@ fn a_log_files_page_cache_is_attributed_to_it_and_leaves_on_truncate() {
         left < MIB,
         "2 s after truncation the log still has {left} bytes: {entry}"
     );
-    assert!(truncated_at.elapsed() <= Duration::from_secs(3));
+    assert!(truncated_at.elapsed() <= patience(Duration::from_secs(3)));
 }
 
 #[test]

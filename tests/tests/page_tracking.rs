@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use memlens_tests::{held, rel_diff, Agent, TestCgroup, Workload, MIB};
+use memlens_tests::{held, patience, rel_diff, Agent, TestCgroup, Workload, MIB};
 
 /// Agent flags of the accuracy checks.
 const ACCURACY: &[&str] = &["--sample-shift", "6"];
@@ -18,11 +18,11 @@ fn settled_row(agent: &Agent, cgroup: &TestCgroup, min_anon: u64) -> serde_json:
     let started = Instant::now();
     let mut last = None;
     // Two refreshes (500 ms) after the estimate first reaches most of the expected size.
-    while started.elapsed() < Duration::from_secs(20) {
+    while started.elapsed() < patience(Duration::from_secs(20)) {
         let row = agent.row(&cgroup.path);
         if let Some(r) = &row {
             if held(r, "anon_bytes") >= min_anon {
-                std::thread::sleep(Duration::from_millis(1200));
+                std::thread::sleep(patience(Duration::from_millis(1200)));
                 return agent.row(&cgroup.path).expect("row still there");
             }
         }
@@ -96,7 +96,7 @@ fn anon_memory_is_attributed_to_its_cgroup_and_released() {
     // Exited and removed: the cgroup disappears from top.
     workload.stop();
     cgroup.remove();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + patience(Duration::from_secs(10));
     while agent.row(&cgroup.path).is_some() {
         assert!(
             Instant::now() < deadline,

@@ -7,6 +7,7 @@ mod bench;
 mod ebpf_build;
 mod setup;
 mod util;
+mod vm;
 
 use std::path::PathBuf;
 
@@ -40,6 +41,12 @@ enum Command {
         /// Only run integration tests whose name contains this.
         filter: Option<String>,
     },
+    /// The accuracy tests on other kernels and cgroup layouts, in virtme-ng guests, and here.
+    VmTest {
+        /// Machines to test: `6.12-v2`, `6.1-v2`, `6.1-hybrid`, `host`, or a kernel's name for
+        /// all its layouts (default: all).
+        targets: Vec<String>,
+    },
     /// Benchmarks (not timed tests): overhead of the agent on workloads, side by side.
     Bench {
         #[command(subcommand)]
@@ -64,6 +71,10 @@ fn main() -> Result<()> {
         Command::Test { no_lint, filter } => {
             setup::setup()?;
             util::run_tests(&root, !no_lint, filter.as_deref())
+        }
+        Command::VmTest { targets } => {
+            setup::setup()?;
+            vm::run(&root, &targets)
         }
         Command::Bench { which } => {
             setup::setup()?;

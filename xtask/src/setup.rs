@@ -24,9 +24,6 @@ const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 /// Debian packages the tests use: `prometheus` (the `prometheus` and `promtool` binaries), and
 /// `python3-venv` (Debian's `python3 -m venv`, with the pip it bootstraps) for the validator below.
 const TEST_PACKAGES: &[&str] = &["prometheus", "python3-venv"];
-/// kubernetes-validate (PyPI), pinned: it bundles the Kubernetes JSON schemas, so
-/// tests/tests/deploy.rs validates the manifests in deploy/ offline.
-const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 /// Debian's python3, the one `python3-venv` makes able to create virtualenvs.
 const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 
@@ -36,7 +33,7 @@ pub fn setup() -> Result<()> {
     // downloads on a fresh machine, none of it used).
     install(TEST_PACKAGES, false)?;
     install_bpf_linker()?;
-    install_kubernetes_validate()
+    KUBERNETES_VALIDATE.install().map(drop)
 }
 
 /// Installs the Debian packages that are not installed yet.
@@ -103,63 +100,77 @@ fn install_bpf_linker() -> Result<()> {
     .context("installing bpf-linker")
 }
 
-/// The virtualenv holding kubernetes-validate: `target/tools/kubernetes-validate/` in the
-/// workspace (tests/tests/deploy.rs runs `bin/kubernetes-validate` from there).
-fn kubernetes_validate_venv() -> Result<PathBuf> {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(|root| {
-            root.join("target")
-                .join("tools")
-                .join("kubernetes-validate")
-        })
-        .context("xtask lives one level below the workspace root")
+/// A Python tool from PyPI, pinned, in its own virtualenv under `target/tools/<name>/`.
+pub struct PythonTool {
+    pub package: &'static str,
+    pub version: &'static str,
 }
 
-/// The kubernetes-validate version installed in `venv`, if any.
-fn installed_kubernetes_validate(venv: &Path) -> Option<String> {
-    Command::new(venv.join("bin").join("python"))
-        .args([
-            "-c",
-            "import importlib.metadata as m; print(m.version('kubernetes-validate'))",
-        ])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-}
+/// kubernetes-validate (PyPI), pinned: it bundles the Kubernetes JSON schemas, so
+/// tests/tests/deploy.rs validates the manifests in deploy/ offline (it runs
+/// `target/tools/kubernetes-validate/bin/kubernetes-validate`).
+const KUBERNETES_VALIDATE: PythonTool = PythonTool {
+    package: "kubernetes-validate",
+    version: "1.37.0",
+};
 
-fn install_kubernetes_validate() -> Result<()> {
-    let venv = kubernetes_validate_venv()?;
-    if installed_kubernetes_validate(&venv).as_deref() == Some(KUBERNETES_VALIDATE_VERSION)
-        && venv.join("bin").join("kubernetes-validate").is_file()
-    {
-        return Ok(());
+impl PythonTool {
+    /// The tool's virtualenv: `target/tools/<package>/` in the workspace.
+    pub fn venv(&self) -> Result<PathBuf> {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .map(|root| root.join("target").join("tools").join(self.package))
+            .context("xtask lives one level below the workspace root")
     }
-    eprintln!(
-        "xtask: installing kubernetes-validate {KUBERNETES_VALIDATE_VERSION} into {}",
-        venv.display()
-    );
-    // --clear: a venv left by another version of Python or of the package starts afresh.
-    util::run(
-        Command::new(SYSTEM_PYTHON)
-            .args(["-m", "venv", "--clear"])
-            .arg(&venv),
-    )
-    .with_context(|| format!("creating the virtualenv {}", venv.display()))?;
-    let requirement = format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}");
-    util::run(
-        Command::new(venv.join("bin").join("pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check"])
-            .arg(&requirement),
-    )
-    .context("installing kubernetes-validate")?;
-    match installed_kubernetes_validate(&venv) {
-        Some(v) if v == KUBERNETES_VALIDATE_VERSION => Ok(()),
-        other => bail!(
-            "kubernetes-validate {KUBERNETES_VALIDATE_VERSION} was installed into {} but it \
-             reports {other:?}",
+
+    /// The version installed in `venv`, if any.
+    fn installed(&self, venv: &Path) -> Option<String> {
+        Command::new(venv.join("bin").join("python"))
+            .args([
+                "-c",
+                &format!(
+                    "import importlib.metadata as m; print(m.version('{}'))",
+                    self.package
+                ),
+            ])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    }
+
+    /// Installs the pinned version unless it is there already; returns the virtualenv.
+    pub fn install(&self) -> Result<PathBuf> {
+        let venv = self.venv()?;
+        if self.installed(&venv).as_deref() == Some(self.version) {
+            return Ok(venv);
+        }
+        eprintln!(
+            "xtask: installing {} {} into {}",
+            self.package,
+            self.version,
             venv.display()
-        ),
+        );
+        // --clear: a venv left by another version of Python or of the package starts afresh.
+        util::run(
+            Command::new(SYSTEM_PYTHON)
+                .args(["-m", "venv", "--clear"])
+                .arg(&venv),
+        )
+        .with_context(|| format!("creating the virtualenv {}", venv.display()))?;
+        let requirement = format!("{}=={}", self.package, self.version);
+        util::run(
+            Command::new(venv.join("bin").join("pip"))
+                .args(["install", "--quiet", "--disable-pip-version-check"])
+                .arg(&requirement),
+        )
+        .with_context(|| format!("installing {requirement}"))?;
+        match self.installed(&venv) {
+            Some(v) if v == self.version => Ok(venv),
+            other => bail!(
+                "{requirement} was installed into {} but it reports {other:?}",
+                venv.display()
+            ),
+        }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod btf;
 mod calibrate;
+mod kernel;
 mod page_allocs;
 pub mod tracefs;
 
@@ -84,6 +85,8 @@ pub struct LoadOptions {
 /// How the programs were loaded: the facts behind `memlens status`.
 #[derive(Clone, Debug)]
 pub struct LoadReport {
+    /// The kernel's release and optional facilities (see `kernel::describe`).
+    pub kernel: String,
     /// The attachment in use for page allocations.
     pub page_probe: String,
     /// Why the preferred attachment was not used, if it was not.
@@ -295,6 +298,7 @@ impl Probes {
             .collect();
         let record = size_of::<memlens_common::page::PageAlloc>() as u64;
         let report = LoadReport {
+            kernel: kernel::describe(),
             page_probe,
             page_probe_fallback,
             vmemmap_base: vmemmap_base.ok().map(|b| format!("{b:#x}")),

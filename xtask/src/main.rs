@@ -33,12 +33,16 @@ enum Command {
         #[arg(last = true)]
         agent_args: Vec<String>,
     },
-    /// Set up, build, then run lints, unit tests and the privileged integration tests.
+    /// Set up, build, then run lints, unit tests, the privileged integration tests, and their
+    /// accuracy subset in the guests of `vm-test`.
     Test {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
         no_lint: bool,
-        /// Only run integration tests whose name contains this.
+        /// Skip the guests of `cargo xtask vm-test` (run after the host's tests otherwise).
+        #[arg(long)]
+        no_vm: bool,
+        /// Only run integration tests whose name contains this (the guests are skipped then).
         filter: Option<String>,
     },
     /// The accuracy tests on other kernels and cgroup layouts, in virtme-ng guests, and here.
@@ -46,6 +50,9 @@ enum Command {
         /// Machines to test: `6.12-v2`, `6.1-v2`, `6.1-hybrid`, `host`, or a kernel's name for
         /// all its layouts (default: all).
         targets: Vec<String>,
+        /// Guests booted at once (one vCPU each; default: this host's cores, at most 2).
+        #[arg(long)]
+        jobs: Option<usize>,
     },
     /// Benchmarks (not timed tests): overhead of the agent on workloads, side by side.
     Bench {
@@ -68,13 +75,21 @@ fn main() -> Result<()> {
             setup::setup()?;
             util::run_main_job(&root, &agent_args)
         }
-        Command::Test { no_lint, filter } => {
+        Command::Test {
+            no_lint,
+            no_vm,
+            filter,
+        } => {
             setup::setup()?;
-            util::run_tests(&root, !no_lint, filter.as_deref())
+            util::run_tests(&root, !no_lint, filter.as_deref())?;
+            if no_vm || filter.is_some() {
+                return Ok(());
+            }
+            vm::run(&root, &vm::guest_names(), vm::default_jobs())
         }
-        Command::VmTest { targets } => {
+        Command::VmTest { targets, jobs } => {
             setup::setup()?;
-            vm::run(&root, &targets)
+            vm::run(&root, &targets, jobs.unwrap_or_else(vm::default_jobs))
         }
         Command::Bench { which } => {
             setup::setup()?;

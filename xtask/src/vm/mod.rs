@@ -12,6 +12,7 @@ use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
     process::Command,
+    sync::atomic::{AtomicUsize, Ordering},
 };
 
 use anyhow::{bail, Context as _, Result};
@@ -68,12 +69,15 @@ impl Target {
         }
     }
 
-    fn all() -> Vec<Target> {
+    /// Every guest of the matrix.
+    fn guests() -> impl Iterator<Item = Target> {
         KERNELS
             .iter()
             .flat_map(|k| k.layouts.iter().map(move |&l| Target::Guest(k, l)))
-            .chain([Target::Host])
-            .collect()
+    }
+
+    fn all() -> Vec<Target> {
+        Target::guests().chain([Target::Host]).collect()
     }
 
     /// Targets named on the command line: `6.1` (all its layouts), `6.1-hybrid`, `host`.
@@ -105,7 +109,17 @@ impl Target {
     }
 }
 
-pub fn run(root: &Path, names: &[String]) -> Result<()> {
+/// Every guest of the matrix, by name (what `cargo xtask test` runs after the host's tests).
+pub fn guest_names() -> Vec<String> {
+    Target::guests().map(Target::name).collect()
+}
+
+/// Guests booted at once: each has one vCPU, so as many as this host has cores, at most two.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
+}
+
+pub fn run(root: &Path, names: &[String], jobs: usize) -> Result<()> {
     let targets = Target::parse(names)?;
     if !util::is_root() {
         bail!("vm-test loads kernel programs on this host too and runs guests as root: run it as root");
@@ -127,8 +141,14 @@ pub fn run(root: &Path, names: &[String]) -> Result<()> {
         })
         .collect::<Result<_>>()?;
 
-    let mut outcomes = Vec::new();
-    for target in targets {
+    // Kernels are fetched before any guest starts: two layouts of one kernel share its files.
+    let mut guests = Vec::new();
+    for target in &targets {
+        if let Target::Guest(kernel, layout) = *target {
+            guests.push((*target, kernel.image(&vm_dir)?, layout));
+        }
+    }
+    let run_one = |target: Target, machine: &Machine<'_>| -> Result<Outcome> {
         let dir = vm_dir.join("runs").join(target.name());
         let run = Run {
             dir: &dir,
@@ -137,20 +157,46 @@ pub fn run(root: &Path, names: &[String]) -> Result<()> {
         };
         eprintln!("xtask: vm-test {} ...", target.name());
         let started = std::time::Instant::now();
-        match target {
-            Target::Host => run.execute(&Machine::Host)?,
-            Target::Guest(kernel, layout) => {
-                let image = kernel.image(&vm_dir)?;
-                run.execute(&Machine::Guest {
-                    vng: &vng,
-                    image: &image,
-                    layout,
-                })?;
-            }
-        }
+        run.execute(machine)?;
         let outcome = Outcome::read(target, &dir, &tests, started.elapsed().as_secs());
         eprint!("{}", outcome.report());
-        outcomes.push(outcome);
+        Ok(outcome)
+    };
+    // Guests side by side (one vCPU each); this host's own run alone afterwards, so that no
+    // emulator competes with what it measures.
+    let next = AtomicUsize::new(0);
+    let mut outcomes: Vec<Outcome> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..jobs.max(1))
+            .map(|_| {
+                scope.spawn(|| -> Result<Vec<Outcome>> {
+                    let mut done = Vec::new();
+                    while let Some((target, image, layout)) =
+                        guests.get(next.fetch_add(1, Ordering::Relaxed))
+                    {
+                        let machine = Machine::Guest {
+                            vng: &vng,
+                            image,
+                            layout: *layout,
+                        };
+                        done.push(run_one(*target, &machine)?);
+                    }
+                    Ok(done)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| bail!("a guest runner panicked"))
+            })
+            .collect::<Result<Vec<Vec<Outcome>>>>()
+    })?
+    .into_iter()
+    .flatten()
+    .collect();
+    if targets.iter().any(|t| matches!(t, Target::Host)) {
+        outcomes.push(run_one(Target::Host, &Machine::Host)?);
     }
     let summary = summary(&outcomes);
     print!("{summary}");

@@ -58,6 +58,9 @@ pub struct LifecycleEvent {
     pub path: [u8; PATH_BYTES],
 }
 
+/// An OOM victim's resident memory the kernel's record did not give.
+pub const RSS_UNKNOWN: u64 = u64::MAX;
+
 /// Offsets the lifecycle programs need: tracepoint record fields (from `format` files) and
 /// task fields (from BTF).
 #[repr(C)]
@@ -67,9 +70,12 @@ pub struct LifecycleOffsets {
     /// a thread-group leader's exit stands for the process').
     pub exit_group_dead: i32,
     pub oom_pid: u32,
-    pub oom_anon_rss: u32,
-    pub oom_file_rss: u32,
-    pub oom_shmem_rss: u32,
+    /// `mark_victim`'s `anon_rss`, `file_rss` and `shmem_rss` fields, or -1 each when the
+    /// kernel's record has none (before 6.8 it carried only the pid; some distributions
+    /// backported them): the event then carries [`RSS_UNKNOWN`].
+    pub oom_anon_rss: i32,
+    pub oom_file_rss: i32,
+    pub oom_shmem_rss: i32,
     pub cgroup_root: u32,
     pub cgroup_level: u32,
     pub cgroup_id: u32,

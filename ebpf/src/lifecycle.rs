@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use memlens_common::{
     counters::Counter,
-    lifecycle::{LifecycleEvent, LifecycleKind, LifecycleOffsets, PATH_BYTES},
+    lifecycle::{LifecycleEvent, LifecycleKind, LifecycleOffsets, PATH_BYTES, RSS_UNKNOWN},
 };
 
 use crate::{counters, task};
@@ -27,9 +27,9 @@ use crate::{counters, task};
 static LIFECYCLE_OFFSETS: Global<LifecycleOffsets> = Global::new(LifecycleOffsets {
     exit_group_dead: -1,
     oom_pid: 0,
-    oom_anon_rss: 0,
-    oom_file_rss: 0,
-    oom_shmem_rss: 0,
+    oom_anon_rss: -1,
+    oom_file_rss: -1,
+    oom_shmem_rss: -1,
     cgroup_root: 0,
     cgroup_level: 0,
     cgroup_id: 0,
@@ -121,6 +121,20 @@ pub fn process_exit(ctx: TracePointContext) -> i32 {
     0
 }
 
+/// A resident-memory field of `mark_victim`'s record, or [`RSS_UNKNOWN`] when the kernel's
+/// record has no such field (offset -1).
+///
+/// # Safety
+/// `offset`, when not negative, comes from this tracepoint's format file.
+#[inline(always)]
+unsafe fn read_rss(ctx: &TracePointContext, offset: i32) -> Result<u64, i32> {
+    match u32::try_from(offset) {
+        // SAFETY: the caller's.
+        Ok(offset) => unsafe { ctx.read_at::<u64>(offset as usize) },
+        Err(_) => Ok(RSS_UNKNOWN),
+    }
+}
+
 /// match-kernel: include/trace/events/oom.h TRACE_EVENT(mark_victim) (pid, comm, total_vm,
 /// anon_rss, file_rss, shmem_rss, uid, pgtables, oom_score_adj)
 #[tracepoint]
@@ -133,9 +147,9 @@ pub fn oom_victim(ctx: TracePointContext) -> i32 {
     let fields = unsafe {
         (
             ctx.read_at::<i32>(o.oom_pid as usize),
-            ctx.read_at::<u64>(o.oom_anon_rss as usize),
-            ctx.read_at::<u64>(o.oom_file_rss as usize),
-            ctx.read_at::<u64>(o.oom_shmem_rss as usize),
+            read_rss(&ctx, o.oom_anon_rss),
+            read_rss(&ctx, o.oom_file_rss),
+            read_rss(&ctx, o.oom_shmem_rss),
         )
     };
     let (Ok(pid), Ok(anon), Ok(file), Ok(shmem)) = fields else {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use memlens_tests::{Agent, TestCgroup, Workload, MIB};
+use memlens_tests::{patience, Agent, TestCgroup, Workload, MIB};
 use serde_json::Value;
 
 fn history(agent: &Agent, cgroup: &TestCgroup) -> Vec<Value> {
@@ -36,9 +36,14 @@ fn history_survives_a_killed_agent_without_duplicates() {
     workload.expect_line("ready");
 
     let agent = Agent::start(&flags);
-    std::thread::sleep(Duration::from_secs(3));
+    let wait = patience(Duration::from_secs(3));
+    std::thread::sleep(wait);
     let before = history(&agent, &cgroup);
-    assert!(before.len() >= 3, "only {} samples in 3 s", before.len());
+    assert!(
+        before.len() >= 3,
+        "only {} samples in {wait:?}",
+        before.len()
+    );
     assert!(
         before
             .iter()
@@ -49,7 +54,7 @@ fn history_survives_a_killed_agent_without_duplicates() {
     agent.kill_hard();
 
     let agent = Agent::start(&flags);
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(patience(Duration::from_secs(2)));
     let after = history(&agent, &cgroup);
     let times: Vec<u64> = after
         .iter()

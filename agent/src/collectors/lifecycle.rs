@@ -17,7 +17,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use memlens_common::lifecycle::{LifecycleEvent, LifecycleKind};
+use memlens_common::lifecycle::{LifecycleEvent, LifecycleKind, RSS_UNKNOWN};
 
 use crate::{
     history::{LifecycleRecord, RecordKind, Store},
@@ -29,6 +29,12 @@ const VICTIM_PATIENCE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(100);
 /// `oom:mark_victim` reports resident memory in KiB.
 const KIB: u64 = 1024;
+
+/// An OOM victim's resident memory in bytes (the kernel reports KiB), unless its kernel did not
+/// say.
+fn rss_bytes(kib: u64) -> Option<u64> {
+    (kib != RSS_UNKNOWN).then(|| kib.saturating_mul(KIB))
+}
 
 /// What the thread has done, for `memlens status`.
 #[derive(Default)]
@@ -137,9 +143,9 @@ impl Lifecycle {
                 if let Some((oom, _, _)) = victim {
                     record.kind = RecordKind::OomKill;
                     record.oom_killed = true;
-                    record.anon_rss_bytes = Some(oom.anon_rss * KIB);
-                    record.file_rss_bytes = Some(oom.file_rss * KIB);
-                    record.shmem_rss_bytes = Some(oom.shmem_rss * KIB);
+                    record.anon_rss_bytes = rss_bytes(oom.anon_rss);
+                    record.file_rss_bytes = rss_bytes(oom.file_rss);
+                    record.shmem_rss_bytes = rss_bytes(oom.shmem_rss);
                 }
                 out.push(record);
             }
@@ -198,9 +204,9 @@ impl Lifecycle {
                 signal: None,
                 oom_killed: true,
                 main_process: false,
-                anon_rss_bytes: Some(oom.anon_rss * KIB),
-                file_rss_bytes: Some(oom.file_rss * KIB),
-                shmem_rss_bytes: Some(oom.shmem_rss * KIB),
+                anon_rss_bytes: rss_bytes(oom.anon_rss),
+                file_rss_bytes: rss_bytes(oom.file_rss),
+                shmem_rss_bytes: rss_bytes(oom.shmem_rss),
                 evidence: None,
             });
             false
@@ -352,6 +358,17 @@ mod tests {
             (RecordKind::OomKill, true, Some(9))
         );
         assert_eq!(records[0].anon_rss_bytes, Some(102_400));
+        // A kernel whose OOM record has no memory fields: unknown, not zero.
+        let mut victim = event(LifecycleKind::OomVictim, 20);
+        victim.anon_rss = RSS_UNKNOWN;
+        assert!(life.handle(&victim, 6, &path, &stats).is_empty());
+        let mut killed = event(LifecycleKind::Exit, 20);
+        killed.group_exit_code = 9;
+        let records = life.handle(&killed, 7, &path, &stats);
+        assert_eq!(
+            (records[0].kind, records[0].anon_rss_bytes),
+            (RecordKind::OomKill, None)
+        );
         // A later SIGTERM in the same cgroup is not an OOM kill.
         let mut terminated = event(LifecycleKind::Exit, 11);
         terminated.exit_code = 15;

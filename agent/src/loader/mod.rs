@@ -451,10 +451,7 @@ fn lifecycle_offsets(btf: &btf::KernelBtf) -> Result<LifecycleOffsets, String> {
         .field("group_dead")
         .map_or(-1, |f| i32::try_from(f.offset).unwrap_or(-1));
     let oom = format("oom", "mark_victim")?;
-    o.oom_pid = offset(&oom, "pid")?;
-    o.oom_anon_rss = offset(&oom, "anon_rss")?;
-    o.oom_file_rss = offset(&oom, "file_rss")?;
-    o.oom_shmem_rss = offset(&oom, "shmem_rss")?;
+    oom_victim_fields(&oom, &mut o)?;
     let cgroup = format("cgroup", "cgroup_mkdir")?;
     o.cgroup_root = offset(&cgroup, "root")?;
     o.cgroup_level = offset(&cgroup, "level")?;
@@ -462,6 +459,24 @@ fn lifecycle_offsets(btf: &btf::KernelBtf) -> Result<LifecycleOffsets, String> {
     o.cgroup_path = offset(&cgroup, "path")?;
     o.valid = 1;
     Ok(o)
+}
+
+/// `mark_victim`'s fields: the pid is needed; the victim's resident memory is optional, as
+/// kernels before 6.8 do not report it (-1: the event then says it is unknown).
+fn oom_victim_fields(format: &tracefs::Format, o: &mut LifecycleOffsets) -> Result<(), String> {
+    o.oom_pid = format
+        .field("pid")
+        .map(|f| f.offset)
+        .map_err(|e| e.to_string())?;
+    let optional = |name| {
+        format
+            .field(name)
+            .map_or(-1, |f| i32::try_from(f.offset).unwrap_or(-1))
+    };
+    o.oom_anon_rss = optional("anon_rss");
+    o.oom_file_rss = optional("file_rss");
+    o.oom_shmem_rss = optional("shmem_rss");
+    Ok(())
 }
 
 /// Attaches the lifecycle programs (classic tracepoints).
@@ -526,6 +541,21 @@ fn raise_memlock_rlimit() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_oom_victims_memory_is_optional() {
+        let fields = |text: &str| {
+            let mut o = LifecycleOffsets::default();
+            oom_victim_fields(&tracefs::Format::parse("oom/mark_victim", text), &mut o)
+                .map(|()| (o.oom_pid, o.oom_anon_rss, o.oom_file_rss, o.oom_shmem_rss))
+        };
+        // Debian's 6.1 (as 6.8 upstream) reports the victim's memory; 5.15 only its pid.
+        let with_memory = include_str!("../fixtures/mark_victim-6.1.format");
+        assert_eq!(fields(with_memory), Ok((8, 24, 32, 40)));
+        let pid_only = include_str!("../fixtures/mark_victim-5.15.format");
+        assert_eq!(fields(pid_only), Ok((8, -1, -1, -1)));
+        assert!(fields("format:\n").is_err());
+    }
 
     #[test]
     fn shift_is_raised_until_the_map_fits() {

@@ -3,7 +3,12 @@
 //! `/proc/kpageflags` (what kind of page it is). See the kernel's
 //! Documentation/admin-guide/mm/pagemap.rst.
 
-use std::{fs::File, io, os::unix::fs::FileExt as _};
+use std::{
+    fs::File,
+    io,
+    os::unix::fs::FileExt as _,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use crate::units::{MemcgId, Pfn};
 
@@ -76,6 +81,9 @@ impl PageKind {
 pub struct PageState {
     cgroup: File,
     flags: File,
+    /// Seen a charged tail page: this kernel reports tail pages' cgroups itself, so an
+    /// uncharged frame needs no second look (see [`PageState::charged`]).
+    tails_reported: AtomicBool,
 }
 
 impl PageState {
@@ -85,34 +93,41 @@ impl PageState {
         Ok(PageState {
             cgroup: File::open(KPAGECGROUP)?,
             flags: File::open(KPAGEFLAGS)?,
+            tails_reported: AtomicBool::new(false),
         })
     }
 
-    /// The memory cgroup `pfn` is charged to, if any; for a tail page of a large folio (a
-    /// transparent huge page, say), the cgroup its head is charged to.
+    /// The memory cgroup `pfn` is charged to and its `/proc/kpageflags` word, or None when no
+    /// cgroup is charged for it. For a tail page of a large folio (a transparent huge page,
+    /// say) the cgroup is its head's.
     ///
     /// Kernels that read the charge from the page itself (6.1) report no cgroup for tail pages:
     /// only the head carries `memcg_data`. Kernels that read it from the folio (6.12) report the
     /// head's cgroup for every page. With THP `always`, most of a workload's anonymous memory
     /// is tail pages, so without this its held memory was under-estimated fiftyfold on 6.1.
-    pub fn memcg(&self, pfn: Pfn) -> io::Result<Option<MemcgId>> {
+    /// Looking closer costs a flags read per uncharged frame (most frames): it stops at the
+    /// first charged tail page, which shows the kernel needs none of it.
+    pub fn charged(&self, pfn: Pfn) -> io::Result<Option<(MemcgId, u64)>> {
         let id = read_u64_at(&self.cgroup, pfn)?;
         if id != 0 {
-            return Ok(Some(MemcgId(id)));
+            let flags = read_u64_at(&self.flags, pfn)?;
+            if flags & kpf::COMPOUND_TAIL != 0 {
+                self.tails_reported.store(true, Ordering::Relaxed);
+            }
+            return Ok(Some((MemcgId(id), flags)));
         }
-        if read_u64_at(&self.flags, pfn)? & kpf::COMPOUND_TAIL == 0 {
+        if self.tails_reported.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let flags = read_u64_at(&self.flags, pfn)?;
+        if flags & kpf::COMPOUND_TAIL == 0 {
             return Ok(None);
         }
         let Some(head) = head_of(pfn, |p| read_u64_at(&self.flags, p))? else {
             return Ok(None);
         };
         let id = read_u64_at(&self.cgroup, head)?;
-        Ok((id != 0).then_some(MemcgId(id)))
-    }
-
-    /// The page's `/proc/kpageflags` word.
-    pub fn flags(&self, pfn: Pfn) -> io::Result<u64> {
-        read_u64_at(&self.flags, pfn)
+        Ok((id != 0).then_some((MemcgId(id), flags)))
     }
 }
 

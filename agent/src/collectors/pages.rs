@@ -117,17 +117,13 @@ impl PageCensus {
         for superblock in 0..table.len() {
             let pfn = Pfn(sampled_pfn(superblock, self.shift));
             census.frames += 1;
-            let memcg = match self.state.memcg(pfn) {
-                Ok(Some(memcg)) => memcg,
+            let (memcg, flags) = match self.state.charged(pfn) {
+                Ok(Some(charged)) => charged,
                 Ok(None) => continue,
                 Err(_) => {
                     census.read_errors += 1;
                     continue;
                 }
-            };
-            let Ok(flags) = self.state.flags(pfn) else {
-                census.read_errors += 1;
-                continue;
             };
             census.charged_frames += 1;
             let record = table.get(superblock).filter(|a| a.ts_ns != 0);

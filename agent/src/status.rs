@@ -3,70 +3,40 @@
 
 use std::sync::{atomic::Ordering, Arc};
 
-use crate::{
-    api::{Capability, CapabilityState, StatusResponse},
-    cgroup::kube::PodDirectory,
-    cgroup::CgroupLayout,
+use memlens_attribution::{query::LeakSources, View};
+use memlens_cgroup::CgroupLayout;
+use memlens_common::counters::Counter;
+use memlens_kernel::{
     collectors::lifecycle::LifecycleStats,
-    engine::EngineStats,
     loader::{KernelCounters, LoadReport},
-    model::Snapshot,
-    units::Bytes,
+};
+use memlens_pods::PodDirectory;
+use memlens_types::{
+    status::{Capability, CapabilityState, StatusResponse},
+    Bytes,
 };
 
-/// Counters that mean something was lost.
-const LOSS_COUNTERS: [&str; 8] = [
-    "out_of_range",
-    "high_order_truncated",
-    "stack_collisions",
-    "kernel_stack_errors",
-    "user_stack_errors",
-    "filemap_map_full",
-    "filemap_read_errors",
-    "lifecycle_dropped",
-];
+use crate::workers::engine::EngineStats;
 
-/// The fixed facts, plus the clock of the agent's start.
+/// The fixed facts, the live counters, and the clock of the agent's start.
 pub struct StatusSource {
-    report: LoadReport,
-    lifecycle: Arc<LifecycleStats>,
-    /// The engine's counters and a line saying what it runs when.
-    engine: (Arc<EngineStats>, String),
-    pods: PodDirectory,
-    counters: Arc<KernelCounters>,
-    layout: CgroupLayout,
-    census_unavailable: Option<String>,
-    started_at_unix_ms: u64,
+    pub report: LoadReport,
+    pub counters: Arc<KernelCounters>,
+    pub layout: CgroupLayout,
+    pub census_unavailable: Option<String>,
+    pub lifecycle: Arc<LifecycleStats>,
+    pub engine: Arc<EngineStats>,
+    /// What the engine runs when.
+    pub schedule: String,
+    pub pods: PodDirectory,
+    pub leaks: LeakSources,
+    pub started_at_unix_ms: u64,
 }
 
 impl StatusSource {
     #[must_use]
-    pub fn new(
-        report: LoadReport,
-        counters: Arc<KernelCounters>,
-        layout: CgroupLayout,
-        census_unavailable: Option<String>,
-        lifecycle: Arc<LifecycleStats>,
-        engine: (Arc<EngineStats>, String),
-        pods: PodDirectory,
-    ) -> StatusSource {
-        let started_at_unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        StatusSource {
-            report,
-            lifecycle,
-            engine,
-            pods,
-            counters,
-            layout,
-            census_unavailable,
-            started_at_unix_ms,
-        }
-    }
-
-    #[must_use]
-    pub fn report(&self, snapshot: &Snapshot) -> StatusResponse {
+    pub fn report(&self, view: &View) -> StatusResponse {
+        let snapshot = &view.snapshot;
         let r = &self.report;
         // Live, not from the last refresh: benchmarks diff them around a workload.
         let counters = self.counters.totals();
@@ -159,7 +129,9 @@ impl StatusSource {
             ),
             (None, None) => add("page census", CapabilityState::Degraded, "no census yet".into()),
         }
-        let lost: u64 = LOSS_COUNTERS.iter().filter_map(|k| counters.get(*k)).sum();
+        let losses = || Counter::ALL.into_iter().filter(|c| c.is_loss());
+        let count = |c: Counter| counters.get(c.name()).copied().unwrap_or(0);
+        let lost: u64 = losses().map(count).sum();
         let sampled = snapshot
             .counters
             .get("sampled_frames")
@@ -174,14 +146,19 @@ impl StatusSource {
             },
             format!(
                 "{lost} lost updates ({}); {sampled} sampled frames recorded",
-                LOSS_COUNTERS
-                    .iter()
-                    .map(|k| format!("{k} {}", counters.get(*k).copied().unwrap_or(0)))
+                losses()
+                    .map(|c| format!("{} {}", c.name(), count(c)))
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
         );
-        let leaks = &snapshot.leaks.table;
+        let leaks = &view.leaks.table;
+        let history_snapshots = self
+            .leaks
+            .history
+            .read()
+            .map(|h| h.len())
+            .unwrap_or_default();
         add(
             "leak attribution",
             CapabilityState::Ok,
@@ -190,8 +167,8 @@ impl StatusSource {
                  (every census for 10 min, every minute for 6 h); {} stacks collected from the kernel map",
                 leaks.entries.len(),
                 leaks.overflow_keys,
-                snapshot.history_snapshots.0,
-                snapshot.history_snapshots.1,
+                history_snapshots.0,
+                history_snapshots.1,
                 snapshot.stacks_collected
             ),
         );
@@ -201,7 +178,7 @@ impl StatusSource {
                 CapabilityState::Ok,
                 format!(
                     "{how}; {} (cgroup, file) pairs of {} counted, {} below zero (cached before start)",
-                    snapshot.files.entries, r.file_entries, snapshot.files.below_zero
+                    view.files.entries, r.file_entries, view.files.below_zero
                 ),
             ),
             Err(why) => add("page cache", CapabilityState::Unavailable, why.clone()),
@@ -214,7 +191,7 @@ impl StatusSource {
                     "{how}; {} records kept, {} exits with status 0 not kept, {} lost in the kernel, {} write errors, {} oldest dropped by the cap",
                     self.lifecycle.recorded.load(Ordering::Relaxed),
                     self.lifecycle.normal_exits.load(Ordering::Relaxed),
-                    counters.get("lifecycle_dropped").copied().unwrap_or(0),
+                    count(Counter::LifecycleDropped),
                     self.lifecycle.write_errors.load(Ordering::Relaxed),
                     self.lifecycle.capped.load(Ordering::Relaxed)
                 ),
@@ -222,7 +199,7 @@ impl StatusSource {
             Err(why) => add("lifecycle", CapabilityState::Unavailable, why.clone()),
         }
         add("pod names", CapabilityState::Ok, self.pods.source());
-        let (engine, schedule) = &self.engine;
+        let (engine, schedule) = (&self.engine, &self.schedule);
         let failures = engine.failures.load(Ordering::Relaxed);
         add(
             "events",
@@ -238,7 +215,7 @@ impl StatusSource {
                 engine.raised.load(Ordering::Relaxed),
             ),
         );
-        let programs = crate::loader::program_stats(&r.program_ids);
+        let programs = snapshot.programs.clone();
         let costs: Vec<String> = programs
             .iter()
             .filter(|p| p.run_count > 0)

@@ -64,6 +64,23 @@ impl Counter {
         Counter::LifecycleDropped,
     ];
 
+    /// Whether a count of this counter is something the agent lost (an update dropped, a stack
+    /// not recorded), as opposed to work done or an expected absence.
+    #[must_use]
+    pub const fn is_loss(self) -> bool {
+        matches!(
+            self,
+            Counter::OutOfRange
+                | Counter::HighOrderTruncated
+                | Counter::StackCollisions
+                | Counter::KernelStackErrors
+                | Counter::UserStackErrors
+                | Counter::FilemapMapFull
+                | Counter::FilemapReadErrors
+                | Counter::LifecycleDropped
+        )
+    }
+
     /// Stable snake_case name, used in the API and metrics.
     #[must_use]
     pub const fn name(self) -> &'static str {

@@ -89,7 +89,10 @@ fn cargo_home() -> Option<PathBuf> {
 
 /// Paths whose change must rebuild the object (for build scripts' `rerun-if-changed`).
 #[must_use]
-#[allow(dead_code, reason = "used by agent/build.rs, which includes this file")]
+#[allow(
+    dead_code,
+    reason = "used by kernel/build.rs, which includes this file"
+)]
 pub fn inputs(workspace_root: &Path) -> Vec<PathBuf> {
     let ebpf = ebpf_dir(workspace_root);
     let common = workspace_root.join("common");

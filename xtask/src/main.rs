@@ -4,6 +4,7 @@
 //! are the README's two commands and call `setup` first, so a fresh machine needs nothing else.
 
 mod bench;
+mod crate_graph;
 mod ebpf_build;
 mod setup;
 mod util;

@@ -7,11 +7,16 @@ use axum::{
     Json,
 };
 
-use super::{
-    server::{accept_query, error, AppState},
-    CacheCgroup, CacheQuery, CacheResponse, CachedFileShare,
+use memlens_types::{
+    cgroups::CgroupRow,
+    files::{CacheCgroup, CacheQuery, CacheResponse, CachedFileShare},
+    Bytes, Workload,
 };
-use crate::{cgroup::Workload, model::CgroupRow, units::Bytes};
+
+use super::{
+    server::{accept_query, error},
+    AppState,
+};
 
 const DEFAULT_TOP: usize = 10;
 const MAX_TOP: usize = 50;
@@ -33,8 +38,9 @@ pub async fn cache(
             format!("top must be between 1 and {MAX_TOP}"),
         );
     }
-    let snapshot = state.snapshots.latest();
-    if snapshot.files.by_memcg.is_empty()
+    let view = state.views.latest();
+    let snapshot = &view.snapshot;
+    if view.files.by_memcg.is_empty()
         && snapshot
             .cgroups
             .iter()
@@ -46,15 +52,7 @@ pub async fn cache(
         );
     }
     let mut rows: Vec<&CgroupRow> = match (&query.cgroup, &query.pod) {
-        (Some(wanted), _) => snapshot
-            .cgroups
-            .iter()
-            .filter(|r| {
-                r.id.0.to_string() == *wanted
-                    || r.path == *wanted
-                    || r.path.ends_with(&format!("/{}", wanted.trim_start_matches('/')))
-            })
-            .collect(),
+        (Some(wanted), _) => view.select(wanted),
         (None, Some(uid)) => snapshot
             .cgroups
             .iter()
@@ -70,9 +68,10 @@ pub async fn cache(
     if rows.is_empty() {
         let what = query
             .cgroup
-            .as_deref()
-            .or(query.pod.as_deref())
-            .unwrap_or("");
+            .as_ref()
+            .map(ToString::to_string)
+            .or(query.pod.clone())
+            .unwrap_or_default();
         return error(
             StatusCode::NOT_FOUND,
             format!("no memory cgroup or pod matches {what:?}"),
@@ -82,7 +81,7 @@ pub async fn cache(
     let cgroups = rows
         .into_iter()
         .map(|row| {
-            let files = snapshot.files.by_memcg.get(&row.id);
+            let files = view.files.by_memcg.get(&row.id);
             let top: Vec<CachedFileShare> = files
                 .map(|f| f.top.iter().take(top).cloned().collect::<Vec<_>>())
                 .unwrap_or_default()
@@ -121,8 +120,8 @@ pub async fn cache(
         .collect();
     Json(CacheResponse {
         taken_at_unix_ms: snapshot.taken_at_unix_ms,
-        tracked_pairs: snapshot.files.entries,
-        pairs_below_zero: snapshot.files.below_zero,
+        tracked_pairs: view.files.entries,
+        pairs_below_zero: view.files.below_zero,
         cgroups,
     })
     .into_response()

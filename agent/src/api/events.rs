@@ -8,19 +8,18 @@ use axum::{
     Json,
 };
 
+use memlens_store::Reader;
+use memlens_types::{
+    event::{EventsQuery, EventsResponse},
+    lifecycle::{LifecycleEntry, LifecycleQuery, LifecycleResponse, MAX_RECORDS},
+    unix_ms, Workload,
+};
+
 use super::{
-    server::{accept_query, error, AppState},
-    EventsQuery, EventsResponse, LifecycleEntry, LifecycleQuery, LifecycleResponse, MAX_RECORDS,
+    server::{accept_query, error, DEFAULT_SINCE},
+    AppState,
 };
-use crate::{
-    cgroup::Workload,
-    engine::{
-        event::{EventKind, Status},
-        store, CheckRequest,
-    },
-    history::Reader,
-    model::unix_ms,
-};
+use crate::workers::engine::CheckRequest;
 
 /// Runs `read` on a blocking thread against a fresh reader of the database.
 async fn read<T: Send + 'static>(
@@ -60,16 +59,24 @@ pub async fn lifecycle(
         Ok(q) => q,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    let since = match humantime::parse_duration(query.since.as_deref().unwrap_or("1h")) {
-        Ok(d) => d,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad since: {e}")),
-    };
+    let since = query.since.unwrap_or(DEFAULT_SINCE);
     let limit = match limit(query.limit) {
         Ok(n) => n,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let from = unix_ms().saturating_sub(u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
-    let cgroup = query.cgroup;
+    let cgroup = match &query.cgroup {
+        None => None,
+        Some(selector) => match state.views.latest().path_of(selector) {
+            Some(path) => Some(path),
+            None => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("no memory cgroup matches {:?}", selector.to_string()),
+                )
+            }
+        },
+    };
     match read(&state, move |r| {
         r.lifecycle(cgroup.as_deref(), from, limit)
             .map_err(|e| e.to_string())
@@ -98,30 +105,13 @@ pub async fn list(
         Ok(q) => q,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    let status = match query
-        .status
-        .as_deref()
-        .map(str::parse::<Status>)
-        .transpose()
-    {
-        Ok(s) => s,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
-    };
-    let kind = match query
-        .kind
-        .as_deref()
-        .map(str::parse::<EventKind>)
-        .transpose()
-    {
-        Ok(k) => k,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
-    };
+    let (status, kind) = (query.status, query.kind);
     let limit = match limit(query.limit) {
         Ok(n) => n,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     match read(&state, move |r| {
-        store::list(r, status, kind, limit).map_err(|e| e.to_string())
+        r.events(status, kind, limit).map_err(|e| e.to_string())
     })
     .await
     {
@@ -137,11 +127,7 @@ pub async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Resp
             format!("bad event id {id:?}: ids are numbers (see memlens events list)"),
         );
     };
-    match read(&state, move |r| {
-        store::get(r, id).map_err(|e| e.to_string())
-    })
-    .await
-    {
+    match read(&state, move |r| r.event(id).map_err(|e| e.to_string())).await {
         Ok(Some(event)) => Json(event).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no event {id}")),
         Err(response) => response,

@@ -7,10 +7,13 @@ use axum::{
     Json,
 };
 
-use super::server::{accept_query, error, AppState};
-use crate::{
-    attribution::query::{self, LeaksQuery, QueryError},
-    exporters,
+use memlens_attribution::query::{self, QueryError};
+use memlens_exporters as exporters;
+use memlens_types::leaks::{LeakEntry, LeaksQuery, LeaksResponse};
+
+use super::{
+    server::{accept_query, error},
+    AppState,
 };
 
 type Failure = (StatusCode, String);
@@ -19,14 +22,8 @@ fn run(
     state: &AppState,
     q: &LeaksQuery,
     export: bool,
-) -> Result<
-    (
-        query::LeaksResponse,
-        Vec<crate::attribution::report::LeakEntry>,
-    ),
-    Failure,
-> {
-    query::run(&state.snapshots, &state.leaks, q, export).map_err(|e| {
+) -> Result<(LeaksResponse, Vec<LeakEntry>), Failure> {
+    query::run(&state.views, &state.leaks, q, export).map_err(|e| {
         let code = match e {
             QueryError::BadRequest(_) => StatusCode::BAD_REQUEST,
             QueryError::Gone(_) => StatusCode::GONE,

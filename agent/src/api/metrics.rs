@@ -1,10 +1,7 @@
 //! `GET /metrics`: the Prometheus exposition of the latest snapshot, built off the async threads
 //! (it symbolizes the largest stacks, from the cache when it can).
 
-use std::{
-    collections::BTreeMap,
-    sync::{atomic::Ordering, Arc},
-};
+use std::sync::{atomic::Ordering, Arc};
 
 use axum::{
     extract::{MatchedPath, Request, State},
@@ -13,19 +10,18 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::server::{error, AppState};
-use crate::{
-    attribution::query,
-    cgroup::kube::PodDirectory,
-    cgroup::Workload,
-    collectors::lifecycle::LifecycleStats,
-    engine::{store, EngineStats},
-    exporters::prometheus::{
-        classic_text, AgentFigures, ApiLatency, CgroupLabels, Exposition, RouteLabels,
-    },
-    history::Reader,
-    model::Snapshot,
+use memlens_attribution::{query, View};
+pub use memlens_exporters::prometheus::ApiLatency;
+use memlens_exporters::prometheus::{
+    classic_text, AgentFigures, CgroupLabels, Exposition, RouteLabels,
 };
+use memlens_kernel::collectors::lifecycle::LifecycleStats;
+use memlens_pods::PodDirectory;
+use memlens_store::Reader;
+use memlens_types::{files::CachedFile, Workload};
+
+use super::{server::error, AppState};
+use crate::workers::engine::EngineStats;
 
 /// Files per cgroup in `memlens_file_cache_bytes`.
 const TOP_FILES: usize = 5;
@@ -58,17 +54,17 @@ pub async fn time_requests(
     let response = next.run(request).await;
     latency
         .0
-        .get_or_create(&RouteLabels { route })
+        .get_or_create(&RouteLabels {
+            route: route.into(),
+        })
         .observe(started.elapsed().as_secs_f64());
     response
 }
 
 fn labels(pods: &PodDirectory, path: &str, workload: &Workload) -> CgroupLabels {
     let mut l = CgroupLabels {
-        id: path.to_string(),
-        namespace: String::new(),
-        pod: String::new(),
-        container: String::new(),
+        id: path.into(),
+        ..CgroupLabels::default()
     };
     if let Workload::Pod {
         pod_uid,
@@ -77,46 +73,39 @@ fn labels(pods: &PodDirectory, path: &str, workload: &Workload) -> CgroupLabels 
     } = workload
     {
         if let Some(pod) = pods.lookup(pod_uid, container_id.as_deref()) {
-            l.namespace = pod.namespace;
-            l.pod = pod.pod;
-            l.container = pod.container.unwrap_or_default();
+            l.namespace = pod.namespace.into();
+            l.pod = pod.pod.into();
+            l.container = pod.container.unwrap_or_default().into();
         }
     }
     l
 }
 
-fn exposition(state: &AppState, snapshot: &Snapshot) -> Result<String, String> {
+fn exposition(state: &AppState, view: &View) -> Result<String, String> {
     let sources = &state.metrics;
     let pods = &sources.pods;
+    let snapshot = &view.snapshot;
     let mut e = Exposition::new();
-    e.cgroups(snapshot, &|row| labels(pods, &row.path, &row.workload));
-    e.files(snapshot, TOP_FILES);
+    e.cgroups(&snapshot.cgroups, &|row| {
+        labels(pods, &row.path, &row.workload)
+    });
+    let files: Vec<(&str, &CachedFile)> = snapshot
+        .cgroups
+        .iter()
+        .filter_map(|r| Some((r.path.as_str(), view.files.by_memcg.get(&r.id)?)))
+        .flat_map(|(path, f)| f.top.iter().take(TOP_FILES).map(move |file| (path, file)))
+        .collect();
+    e.files(&files);
     e.stacks(&query::top_stacks(
-        snapshot,
+        view,
         &state.leaks,
         TOP_STACKS,
         STACK_CGROUPS,
     ));
-    let mut open: BTreeMap<String, u64> = crate::engine::event::EventKind::ALL
-        .iter()
-        .map(|k| (k.as_str().to_string(), 0))
-        .collect();
-    match Reader::open(&state.db).and_then(|r| {
-        store::list(
-            &r,
-            Some(crate::engine::event::Status::Open),
-            None,
-            usize::MAX >> 1,
-        )
-    }) {
-        Ok(events) => {
-            for e in events {
-                *open.entry(e.kind.as_str().to_string()).or_default() += 1;
-            }
-        }
+    match Reader::open(&state.db).and_then(|r| r.open_events()) {
+        Ok(open) => e.events(&open),
         Err(err) => tracing::warn!("metrics: open events not counted: {err}"),
     }
-    e.events(&open);
     let counts = sources
         .lifecycle
         .per_cgroup
@@ -126,11 +115,11 @@ fn exposition(state: &AppState, snapshot: &Snapshot) -> Result<String, String> {
     e.lifecycle(&counts, &|path| {
         labels(pods, path, &Workload::from_path(path))
     });
-    let (symbolized, hits) = state
-        .leaks
-        .symbols
-        .call(|s| (s.symbolized, s.hits))
-        .unwrap_or((0, 0));
+    let symbols = state.leaks.symbols.stats();
+    let (symbolized, hits) = (
+        symbols.symbolized.load(Ordering::Relaxed),
+        symbols.hits.load(Ordering::Relaxed),
+    );
     e.agent(
         &AgentFigures {
             kernel: snapshot.counters.clone(),
@@ -141,7 +130,7 @@ fn exposition(state: &AppState, snapshot: &Snapshot) -> Result<String, String> {
                 .map_or(0.0, |c| c.duration_ms as f64 / 1000.0),
             stacks_in_use: snapshot.stacks_in_use as u64,
             stack_entries: sources.stack_entries,
-            file_pairs: snapshot.files.entries as u64,
+            file_pairs: view.files.entries as u64,
             file_entries: sources.file_entries,
             lifecycle_records: sources.lifecycle.recorded.load(Ordering::Relaxed),
             lifecycle_capped: sources.lifecycle.capped.load(Ordering::Relaxed),
@@ -165,8 +154,8 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
-    let snapshot = state.snapshots.latest();
-    match tokio::task::spawn_blocking(move || exposition(&state, &snapshot)).await {
+    let view = state.views.latest();
+    match tokio::task::spawn_blocking(move || exposition(&state, &view)).await {
         Ok(Ok(text)) if openmetrics => (
             [(
                 header::CONTENT_TYPE,

@@ -5,7 +5,6 @@ use std::{
     io::{Read as _, Seek as _, Write as _},
     os::{fd::AsRawFd as _, unix::fs::PermissionsExt as _},
     path::{Path, PathBuf},
-    sync::Arc,
 };
 
 use axum::{
@@ -16,15 +15,15 @@ use axum::{
     Json, Router,
 };
 
-use super::{
-    cache, events, leaks, ErrorBody, HistoryQuery, HistoryResponse, StatusResponse, TopQuery,
-    TopResponse, MAX_HISTORY_POINTS, MAX_TOP_ROWS,
+use memlens_store::Reader;
+use memlens_types::{
+    api::{self, Endpoint, ErrorBody},
+    cgroups::{TopQuery, TopResponse, MAX_TOP_ROWS},
+    history::{HistoryQuery, HistoryResponse, MAX_HISTORY_POINTS},
+    status::StatusResponse,
 };
-pub use crate::attribution::query::LeakSources;
-use crate::{
-    history::Reader,
-    model::{Snapshot, Snapshots},
-};
+
+use super::{cache, events, leaks, AppState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -95,65 +94,54 @@ pub fn bind(socket: &Path) -> Result<tokio::net::UnixListener, ServerError> {
     tokio::net::UnixListener::from_std(listener).map_err(io_err(socket))
 }
 
-/// What the handlers read.
-#[derive(Clone)]
-pub struct AppState {
-    pub snapshots: Arc<Snapshots>,
-    /// The history database, read per query.
-    pub db: PathBuf,
-    pub status: Arc<dyn Fn(&Snapshot) -> StatusResponse + Send + Sync>,
-    pub leaks: LeakSources,
-    /// On-demand runs of the event engine.
-    pub checks: std::sync::mpsc::Sender<crate::engine::CheckRequest>,
-    pub metrics: super::metrics::MetricsSources,
-}
-
 /// The metrics listener's routes (TCP): the exposition and the health check, nothing else (the
 /// full API stays on the root-only Unix socket).
 pub fn metrics_router(state: AppState) -> Router {
     finish(
         Router::new(),
         state,
-        "this listener serves /metrics and /healthz; the API is on the Unix socket",
+        "this listener serves /metrics and /healthz; the API is on the Unix socket".into(),
     )
 }
 
 /// The API's routes (Unix socket).
 pub fn router(state: AppState) -> Router {
     let routes = Router::new()
-        .route("/v1/status", get(status))
-        .route("/v1/top", get(top))
-        .route("/v1/cache", get(cache::cache))
-        .route("/v1/history", get(history))
-        .route("/v1/leaks", get(leaks::leaks))
-        .route("/v1/leaks/pprof", get(leaks::pprof))
-        .route("/v1/leaks/flamegraph", get(leaks::flamegraph))
-        .route("/v1/lifecycle", get(events::lifecycle))
-        .route("/v1/events", get(events::list))
-        .route("/v1/events/check", post(events::check))
-        .route("/v1/events/{id}", get(events::show));
-    finish(
-        routes,
-        state,
-        "no such endpoint; see /v1/status, /v1/top, /v1/leaks, /v1/cache, /v1/history, \
-         /v1/lifecycle, /v1/events, /metrics",
-    )
+        .route(api::Status::ROUTE, get(status))
+        .route(api::Top::ROUTE, get(top))
+        .route(api::Cache::ROUTE, get(cache::cache))
+        .route(api::History::ROUTE, get(history))
+        .route(api::Leaks::ROUTE, get(leaks::leaks))
+        .route(api::LeaksPprof::ROUTE, get(leaks::pprof))
+        .route(api::LeaksFlamegraph::ROUTE, get(leaks::flamegraph))
+        .route(api::Lifecycle::ROUTE, get(events::lifecycle))
+        .route(api::Events::ROUTE, get(events::list))
+        .route(api::EventsCheck::ROUTE, post(events::check))
+        .route(api::EventById::ROUTE, get(events::show));
+    let not_found = format!("no such endpoint; see {}", api::ROUTES.join(", "));
+    finish(routes, state, not_found)
 }
 
 /// Adds what every listener serves (`/healthz`, `/metrics`), times every request by route, and
 /// answers anything else with `not_found`.
-fn finish(routes: Router<AppState>, state: AppState, not_found: &'static str) -> Router {
+fn finish(routes: Router<AppState>, state: AppState, not_found: String) -> Router {
     let latency = state.metrics.latency.clone();
     routes
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(super::metrics::metrics))
         .layer(axum::middleware::from_fn_with_state(
             latency,
             super::metrics::time_requests,
         ))
-        .fallback(move || async move { error(StatusCode::NOT_FOUND, not_found.into()) })
+        .fallback(move || {
+            let message = not_found.clone();
+            async move { error(StatusCode::NOT_FOUND, message) }
+        })
         .with_state(state)
 }
+
+/// Default window of `/v1/history` and `/v1/lifecycle`.
+pub(super) const DEFAULT_SINCE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The query, or what is wrong with it (for a 400 answer).
 pub(super) fn accept_query<Q>(query: Result<Query<Q>, QueryRejection>) -> Result<Q, String> {
@@ -166,9 +154,21 @@ pub(super) fn error(code: StatusCode, message: String) -> Response {
     (code, Json(ErrorBody { error: message })).into_response()
 }
 
+/// `ok`, or 503 with what is wrong: a worker stopped, or silent for longer than its bound.
+async fn healthz(State(state): State<AppState>) -> Response {
+    match state.health.check() {
+        Ok(()) => "ok\n".into_response(),
+        Err(problems) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {}\n", problems.join("; ")),
+        )
+            .into_response(),
+    }
+}
+
 async fn status(State(state): State<AppState>) -> Json<StatusResponse> {
-    let snapshot = state.snapshots.latest();
-    Json((state.status)(&snapshot))
+    let view = state.views.latest();
+    Json(state.status.report(&view))
 }
 
 async fn history(
@@ -179,27 +179,20 @@ async fn history(
         Ok(q) => q,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    let since = match humantime::parse_duration(query.since.as_deref().unwrap_or("1h")) {
-        Ok(d) => d,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad since: {e}")),
-    };
-    let snapshot = state.snapshots.latest();
-    let wanted = &query.cgroup;
+    let since = query.since.unwrap_or(DEFAULT_SINCE);
+    let view = state.views.latest();
     // Cgroups that exist now, or else the path as given (history outlives cgroups).
-    let path = snapshot
-        .cgroups
-        .iter()
-        .find(|r| {
-            r.id.0.to_string() == *wanted
-                || r.path == *wanted
-                || r.path
-                    .ends_with(&format!("/{}", wanted.trim_start_matches('/')))
-        })
-        .map_or_else(|| wanted.clone(), |r| r.path.clone());
+    let Some(path) = view.path_of(&query.cgroup) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no memory cgroup matches {:?}", query.cgroup.to_string()),
+        );
+    };
     let limit = query.limit.unwrap_or(1000).min(MAX_HISTORY_POINTS);
-    let from = snapshot
+    let from = view
+        .snapshot
         .taken_at_unix_ms
-        .saturating_sub(since.as_millis() as u64);
+        .saturating_sub(u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
     let db = state.db.clone();
     let read = tokio::task::spawn_blocking(move || {
         Reader::open(&db)
@@ -228,28 +221,22 @@ async fn top(
         Ok(q) => q,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    let snapshot = state.snapshots.latest();
+    let view = state.views.latest();
+    let snapshot = &view.snapshot;
     let limit = query.limit.unwrap_or(MAX_TOP_ROWS).min(MAX_TOP_ROWS);
-    let matching: Vec<_> = snapshot
-        .cgroups
-        .iter()
-        .filter(|row| match &query.cgroup {
-            None => true,
-            Some(wanted) => {
-                row.id.0.to_string() == *wanted
-                    || row.path == *wanted
-                    || row
-                        .path
-                        .ends_with(&format!("/{}", wanted.trim_start_matches('/')))
+    let matching: Vec<_> = match &query.cgroup {
+        None => snapshot.cgroups.iter().collect(),
+        Some(wanted) => {
+            let chosen = view.select(wanted);
+            if chosen.is_empty() {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("no memory cgroup matches {:?}", wanted.to_string()),
+                );
             }
-        })
-        .collect();
-    if let (Some(wanted), true) = (&query.cgroup, matching.is_empty()) {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no memory cgroup matches {wanted:?}"),
-        );
-    }
+            chosen
+        }
+    };
     let truncated = matching.len().saturating_sub(limit);
     Json(TopResponse {
         taken_at_unix_ms: snapshot.taken_at_unix_ms,

@@ -1,0 +1,261 @@
+//! `memlens agent`: loads the probes, starts the workers, serves the API.
+//!
+//! Data flows one way, and the crates make it so: kernel maps and files (`memlens-kernel`) ->
+//! plain data (`memlens-model`) -> attribution (`memlens-attribution`) and the event engine
+//! (`memlens-engine`) -> this binary's API, CLI and exporters.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc, RwLock,
+    },
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use memlens_attribution::{
+    file_names::FileResolver, growth::GrowthHistory, query::LeakSources,
+    symbol_service::SymbolService, Attribution, Views,
+};
+use memlens_cgroup::CgroupLayout;
+use memlens_engine::Config;
+use memlens_kernel::{
+    collectors::{
+        census::PageCensus,
+        lifecycle::{Lifecycle, LifecycleStats},
+        page_cache::PageCacheCollector,
+        stack_gc::StackGc,
+    },
+    physmem::PageState,
+    LoadError, LoadOptions, Probes,
+};
+use memlens_pods::{LogDirs, PodDirectory};
+use memlens_store::Store;
+
+use crate::{
+    api::{
+        self,
+        metrics::{ApiLatency, MetricsSources},
+        server::InstanceLock,
+        AppState,
+    },
+    health::{EndOnDrop, Health},
+    settings::AgentArgs,
+    status::StatusSource,
+    workers::{
+        engine::{self, CheckRequest, Engine, EngineStats},
+        lifecycle::{self, Drain},
+        refresh::Refresher,
+    },
+};
+
+/// Growth history: every census for this long...
+const HISTORY_FINE_SPAN: Duration = Duration::from_secs(600);
+/// ...and one a minute for this long.
+const HISTORY_COARSE_SPAN: Duration = Duration::from_secs(6 * 3600);
+/// Most stacks kept per history snapshot.
+const HISTORY_MAX_STACKS: usize = 5000;
+/// How long the lifecycle drain and the engine's loop may go without a round (they beat every
+/// 100 ms and 200 ms when well; a long engine run, with evidence symbolized, stays well within).
+const LIFECYCLE_BOUND: Duration = Duration::from_secs(60);
+const ENGINE_BOUND: Duration = Duration::from_secs(600);
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
+    check_retention(args, &config)?;
+    // Before anything touches /run or /var/lib: without root the answer is "run as root".
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(LoadError::NotRoot.into());
+    }
+    // Claim the socket before touching the kernel: a second agent fails here, cleanly.
+    let _lock = InstanceLock::acquire(&socket)?;
+    let store = Store::open(&args.db, args.retention)?;
+    tracing::info!("history in {}", args.db.display());
+    let layout = CgroupLayout::detect()?;
+    tracing::info!("cgroups: {layout}");
+    match layout.memory_cgroup_of("self") {
+        Ok(own) => tracing::info!("the agent itself is in memory cgroup {own}"),
+        Err(e) => tracing::warn!("cannot tell the agent's own memory cgroup: {e}"),
+    }
+    let load = LoadOptions {
+        sample_shift: args.sample_shift,
+        max_sample_entries: args.max_sample_entries,
+        stack_entries: args.stack_entries,
+        kernel_stack_reuse_ns: u64::try_from(args.kernel_stack_reuse.as_nanos())
+            .unwrap_or(u64::MAX),
+        btf: args.btf.clone(),
+        file_entries: args.file_entries,
+        lifecycle_buffer: args.lifecycle_buffer,
+    };
+    let mut probes = Probes::load(&load)?;
+    let census = match PageState::open() {
+        Ok(state) => Ok(PageCensus::new(state, probes.report.sample_shift)),
+        Err(e) => {
+            let why = format!(
+                "cannot open /proc/kpagecgroup and /proc/kpageflags ({e}); held-page estimates \
+                 need a kernel with CONFIG_PROC_PAGE_MONITOR=y"
+            );
+            tracing::warn!("{why}");
+            Err(why)
+        }
+    };
+    let lifecycle_ring = probes.lifecycle.take();
+    let lifecycle_stats = Arc::new(LifecycleStats::default());
+    let engine_stats = Arc::new(EngineStats::default());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // Pod and container names: the Kubernetes API when in a cluster, else the kubelet's logs.
+    let pods = PodDirectory::start(LogDirs::default(), pods_runtime(&runtime));
+    let max_stacks = usize::try_from(args.max_stacks).unwrap_or(usize::MAX);
+    let leaks = LeakSources {
+        history: Arc::new(RwLock::new(GrowthHistory::new(
+            HISTORY_FINE_SPAN,
+            HISTORY_COARSE_SPAN,
+            max_stacks.min(HISTORY_MAX_STACKS),
+        ))),
+        symbols: SymbolService::start().context("cannot start the symbolizer thread")?,
+    };
+    let status = StatusSource {
+        report: probes.report.clone(),
+        counters: Arc::clone(&probes.counters),
+        layout: layout.clone(),
+        census_unavailable: census.as_ref().err().cloned(),
+        lifecycle: Arc::clone(&lifecycle_stats),
+        engine: Arc::clone(&engine_stats),
+        schedule: config.schedule(),
+        pods: pods.clone(),
+        leaks: leaks.clone(),
+        started_at_unix_ms: memlens_types::unix_ms(),
+    };
+    let mut health = Health::default();
+    // A census of a large host at a fine rate can take a while: the bound leaves room for it.
+    let refresh_bound = args.refresh.saturating_mul(5).max(Duration::from_secs(60));
+    let refresh_beat = health.worker("refresh", refresh_bound);
+    let memory_hierarchy = memlens_cgroup::memory_hierarchy_id(layout.version);
+    let memory_root = layout.memory_root.clone();
+    let mut refresher = Refresher {
+        mounts: layout.mount_points().into(),
+        layout,
+        probes,
+        census: census.ok(),
+        attribution: Attribution::new(max_stacks),
+        leaks: leaks.clone(),
+        store,
+        history_interval: args.history_interval,
+        max_cgroups: args.max_cgroups,
+        page_size: memlens_procfs::system::page_size(),
+        stack_gc: StackGc::default(),
+        last_gc: None,
+        stacks_in_use: 0,
+        file_cache: PageCacheCollector::default(),
+        file_names: FileResolver::default(),
+        last_recorded: None,
+    };
+    let views = Arc::new(Views::new(refresher.view()));
+    let published = Arc::clone(&views);
+    let stop = Arc::new(AtomicBool::new(false));
+    let lifecycle_worker = match lifecycle_ring {
+        Some(ring) => Some(lifecycle::spawn(
+            Drain {
+                ring,
+                lifecycle: Lifecycle::new(memory_hierarchy),
+                views: Arc::clone(&views),
+                leaks: leaks.clone(),
+                stats: Arc::clone(&lifecycle_stats),
+                heartbeat: health.worker("lifecycle", LIFECYCLE_BOUND),
+            },
+            &args.db,
+            args.retention,
+            Arc::clone(&stop),
+        )?),
+        None => None,
+    };
+    let (check_tx, check_rx) = mpsc::channel::<CheckRequest>();
+    let engine = Engine {
+        host: config.host.clone().unwrap_or_else(|| "localhost".into()),
+        config,
+        db: args.db.clone(),
+        store: Store::open(&args.db, args.retention)?,
+        views: Arc::clone(&views),
+        leaks: leaks.clone(),
+        memory_root,
+        stats: Arc::clone(&engine_stats),
+        pods: pods.clone(),
+        heartbeat: health.worker("engine", ENGINE_BOUND),
+    };
+    let engine_worker = engine::spawn(engine, check_rx, Arc::clone(&stop))
+        .context("cannot start the event engine")?;
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let interval = args.refresh;
+    let worker = thread::Builder::new()
+        .name("refresh".into())
+        .spawn(move || {
+            let _ended = EndOnDrop(Arc::clone(&refresh_beat));
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(interval) {
+                published.publish(refresher.view());
+                refresh_beat.beat();
+            }
+        })
+        .context("cannot start the refresh thread")?;
+
+    let state = AppState {
+        views,
+        db: args.db.clone(),
+        status: Arc::new(status),
+        leaks,
+        checks: check_tx,
+        metrics: MetricsSources {
+            latency: ApiLatency::default(),
+            lifecycle: lifecycle_stats,
+            engine: engine_stats,
+            stack_entries: u64::from(args.stack_entries),
+            file_entries: u64::from(args.file_entries),
+            pods,
+        },
+        health,
+    };
+    let served = runtime.block_on(api::serve(&socket, args.metrics_addr, state));
+    let _ = stop_tx.send(());
+    let _ = worker.join();
+    stop.store(true, Ordering::Relaxed);
+    if let Some(worker) = lifecycle_worker {
+        let _ = worker.join();
+    }
+    let _ = engine_worker.join();
+    tracing::info!("stopped");
+    served
+}
+
+/// The retention must cover the detectors' windows.
+fn check_retention(args: &AgentArgs, config: &Config) -> Result<()> {
+    let needed = config
+        .leak
+        .lookback
+        .max(config.restarts.window.saturating_mul(2));
+    if needed > args.retention {
+        anyhow::bail!(
+            "--retention {} is shorter than the detectors need ({}: leak.lookback, or twice \
+             restarts.window); raise --retention or shorten the windows",
+            humantime::format_duration(args.retention),
+            humantime::format_duration(needed)
+        );
+    }
+    Ok(())
+}
+
+/// The runtime the Kubernetes API watch runs on (none without the `kube` feature).
+#[cfg(feature = "kube")]
+fn pods_runtime(runtime: &tokio::runtime::Runtime) -> Option<memlens_pods::Runtime> {
+    Some(runtime.handle().clone())
+}
+
+#[cfg(not(feature = "kube"))]
+fn pods_runtime(_runtime: &tokio::runtime::Runtime) -> Option<memlens_pods::Runtime> {
+    None
+}

@@ -1,0 +1,6 @@
+//! The agent's threads: the refresh (census, attribution, snapshot, history), the lifecycle
+//! drain, and the event engine. Each beats a [`crate::health::Heartbeat`] after every round.
+
+pub mod engine;
+pub mod lifecycle;
+pub mod refresh;

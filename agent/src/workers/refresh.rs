@@ -1,0 +1,138 @@
+//! The refresh: every `--refresh`, one census of the sampled frames, the leak and file-cache
+//! attribution of it, the kernel's counters of every cgroup, and (every `--history-interval`) a
+//! sample of each into the database; published as the newest [`View`].
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use memlens_attribution::{
+    file_cache::{self, FileView},
+    file_names::FileResolver,
+    query::LeakSources,
+    Attribution, View,
+};
+use memlens_cgroup::{CgroupLayout, Discovery};
+use memlens_kernel::{
+    collectors::{census::PageCensus, page_cache::PageCacheCollector, stack_gc::StackGc},
+    Probes,
+};
+use memlens_store::Store;
+use memlens_types::{selector::MountPoint, unix_ms, PageSize};
+
+/// Stack collection runs at most this often; a kernel stack reused from the per-CPU memo is at
+/// most `settings::MAX_KERNEL_STACK_REUSE` old, far less than two collections apart.
+const STACK_GC_INTERVAL: Duration = Duration::from_secs(10);
+/// Files kept per cgroup in the file-cache view.
+const TOP_FILES: usize = 50;
+/// New stacks of live processes symbolized in the background per refresh.
+const PREFETCH_PER_REFRESH: usize = 256;
+
+/// Owns everything one refresh reads.
+pub struct Refresher {
+    pub layout: CgroupLayout,
+    pub mounts: Arc<[MountPoint]>,
+    pub probes: Probes,
+    pub census: Option<PageCensus>,
+    pub attribution: Attribution,
+    pub leaks: LeakSources,
+    pub store: Store,
+    pub history_interval: Duration,
+    pub max_cgroups: usize,
+    pub page_size: PageSize,
+    pub stack_gc: StackGc,
+    pub last_gc: Option<Instant>,
+    pub stacks_in_use: usize,
+    pub file_cache: PageCacheCollector,
+    pub file_names: FileResolver,
+    pub last_recorded: Option<Instant>,
+}
+
+impl Refresher {
+    /// One refresh.
+    pub fn view(&mut self) -> View {
+        let census = self
+            .census
+            .as_ref()
+            .map(|c| c.take(&self.probes.page_allocs));
+        if let Some(census) = &census {
+            if self
+                .last_gc
+                .is_none_or(|t| t.elapsed() >= STACK_GC_INTERVAL)
+            {
+                let (in_use, deleted) = self
+                    .stack_gc
+                    .collect(&mut self.probes.stacks, &census.referenced_stacks);
+                self.stacks_in_use = in_use;
+                self.attribution.forget_stack_ids(&deleted);
+                self.last_gc = Some(Instant::now());
+            }
+        }
+        let leaks = census.as_ref().map(|census| {
+            let view = self
+                .attribution
+                .update(census, &self.probes.stacks, unix_ms());
+            if let Ok(mut history) = self.leaks.history.write() {
+                history.record(&view.table);
+            }
+            let view = Arc::new(view);
+            let background = Arc::clone(&view);
+            // Symbolize new stacks while their processes live; skipped when the symbolizer is busy.
+            self.leaks.symbols.spawn(move |symbols| {
+                symbols.forget_gone(&background);
+                symbols.prefetch(&background, PREFETCH_PER_REFRESH);
+            });
+            view
+        });
+        let discovery =
+            memlens_cgroup::discover(&self.layout, self.max_cgroups).unwrap_or_else(|e| {
+                tracing::warn!("cannot list cgroups: {e}");
+                Discovery::default()
+            });
+        let mut snapshot = memlens_model::snapshot::build(
+            &self.layout,
+            &discovery,
+            census.as_ref(),
+            self.page_size,
+        );
+        snapshot.sample_shift = self.probes.report.sample_shift;
+        snapshot.counters = self.probes.counters.totals();
+        snapshot.stacks_in_use = self.stacks_in_use;
+        snapshot.stacks_collected = self.stack_gc.collected;
+        snapshot.programs = self.probes.program_stats();
+        let files = match self.probes.file_pages.as_mut() {
+            Some(map) => {
+                let counts = self.file_cache.collect(map);
+                let view = file_cache::build(
+                    &counts,
+                    &discovery,
+                    &mut self.file_names,
+                    self.page_size,
+                    TOP_FILES,
+                );
+                file_cache::annotate(&mut snapshot.cgroups, &view);
+                view
+            }
+            None => FileView::default(),
+        };
+        if self
+            .last_recorded
+            .is_none_or(|t| t.elapsed() >= self.history_interval)
+        {
+            self.last_recorded = Some(Instant::now());
+            if let Err(e) = self
+                .store
+                .record(snapshot.taken_at_unix_ms, &snapshot.cgroups)
+            {
+                tracing::warn!("history not recorded: {e}");
+            }
+        }
+        View {
+            snapshot,
+            leaks: leaks.unwrap_or_default(),
+            files: Arc::new(files),
+            mounts: Arc::clone(&self.mounts),
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! Leak attribution: estimated bytes held per (memory cgroup, process, kernel stack, user stack),
+//! from each page census, kept over time so growth per stack is known.
+//!
+//! A sampled frame stands for `2^shift` pages; an allocation of order `o` counts as
+//! `2^(shift - o)` objects (its Horvitz-Thompson weight), so `objects` estimates how many
+//! allocations are live, whatever their size.
+
+pub mod file_cache;
+pub mod file_names;
+pub mod growth;
+pub mod query;
+pub mod report;
+pub mod symbol_service;
+pub mod symbols;
+pub mod view;
+
+use std::{
+    collections::{HashMap, HashSet},
+    hash::{DefaultHasher, Hash as _, Hasher as _},
+    sync::Arc,
+};
+
+use memlens_model::{
+    census::{Census, TrackedFrame},
+    StackTable,
+};
+use memlens_procfs::{maps, Mapping};
+use memlens_symbolize::{
+    leaf::{LeafResolver, LeafRule},
+    StackAddr,
+};
+pub use memlens_types::stack::LeafCaller;
+use memlens_types::{MemcgId, PageKind};
+pub use view::{View, Views};
+
+/// Signature of the stacks merged into a cgroup's "other" entry once the table is full.
+pub const OTHER: u64 = 0;
+/// Signature of "no stack" (a kernel thread has no user stack; a failed capture).
+pub const NONE: u64 = 1;
+
+/// A process over time: pids are reused, so the start time is part of its identity. `start_ns`
+/// is 0 when the allocating process was gone before the agent could look at it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcessKey {
+    pub tgid: u32,
+    pub start_ns: u64,
+}
+
+/// What one leak-table entry counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LeakKey {
+    pub memcg: MemcgId,
+    pub process: ProcessKey,
+    /// Anonymous memory (a leak candidate), page cache, or kernel memory.
+    pub kind: PageKind,
+    /// Signature of the kernel stack (`OTHER`, `NONE` or a hash of its addresses).
+    pub kernel: u64,
+    /// Signature of the user stack, after leaf recovery.
+    pub user: u64,
+}
+
+/// Estimated pages and live allocations.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Held {
+    pub pages: f64,
+    pub objects: f64,
+}
+
+impl Held {
+    fn add(&mut self, other: Held) {
+        self.pages += other.pages;
+        self.objects += other.objects;
+    }
+}
+
+/// One census, aggregated by stack.
+#[derive(Clone, Debug, Default)]
+pub struct LeakTable {
+    pub taken_at_unix_ms: u64,
+    pub shift: u32,
+    pub entries: HashMap<LeakKey, Held>,
+    /// Distinct stacks merged into their cgroup's "other" entry because of the cap.
+    pub overflow_keys: u64,
+}
+
+/// A user stack, innermost first, with how its leaf caller was established.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserStack {
+    pub addrs: Vec<StackAddr>,
+    pub leaf: LeafCaller,
+}
+
+/// What was known of a process when its pages were seen.
+#[derive(Clone, Debug)]
+pub struct ProcessInfo {
+    pub key: ProcessKey,
+    pub comm: String,
+    pub maps: Vec<Mapping>,
+}
+
+/// One census' table and everything it refers to: what queries read.
+#[derive(Clone, Debug, Default)]
+pub struct LeakView {
+    pub table: LeakTable,
+    pub user_stacks: HashMap<u64, Arc<UserStack>>,
+    pub kernel_stacks: HashMap<u64, Arc<[u64]>>,
+    pub processes: HashMap<ProcessKey, Arc<ProcessInfo>>,
+    /// Processes still running at this census.
+    pub alive: HashSet<ProcessKey>,
+}
+
+/// Turns censuses into leak tables; owned by the agent's refresh thread.
+pub struct Attribution {
+    max_keys: usize,
+    /// Stack map contents by id (ids stay valid until the stack collector deletes them).
+    stack_ips: HashMap<u32, Arc<[u64]>>,
+    /// The latest process seen with each pid.
+    processes: HashMap<u32, Arc<ProcessInfo>>,
+    leaf: LeafResolver,
+    leaf_rules: HashMap<(ProcessKey, u64), LeafRule>,
+    user_stacks: HashMap<u64, Arc<UserStack>>,
+    kernel_stacks: HashMap<u64, Arc<[u64]>>,
+}
+
+impl Attribution {
+    #[must_use]
+    pub fn new(max_keys: usize) -> Attribution {
+        Attribution {
+            max_keys,
+            stack_ips: HashMap::new(),
+            processes: HashMap::new(),
+            leaf: LeafResolver::default(),
+            leaf_rules: HashMap::new(),
+            user_stacks: HashMap::new(),
+            kernel_stacks: HashMap::new(),
+        }
+    }
+
+    /// Stack ids the collector deleted: their ids may now name other stacks.
+    pub fn forget_stack_ids(&mut self, ids: &[u32]) {
+        for id in ids {
+            self.stack_ips.remove(id);
+        }
+    }
+
+    /// Aggregates one census.
+    pub fn update(&mut self, census: &Census, stacks: &dyn StackTable, unix_ms: u64) -> LeakView {
+        let weight = f64::from(1u32 << census.shift.min(31));
+        let mut view = LeakView::default();
+        let mut checked: HashMap<u32, (Arc<ProcessInfo>, bool)> = HashMap::new();
+        let mut entries: HashMap<LeakKey, Held> = HashMap::new();
+        for frame in &census.tracked {
+            let record = &frame.record;
+            let (process, alive) = checked
+                .entry(record.tgid)
+                .or_insert_with(|| self.process(record.tgid, record.ts_ns, &record.comm))
+                .clone();
+            if alive {
+                view.alive.insert(process.key);
+            }
+            let kernel = self.stack(stacks, record.kernel_stack).map_or(NONE, |ips| {
+                let sig = signature(&ips, |a| (*a, false));
+                self.kernel_stacks.entry(sig).or_insert(ips);
+                sig
+            });
+            let user = match self.stack(stacks, record.user_stack) {
+                None => NONE,
+                Some(ips) => self.user_stack(&process, alive, &ips, frame),
+            };
+            let key = LeakKey {
+                memcg: frame.memcg,
+                process: process.key,
+                kind: frame.kind,
+                kernel,
+                user,
+            };
+            let order = i32::from(record.order.min(30));
+            let objects = weight * 2f64.powi(-order);
+            entries.entry(key).or_default().add(Held {
+                pages: weight,
+                objects,
+            });
+            view.processes.entry(process.key).or_insert(process);
+        }
+        let overflow_keys = cap(&mut entries, self.max_keys);
+        for key in entries.keys() {
+            if let Some(s) = self.user_stacks.get(&key.user) {
+                view.user_stacks.insert(key.user, Arc::clone(s));
+            }
+            if let Some(s) = self.kernel_stacks.get(&key.kernel) {
+                view.kernel_stacks.insert(key.kernel, Arc::clone(s));
+            }
+        }
+        // Keep only what the current table refers to.
+        self.user_stacks
+            .retain(|sig, _| view.user_stacks.contains_key(sig));
+        self.kernel_stacks
+            .retain(|sig, _| view.kernel_stacks.contains_key(sig));
+        self.leaf_rules
+            .retain(|(p, _), _| view.processes.contains_key(p));
+        self.processes
+            .retain(|_, p| view.processes.contains_key(&p.key));
+        view.table = LeakTable {
+            taken_at_unix_ms: unix_ms,
+            shift: census.shift,
+            entries,
+            overflow_keys,
+        };
+        view
+    }
+
+    /// The stack with map id `id`, read once and then cached.
+    fn stack(&mut self, stacks: &dyn StackTable, id: i32) -> Option<Arc<[u64]>> {
+        let id = u32::try_from(id).ok()?;
+        if let Some(ips) = self.stack_ips.get(&id) {
+            return Some(Arc::clone(ips));
+        }
+        let ips: Arc<[u64]> = stacks.addresses(id)?.into();
+        if ips.is_empty() {
+            return None;
+        }
+        self.stack_ips.insert(id, Arc::clone(&ips));
+        Some(ips)
+    }
+
+    /// The process that allocated at `ts_ns` with pid `tgid`, and whether it still runs.
+    fn process(&mut self, tgid: u32, ts_ns: u64, comm: &[u8; 16]) -> (Arc<ProcessInfo>, bool) {
+        const SLACK_NS: u64 = 1_000_000_000;
+        let known = self.processes.get(&tgid).cloned();
+        match memlens_procfs::start_time_ns(tgid) {
+            // The running process with this pid is the one that allocated.
+            Ok(start) if start <= ts_ns.saturating_add(SLACK_NS) => {
+                if let Some(p) = known.filter(|p| p.key.start_ns == start) {
+                    return (p, true);
+                }
+                let info = Arc::new(ProcessInfo {
+                    key: ProcessKey {
+                        tgid,
+                        start_ns: start,
+                    },
+                    comm: comm_string(comm),
+                    maps: maps::read_maps(tgid).unwrap_or_default(),
+                });
+                self.processes.insert(tgid, Arc::clone(&info));
+                (info, true)
+            }
+            // Gone (or its pid now belongs to a newer process): what we knew, if anything.
+            _ => {
+                if let Some(p) = known.filter(|p| {
+                    p.key.start_ns != 0 && p.key.start_ns <= ts_ns.saturating_add(SLACK_NS)
+                }) {
+                    return (p, false);
+                }
+                let info = Arc::new(ProcessInfo {
+                    key: ProcessKey { tgid, start_ns: 0 },
+                    comm: comm_string(comm),
+                    maps: Vec::new(),
+                });
+                self.processes.insert(tgid, Arc::clone(&info));
+                (info, false)
+            }
+        }
+    }
+
+    /// The user stack of `frame`, with its frameless leaf's caller recovered when the leaf's
+    /// unwind rule says where it is; returns its signature.
+    fn user_stack(
+        &mut self,
+        process: &Arc<ProcessInfo>,
+        alive: bool,
+        ips: &[u64],
+        frame: &TrackedFrame,
+    ) -> u64 {
+        let record = &frame.record;
+        let leaf_ip = ips[0];
+        let rule = if record.user_sp == 0 {
+            LeafRule::Unknown
+        } else {
+            *self
+                .leaf_rules
+                .entry((process.key, leaf_ip))
+                .or_insert_with(|| match maps::find(&process.maps, leaf_ip) {
+                    Some(mapping) if alive => self.leaf.rule(process.key.tgid, mapping, leaf_ip),
+                    _ => LeafRule::Unknown,
+                })
+        };
+        let recovered = match rule {
+            LeafRule::StackWord(i) => record
+                .user_stack_top
+                .get(i)
+                .copied()
+                .filter(|&ra| maps::find(&process.maps, ra).is_some_and(|m| m.executable)),
+            _ => None,
+        };
+        let leaf = match (rule, recovered) {
+            (LeafRule::FramePointer, _) => LeafCaller::FramePointer,
+            (LeafRule::StackWord(_), Some(_)) => LeafCaller::Recovered,
+            _ => LeafCaller::MaybeMissing,
+        };
+        let mut addrs = Vec::with_capacity(ips.len() + 1);
+        addrs.push(StackAddr {
+            addr: leaf_ip,
+            return_address: false,
+            recovered: false,
+        });
+        match recovered {
+            // The walk already has it (the leaf's caller set no frame of its own either).
+            Some(ra) if ips.get(1) == Some(&ra) => {}
+            Some(ra) => addrs.push(StackAddr {
+                addr: ra,
+                return_address: true,
+                recovered: true,
+            }),
+            None => {}
+        }
+        addrs.extend(ips[1..].iter().map(|&addr| StackAddr {
+            addr,
+            return_address: true,
+            recovered: false,
+        }));
+        let sig = signature(&addrs, |a| (a.addr, a.recovered));
+        self.user_stacks
+            .entry(sig)
+            .or_insert_with(|| Arc::new(UserStack { addrs, leaf }));
+        sig
+    }
+}
+
+/// Keeps the `max_keys` largest entries; merges the rest into their cgroup's "other" entry.
+/// Returns how many entries were merged.
+fn cap(entries: &mut HashMap<LeakKey, Held>, max_keys: usize) -> u64 {
+    if entries.len() <= max_keys {
+        return 0;
+    }
+    let mut all: Vec<(LeakKey, Held)> = entries.drain().collect();
+    all.sort_by(|a, b| b.1.pages.total_cmp(&a.1.pages).then(a.0.cmp(&b.0)));
+    let rest = all.split_off(max_keys.saturating_sub(1));
+    let merged = rest.len() as u64;
+    entries.extend(all);
+    for (key, held) in rest {
+        let other = LeakKey {
+            memcg: key.memcg,
+            process: ProcessKey {
+                tgid: 0,
+                start_ns: 0,
+            },
+            kind: key.kind,
+            kernel: OTHER,
+            user: OTHER,
+        };
+        entries.entry(other).or_default().add(held);
+    }
+    merged
+}
+
+/// A stack's signature; `OTHER` and `NONE` are never produced.
+fn signature<T>(items: &[T], key: impl Fn(&T) -> (u64, bool)) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    for item in items {
+        key(item).hash(&mut hasher);
+    }
+    hasher.finish().max(NONE + 1)
+}
+
+fn comm_string(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u64) -> LeakKey {
+        LeakKey {
+            memcg: MemcgId(7),
+            process: ProcessKey {
+                tgid: 1,
+                start_ns: 1,
+            },
+            kind: PageKind::Anon,
+            kernel: 100 + n,
+            user: 100 + n,
+        }
+    }
+
+    #[test]
+    fn the_cap_merges_the_smallest_stacks_into_other_per_cgroup() {
+        let mut entries: HashMap<LeakKey, Held> = (1..=5u64)
+            .map(|n| {
+                (
+                    key(n),
+                    Held {
+                        pages: n as f64,
+                        objects: 1.0,
+                    },
+                )
+            })
+            .collect();
+        let merged = cap(&mut entries, 3);
+        assert_eq!(merged, 3);
+        assert_eq!(entries.len(), 3);
+        assert!(entries.contains_key(&key(5)) && entries.contains_key(&key(4)));
+        let other = entries
+            .iter()
+            .find(|(k, _)| k.user == OTHER)
+            .map(|(_, v)| *v)
+            .expect("other entry");
+        assert_eq!(other.pages, 6.0);
+        let total: f64 = entries.values().map(|h| h.pages).sum();
+        assert_eq!(total, 15.0, "nothing is lost by the cap");
+    }
+
+    #[test]
+    fn signatures_avoid_the_reserved_values_and_see_recovery() {
+        let a = [StackAddr {
+            addr: 1,
+            return_address: false,
+            recovered: false,
+        }];
+        let b = [StackAddr {
+            addr: 1,
+            return_address: false,
+            recovered: true,
+        }];
+        let (sa, sb) = (
+            signature(&a, |x| (x.addr, x.recovered)),
+            signature(&b, |x| (x.addr, x.recovered)),
+        );
+        assert!(sa > NONE && sb > NONE);
+        assert_ne!(sa, sb);
+        assert_eq!(comm_string(b"leak\0\0\0\0\0\0\0\0\0\0\0\0"), "leak");
+    }
+}

@@ -1,0 +1,175 @@
+//! Arguments of the client subcommands.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Subcommand};
+use memlens_types::{
+    event::{EventKind, Status},
+    CgroupSelector,
+};
+
+#[derive(Args, Debug)]
+pub struct LifecycleArgs {
+    /// Only this memory cgroup (id, path, path under /sys/fs/cgroup, or end of path) and its
+    /// descendants.
+    #[arg(long)]
+    pub cgroup: Option<CgroupSelector>,
+    /// How far back (e.g. 30m, 1h).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub since: Duration,
+    /// Most records, newest first.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub limit: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EventsCommand {
+    /// Events, newest first.
+    List(EventsListArgs),
+    /// One event: its evidence, and a chart of the usage with the forecast and the limit.
+    Show(EventShowArgs),
+    /// One event, or all, as JSON on standard output.
+    Export(EventExportArgs),
+    /// Run the detectors now and print what they raised and what recovered.
+    Check(EventCheckArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EventsListArgs {
+    /// `open` or `recovered`.
+    #[arg(long)]
+    pub status: Option<Status>,
+    /// `leak_suspected`, `file_cache_pressure` or `abnormal_restarts`.
+    #[arg(long)]
+    pub kind: Option<EventKind>,
+    /// Most events.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub limit: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EventShowArgs {
+    /// The event's id (see `memlens events list`).
+    pub id: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EventExportArgs {
+    /// The event's id; all events when left out.
+    pub id: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct EventCheckArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    /// The memory cgroup (id, path, path under /sys/fs/cgroup, or end of path).
+    #[arg(long)]
+    pub cgroup: CgroupSelector,
+    /// How far back (e.g. 1h).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub since: Duration,
+    /// Most samples shown (evenly thinned).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub limit: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CacheArgs {
+    /// This memory cgroup (id, path, path under /sys/fs/cgroup, or end of path); default: the
+    /// 10 with the most page cache.
+    #[arg(long)]
+    pub cgroup: Option<CgroupSelector>,
+    /// This pod (UID or its beginning).
+    #[arg(long)]
+    pub pod: Option<String>,
+    /// Files per cgroup.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=50))]
+    pub top: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LeaksArgs {
+    /// Only this memory cgroup (id, path, path under /sys/fs/cgroup, or end of path) and its
+    /// descendants.
+    #[arg(long)]
+    pub cgroup: Option<CgroupSelector>,
+    /// Only this pod (UID or its beginning).
+    #[arg(long)]
+    pub pod: Option<String>,
+    /// Only this process.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Growth window (e.g. 30s, 10m, 2h).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub since: Duration,
+    /// Stacks per list.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub top: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the matching stacks as a gzip'd pprof profile to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub pprof: Option<PathBuf>,
+    /// Also write a flame graph SVG of the matching stacks to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub flamegraph: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TopArgs {
+    /// Print JSON (all fields, bytes as integers) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Redraw every --interval until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+    /// Redraw interval for --watch (e.g. 2s).
+    #[arg(long, default_value = "2s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Show at most N cgroups (0: all the agent returns).
+    #[arg(long, default_value_t = 25)]
+    pub limit: usize,
+    /// Only this cgroup: its id, its path (as in the hierarchy or under /sys/fs/cgroup), or the
+    /// end of its path.
+    #[arg(long)]
+    pub cgroup: Option<CgroupSelector>,
+}
+
+/// A redraw interval between 100 ms and 1 h.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let d =
+        humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 2s, 500ms, 1m)"))?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err("must be between 100ms and 1h".into());
+    }
+    Ok(d)
+}

@@ -1,0 +1,17 @@
+//! The command line's client side: each subcommand that asks the running agent (`top`, `leaks`,
+//! `cache`, `history`, `lifecycle`, `events`, `status`) as clap arguments, a typed request
+//! through [`client::Client`], and the terminal rendering of the answer. Knows the API's types
+//! and nothing of the agent's insides.
+
+pub mod args;
+pub mod cache;
+pub mod chart;
+pub mod client;
+pub mod events;
+pub mod history;
+pub mod leaks;
+pub mod lifecycle;
+pub mod status;
+pub mod top;
+
+pub use client::{Client, ClientError};

@@ -1,0 +1,51 @@
+//! Leak entries as a flame graph SVG, drawn by inferno: one tower per stack, width = held bytes,
+//! root = the process, then its stack outermost first (the user stack; the kernel stack for
+//! kernel threads, as in the pprof profile).
+
+use inferno::flamegraph::{self, Options};
+
+use memlens_types::leaks::LeakEntry;
+
+use crate::pprof::profile_frames;
+
+/// Folded stacks (`a;b;c <bytes>`), the format inferno reads.
+#[must_use]
+pub fn folded(entries: &[LeakEntry]) -> Vec<String> {
+    entries
+        .iter()
+        .filter(|e| e.held_bytes > 0)
+        .map(|e| {
+            let mut frames = vec![clean(&format!("{} [{}]", e.comm, e.pid))];
+            if e.other {
+                frames.push("[other stacks]".into());
+            }
+            let kernel = e.user_stack.is_empty();
+            frames.extend(profile_frames(e).iter().rev().map(|f| {
+                let name = clean(&f.display_name());
+                if kernel {
+                    format!("{name}_[k]")
+                } else {
+                    name
+                }
+            }));
+            format!("{} {}", frames.join(";"), e.held_bytes)
+        })
+        .collect()
+}
+
+/// `;` separates frames and the last space the count: neither may appear in a frame.
+fn clean(name: &str) -> String {
+    name.replace(';', ":").replace(' ', "\u{a0}")
+}
+
+/// Renders `entries` as an SVG flame graph.
+pub fn svg(entries: &[LeakEntry], title: &str) -> Result<Vec<u8>, String> {
+    let lines = folded(entries);
+    let mut options = Options::default();
+    options.title = title.to_string();
+    options.count_name = "bytes".into();
+    let mut out = Vec::new();
+    flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), &mut out)
+        .map_err(|e| e.to_string())?;
+    Ok(out)
+}

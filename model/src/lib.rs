@@ -1,0 +1,17 @@
+//! What the collectors hand on: plain data about one instant of the host, with no kernel handle
+//! in it. A census of the sampled page frames, the page cache per (cgroup, file), and the
+//! snapshot of every memory cgroup that joins the kernel's counters with the census.
+//! Attribution and the agent's API read these; only the kernel crate produces them.
+
+pub mod census;
+pub mod page_cache;
+pub mod snapshot;
+
+pub use snapshot::Snapshot;
+
+/// The kernel's stack map, as the census' records refer to it: stack id to instruction
+/// addresses, innermost first.
+pub trait StackTable {
+    /// The addresses of stack `id`; None when the id names no stack (any more).
+    fn addresses(&self, id: u32) -> Option<Vec<u64>>;
+}

@@ -1,0 +1,64 @@
+//! The database's schema, versioned with SQLite's `user_version`: [`MIGRATIONS`] takes any older
+//! database to the current version at open, in one transaction each, and a database newer than
+//! this binary is refused rather than guessed at.
+
+/// Schema migrations, in order: `MIGRATIONS[i]` takes version `i` to `i + 1`.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // 1: per-cgroup samples.
+    "CREATE TABLE cgroup_samples (
+        ts_ms INTEGER NOT NULL,
+        cgroup_id INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        usage_bytes INTEGER NOT NULL,
+        anon_bytes INTEGER NOT NULL,
+        file_bytes INTEGER NOT NULL,
+        active_file_bytes INTEGER NOT NULL,
+        inactive_file_bytes INTEGER NOT NULL,
+        working_set_bytes INTEGER NOT NULL,
+        kernel_bytes INTEGER NOT NULL,
+        limit_bytes INTEGER,
+        held_bytes INTEGER,
+        PRIMARY KEY (path, ts_ms)
+    ) WITHOUT ROWID;
+    CREATE INDEX cgroup_samples_by_time ON cgroup_samples (ts_ms);",
+    // 2: lifecycle records (process exits, OOM kills, cgroups created and removed).
+    "CREATE TABLE lifecycle (
+        ts_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        comm TEXT NOT NULL,
+        cgroup_id INTEGER NOT NULL,
+        cgroup_path TEXT,
+        exit_code INTEGER,
+        signal INTEGER,
+        oom_killed INTEGER NOT NULL,
+        main_process INTEGER NOT NULL,
+        anon_rss_bytes INTEGER,
+        file_rss_bytes INTEGER,
+        shmem_rss_bytes INTEGER,
+        evidence TEXT,
+        PRIMARY KEY (ts_ms, kind, pid, cgroup_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX lifecycle_by_cgroup ON lifecycle (cgroup_path, ts_ms);",
+    // 3: the event engine's events; one open event per kind and subject.
+    "CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        status TEXT NOT NULL,
+        summary TEXT NOT NULL,
+        first_seen_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL,
+        recovered_ms INTEGER,
+        dimensions TEXT NOT NULL,
+        evidence TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX events_one_open ON events (kind, subject) WHERE status = 'open';
+    CREATE INDEX events_by_subject ON events (kind, subject, recovered_ms);",
+    // 4: the cgroup's own OOM-kill counter (to find kills no victim event was seen for) and the
+    // file with the most page cache, per sample.
+    "ALTER TABLE cgroup_samples ADD COLUMN oom_kills INTEGER;
+    ALTER TABLE cgroup_samples ADD COLUMN top_file TEXT;
+    ALTER TABLE cgroup_samples ADD COLUMN top_file_bytes INTEGER;",
+];

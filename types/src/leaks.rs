@@ -1,0 +1,98 @@
+//! Leak attribution as served: which stacks hold memory and which grow (`/v1/leaks`).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    selector::CgroupSelector,
+    stack::{Frame, LeafCaller},
+    units::{MemcgId, PageKind},
+};
+
+/// One stack of an answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LeakEntry {
+    pub cgroup_id: MemcgId,
+    pub cgroup: String,
+    /// 0 for a cgroup's "other stacks" entry.
+    pub pid: u32,
+    pub comm: String,
+    pub process_alive: bool,
+    /// Anonymous memory (leak candidate), file (page cache) or kernel.
+    pub kind: PageKind,
+    pub held_bytes: u64,
+    /// Estimated live allocations.
+    pub objects: u64,
+    /// Held now minus held at the start of the window (negative: shrinking).
+    pub growth_bytes: i64,
+    pub growth_bytes_per_second: f64,
+    /// Stacks merged by the cap on distinct stacks.
+    pub other: bool,
+    pub leaf_caller: Option<LeafCaller>,
+    /// The user stack was cut short by code without frame pointers.
+    pub truncated: bool,
+    /// Innermost first.
+    pub user_stack: Vec<Frame>,
+    pub kernel_stack: Vec<Frame>,
+}
+
+/// Query of `GET /v1/leaks` (and its `/pprof` and `/flamegraph` forms).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaksQuery {
+    /// A memory cgroup and its descendants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<CgroupSelector>,
+    /// A pod, by UID (or its beginning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Growth window, e.g. `10m` (default 10m, at most 24h).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
+    pub since: Option<Duration>,
+    /// Stacks per list (default 10, at most 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top: Option<usize>,
+    /// Answer from the census taken at this time (`taken_at_unix_ms` of an earlier answer), so
+    /// several requests describe the same instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<u64>,
+}
+
+/// `GET /v1/leaks`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LeaksResponse {
+    pub taken_at_unix_ms: u64,
+    pub sample_shift: u32,
+    /// The window asked for, and the one history could cover (shorter while the agent is young).
+    pub requested_window_seconds: f64,
+    pub window_seconds: f64,
+    /// Held bytes of all matching stacks.
+    pub held_bytes: u64,
+    pub matching_stacks: usize,
+    /// Distinct stacks merged into "other" entries by the cap, in this census.
+    pub overflow_stacks: u64,
+    /// Largest growth first.
+    pub by_growth: Vec<LeakEntry>,
+    /// Most held first.
+    pub by_held: Vec<LeakEntry>,
+}
+
+/// One of a cgroup's largest stacks, labelled by its innermost named functions (for metrics,
+/// whose cardinality must stay bounded).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgroupStack {
+    pub cgroup: String,
+    /// `f < g < h`: innermost first, at most [`STACK_LABEL_FRAMES`] named frames.
+    pub stack: String,
+    pub bytes: u64,
+}
+
+/// Named frames in a stack label.
+pub const STACK_LABEL_FRAMES: usize = 3;

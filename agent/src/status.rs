@@ -181,7 +181,7 @@ impl StatusSource {
                     view.files.entries, r.file_entries, view.files.below_zero
                 ),
             ),
-            Err(why) => add("page cache", CapabilityState::Unavailable, why.clone()),
+            Err(why) => add("page cache", CapabilityState::Unavailable, why.to_string()),
         }
         match &r.lifecycle_probe {
             Ok(how) => add(
@@ -196,7 +196,7 @@ impl StatusSource {
                     self.lifecycle.capped.load(Ordering::Relaxed)
                 ),
             ),
-            Err(why) => add("lifecycle", CapabilityState::Unavailable, why.clone()),
+            Err(why) => add("lifecycle", CapabilityState::Unavailable, why.to_string()),
         }
         add("pod names", CapabilityState::Ok, self.pods.source());
         let (engine, schedule) = (&self.engine, &self.schedule);

@@ -96,6 +96,10 @@ impl Drop for Inner {
         if let Some(task) = &self.api_task {
             task.abort();
         }
+        #[cfg(not(feature = "kube"))]
+        if let Some(never) = &self.api_task {
+            match *never {}
+        }
     }
 }
 
@@ -114,6 +118,13 @@ struct ApiView {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(
+    not(feature = "kube"),
+    expect(
+        dead_code,
+        reason = "set by the Kubernetes API watch, which this build leaves out"
+    )
+)]
 enum ApiState {
     /// Not asked for.
     #[default]

@@ -95,6 +95,13 @@ impl Table {
         }
     }
 
+    #[cfg_attr(
+        not(feature = "kube"),
+        expect(
+            dead_code,
+            reason = "used by the Kubernetes API watch, which this build leaves out"
+        )
+    )]
     pub(crate) fn remove(&mut self, uid: &str, now: Instant) {
         if let Some(pod) = self.pods.get_mut(uid) {
             pod.gone_since.get_or_insert(now);

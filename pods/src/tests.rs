@@ -3,10 +3,7 @@
 use std::{collections::HashMap, path::Path};
 
 use super::*;
-use crate::{
-    log_dirs::{parse_container_log, parse_pod_dir, pod_of_log_target, ContainerLog},
-    table::PodRecord,
-};
+use crate::log_dirs::{parse_container_log, parse_pod_dir, pod_of_log_target, ContainerLog};
 
 const COREDNS_UID: &str = "0f3c5c7e-8d1c-4c0e-9f5e-1a2b3c4d5e6f";
 const COREDNS_POD: &str = "coredns-5d78c9869d-4xz7b";
@@ -264,7 +261,10 @@ mod api {
     use k8s_openapi::api::core::v1::Pod;
 
     use super::*;
-    use crate::api::{node_name, record_from_pod};
+    use crate::{
+        api::{node_name, record_from_pod},
+        table::PodRecord,
+    };
 
     fn coredns_pod() -> Pod {
         serde_json::from_value(serde_json::json!({

@@ -453,6 +453,37 @@ impl Agent {
         serde_json::from_slice(&out.stdout).expect("top --json is JSON")
     }
 
+    /// The time of the census the agent serves now (`taken_at_unix_ms` of `top`).
+    #[must_use]
+    pub fn census_time(&self) -> u64 {
+        let out = self.cli(&["top", "--json", "--limit", "1"]);
+        assert!(out.status.success(), "memlens top failed:\n{}", self.log());
+        let top: Value = serde_json::from_slice(&out.stdout).expect("top --json is JSON");
+        top["taken_at_unix_ms"].as_u64().expect("taken_at_unix_ms")
+    }
+
+    /// Waits until the agent has published `n` censuses taken after this call: what they show
+    /// was measured after everything the caller did before.
+    pub fn wait_censuses(&self, n: usize) {
+        let deadline = Instant::now() + patience(Duration::from_secs(30));
+        let mut last = self.census_time();
+        let mut seen = 0;
+        while seen < n {
+            assert!(
+                Instant::now() < deadline,
+                "the agent published {seen} of {n} censuses in {:?}:\n{}",
+                patience(Duration::from_secs(30)),
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(100));
+            let now = self.census_time();
+            if now != last {
+                seen += 1;
+                last = now;
+            }
+        }
+    }
+
     /// The row of cgroup `path` in `memlens top --json`, if listed.
     #[must_use]
     pub fn row(&self, path: &str) -> Option<Value> {

@@ -156,6 +156,8 @@ fn malformed_api_requests_get_http_errors() {
         b"GET /v1/events?kind=meltdown HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         b"GET /v1/events/seven HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         b"GET /v1/lifecycle?since=yesterday HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /v1/leaks?since=soon HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /v1/top?cgroup= HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     ] {
         let answer = raw_request(&agent.socket, request);
         assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");

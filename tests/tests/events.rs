@@ -162,11 +162,13 @@ fn a_steady_leak_is_forecast_before_its_oom_kill_across_an_agent_restart() {
         Some(256 * MIB),
         "{evidence}"
     );
-    assert!(
-        evidence["anon_growth_bytes_per_hour"].as_f64()
-            > evidence["file_growth_bytes_per_hour"].as_f64(),
-        "{evidence}"
-    );
+    let anon = evidence["anon_growth_bytes_per_hour"]
+        .as_f64()
+        .expect("anon growth");
+    let file = evidence["file_growth_bytes_per_hour"]
+        .as_f64()
+        .expect("file growth");
+    assert!(anon > file, "{evidence}");
     assert!(
         evidence["top_processes"][0]["pid"].as_u64() == Some(u64::from(leak.pid())),
         "top process: {}",

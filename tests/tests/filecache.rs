@@ -67,9 +67,9 @@ fn a_log_files_page_cache_is_attributed_to_it_and_leaves_on_truncate() {
     let log_path = log.to_str().expect("path").to_string();
     let mut writer = Workload::start(&cgroup, &["appendlog", &log_path, "300"]);
     writer.expect_line("written");
-    // Two refreshes (500 ms) after the writing ended: an answer from a refresh taken while the
-    // log was still being written would already pass the wait below, short of its end.
-    std::thread::sleep(patience(Duration::from_millis(1200)));
+    // Two censuses after the writing ended: an answer from a refresh taken while the log was
+    // still being written would already pass the wait below, short of its end.
+    agent.wait_censuses(2);
 
     let entry = wait_cache(&agent, &cgroup, Duration::from_secs(5), |e| {
         file_bytes(e, &log_path) >= 280 * MIB

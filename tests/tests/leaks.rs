@@ -3,7 +3,7 @@
 
 use std::{io::Read as _, process::Command, time::Duration};
 
-use memlens_tests::{leak_bin, patience, workload_bin, Agent, TestCgroup, Workload, MIB};
+use memlens_tests::{leak_bin, workload_bin, Agent, TestCgroup, Workload, MIB};
 use pprof::protos::{Message as _, Profile};
 use serde_json::Value;
 
@@ -48,7 +48,7 @@ fn the_leak_ranks_first_by_growth_and_its_bytes_match() {
         .unwrap_or_else(|| panic!("leak workload said {line:?}"));
     assert_eq!(leaked, 200 * MIB);
     // Two censuses after the leak ended.
-    std::thread::sleep(patience(Duration::from_millis(1500)));
+    agent.wait_censuses(2);
 
     let dir = tempfile::tempdir().expect("tempdir");
     let pprof_path = dir.path().join("leak.pb.gz");
@@ -195,7 +195,7 @@ fn exited_processes_and_replaced_binaries_never_get_wrong_names() {
     assert!(short.wait().success());
     std::fs::remove_file(&copy).expect("delete binary");
     std::fs::copy(leak_bin(), &copy).expect("replace binary");
-    std::thread::sleep(patience(Duration::from_millis(1500)));
+    agent.wait_censuses(2);
 
     let report = leaks_json(&agent, &["--cgroup", &cgroup.path, "--top", "50"]);
     let entries = report["by_held"].as_array().expect("by_held");
@@ -232,7 +232,10 @@ fn exited_processes_and_replaced_binaries_never_get_wrong_names() {
 fn bad_leak_queries_are_clear_errors() {
     let agent = Agent::start(&[]);
     for (args, needle) in [
-        (&["leaks", "--since", "soon"][..], "bad since"),
+        (
+            &["leaks", "--since", "soon"][..],
+            "invalid value 'soon' for '--since",
+        ),
         (&["leaks", "--since", "48h"], "longer than 24h"),
         (
             &["leaks", "--cgroup", "/no/such/cgroup"],

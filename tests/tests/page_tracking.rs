@@ -17,12 +17,12 @@ const ACCURACY: &[&str] = &["--sample-shift", "6"];
 fn settled_row(agent: &Agent, cgroup: &TestCgroup, min_anon: u64) -> serde_json::Value {
     let started = Instant::now();
     let mut last = None;
-    // Two refreshes (500 ms) after the estimate first reaches most of the expected size.
+    // Two censuses after the estimate first reaches most of the expected size.
     while started.elapsed() < patience(Duration::from_secs(20)) {
         let row = agent.row(&cgroup.path);
         if let Some(r) = &row {
             if held(r, "anon_bytes") >= min_anon {
-                std::thread::sleep(patience(Duration::from_millis(1200)));
+                agent.wait_censuses(2);
                 return agent.row(&cgroup.path).expect("row still there");
             }
         }
@@ -226,12 +226,50 @@ fn top_json_has_stable_fields_and_the_kernel_working_set() {
         assert!(row.get(field).is_some(), "field {field} missing: {row}");
     }
     assert_eq!(row["limit_bytes"].as_u64(), Some(512 * MIB));
-    let usage = row["usage_bytes"].as_u64().expect("usage");
-    let inactive = row["inactive_file_bytes"].as_u64().expect("inactive");
-    assert_eq!(
-        row["working_set_bytes"].as_u64(),
-        Some(usage.saturating_sub(inactive))
+    // The kernel's working set as kubelet computes it (usage - inactive file), read beside the
+    // agent's answer while the workload holds still.
+    let usage_file = if cgroup.v2 {
+        "memory.current"
+    } else {
+        "memory.usage_in_bytes"
+    };
+    let kernel_working_set = || {
+        let usage: u64 = std::fs::read_to_string(cgroup.dir.join(usage_file))
+            .expect("usage")
+            .trim()
+            .parse()
+            .expect("usage is a number");
+        usage.saturating_sub(cgroup.stat("inactive_file", "inactive_file"))
+    };
+    let before = kernel_working_set();
+    let row = agent.row(&cgroup.path).expect("row");
+    let after = kernel_working_set();
+    let reported = row["working_set_bytes"].as_u64().expect("working set");
+    let kernel = (before + after) / 2;
+    assert!(
+        reported >= 32 * MIB && rel_diff(reported, kernel) <= 0.05,
+        "memlens says {reported}, the kernel {before}..{after}"
     );
+    // The cgroup by the path the shell shows (`/sys/fs/cgroup/...`), as by its hierarchy path.
+    let shell_path = cgroup.dir.to_str().expect("path");
+    let by_dir = agent.cli(&["top", "--json", "--cgroup", shell_path]);
+    let by_dir: serde_json::Value = serde_json::from_slice(&by_dir.stdout).unwrap_or_else(|e| {
+        panic!(
+            "top --cgroup {shell_path}: {e}: {}",
+            String::from_utf8_lossy(&by_dir.stderr)
+        )
+    });
+    let rows = by_dir["cgroups"].as_array().expect("cgroups");
+    assert_eq!(rows.len(), 1, "{by_dir}");
+    assert_eq!(rows[0]["path"], cgroup.path.as_str());
+    for command in ["leaks", "cache"] {
+        let out = agent.cli(&[command, "--cgroup", shell_path]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("no memory cgroup"),
+            "{command} --cgroup {shell_path}: {err}"
+        );
+    }
     let table = agent.cli(&["top", "--cgroup", &cgroup.path]);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(

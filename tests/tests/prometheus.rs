@@ -200,7 +200,114 @@ fn prometheus_sees_the_working_set_the_kernel_counts() {
         rel_diff(scraped, kernel) <= 0.05,
         "Prometheus says {scraped}, the kernel {kernel}"
     );
-    let events_open = prometheus.query_one("sum(memlens_events_open)", Duration::from_secs(10));
-    assert!(events_open >= 0.0);
+    // One series per event kind, summing to the open events the agent lists.
+    let kinds = prometheus.query_one("count(memlens_events_open)", Duration::from_secs(10));
+    assert_eq!(kinds, 3.0, "one memlens_events_open series per kind");
+    let listed = agent.cli(&["events", "list", "--status", "open", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("events JSON");
+    let open = listed["events"].as_array().expect("events").len() as f64;
+    let exported = prometheus.query_one("sum(memlens_events_open)", Duration::from_secs(10));
+    assert_eq!(
+        exported, open,
+        "memlens_events_open against the agent's open events"
+    );
     workload.send("exit");
+}
+
+/// `promtool check metrics` on `text`: Ok, or what it said.
+fn promtool_check(text: &str) -> Result<(), String> {
+    let mut check = Command::new(tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    check
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
+    let checked = check.wait_with_output().expect("promtool");
+    if checked.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&checked.stdout),
+            String::from_utf8_lossy(&checked.stderr)
+        ))
+    }
+}
+
+#[test]
+fn hostile_file_names_cannot_break_or_forge_the_exposition() {
+    // Any process on the node may name a file so: a quote and a brace to end the label, a newline
+    // and a sample of its choosing, a fake HELP line.
+    let hostile = "a\"b}\nc{x=\"1\"} 99\n# HELP fake";
+    let cgroup = TestCgroup::new("hostile");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join(hostile);
+    let log_path = log.to_str().expect("path").to_string();
+    let metrics_port = free_port();
+    let addr = format!("127.0.0.1:{metrics_port}");
+    let agent = Agent::start(&["--metrics-addr", &addr]);
+    let mut writer = Workload::start(&cgroup, &["appendlog", &log_path, "16"]);
+    writer.expect_line("written");
+    let deadline = Instant::now() + memlens_tests::patience(Duration::from_secs(30));
+    let text = loop {
+        let (status, body) = http_get(metrics_port, "/metrics");
+        if status.contains("200") && body.contains("HELP fake\"") {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hostile file never reached /metrics:\n{body}\n{}",
+            agent.log()
+        );
+        thread::sleep(Duration::from_millis(500));
+    };
+    let sample = text
+        .lines()
+        .find(|l| l.starts_with("memlens_file_cache_bytes{") && l.contains("HELP fake"))
+        .expect("the file's sample");
+    assert!(
+        sample.contains("b}\\nc{x=\\\"1\\\"} 99\\n# HELP fake\""),
+        "escaped on one line: {sample}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("c{") || l == "# HELP fake"),
+        "a forged line made it into the exposition"
+    );
+    promtool_check(&text).unwrap_or_else(|e| panic!("promtool check metrics: {e}"));
+    // Prometheus parses the whole exposition and keeps the name as the label's value.
+    let prometheus = Prometheus::start(metrics_port);
+    let bytes = prometheus.query_one(
+        &format!(
+            "memlens_file_cache_bytes{{file=\"{}\"}}",
+            log_path
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n")
+        ),
+        Duration::from_secs(60),
+    );
+    assert!(bytes >= (8 * MIB) as f64, "{bytes}");
+    assert_eq!(
+        prometheus.query_one("absent(c)", Duration::from_secs(10)),
+        1.0
+    );
+    // The terminal shows the newline as `\n`, never as a line break.
+    let out = agent.cli(&["cache", "--cgroup", &cgroup.path]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("a\"b}\\nc{x=\"1\"} 99\\n# HELP fake"),
+        "{shown}"
+    );
+    assert!(!shown.lines().any(|l| l.starts_with("c{x=")), "{shown}");
+    writer.send("exit");
 }

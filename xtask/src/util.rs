@@ -116,6 +116,16 @@ pub fn run_tests(root: &Path, lint: bool, filter: Option<&str>) -> Result<()> {
             "-D",
             "warnings",
         ]))?;
+        // The binary without the Kubernetes client (`--no-default-features`) builds too.
+        run(Command::new("cargo").current_dir(root).args([
+            "clippy",
+            "--package",
+            "memlens",
+            "--no-default-features",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
     }
     // Release everywhere: the dependencies are then compiled once for the unit tests, the agent
     // binary and the integration tests alike.

@@ -24,6 +24,7 @@ use memlens_types::{
 };
 
 use super::{cache, events, leaks, AppState};
+use crate::health::Health;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -156,7 +157,11 @@ pub(super) fn error(code: StatusCode, message: String) -> Response {
 
 /// `ok`, or 503 with what is wrong: a worker stopped, or silent for longer than its bound.
 async fn healthz(State(state): State<AppState>) -> Response {
-    match state.health.check() {
+    health_answer(&state.health)
+}
+
+fn health_answer(health: &Health) -> Response {
+    match health.check() {
         Ok(()) => "ok\n".into_response(),
         Err(problems) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -247,4 +252,21 @@ async fn top(
         census: snapshot.census.clone(),
     })
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn healthz_fails_when_a_worker_stops() {
+        let mut health = Health::default();
+        let refresh = health.worker("refresh", Duration::from_secs(60));
+        assert_eq!(health_answer(&health).status(), StatusCode::OK);
+        refresh.end();
+        let answer = health_answer(&health);
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
 }

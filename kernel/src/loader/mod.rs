@@ -1,6 +1,7 @@
 //! Loads and attaches the kernel programs, sized and relocated for the running kernel, and says
 //! which mechanism each capability ended up using.
 
+mod attach;
 pub mod btf;
 mod calibrate;
 mod kernel;
@@ -9,17 +10,13 @@ pub mod tracefs;
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
+pub use attach::ProbeError;
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
-    programs::{RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use memlens_common::{
-    counters::Counter,
-    filemap::FileKey,
-    lifecycle::LifecycleOffsets,
-    offsets::TaskMemcgOffsets,
-    page::{AllocTracepointFields, MAX_SAMPLE_SHIFT},
+    counters::Counter, filemap::FileKey, offsets::TaskMemcgOffsets, page::MAX_SAMPLE_SHIFT,
 };
 pub use page_allocs::PageAllocTable;
 
@@ -97,7 +94,7 @@ pub struct LoadReport {
     pub vmemmap_base: Option<String>,
     pub page_struct_size: u64,
     /// Offsets of the task -> memory cgroup walk, or why they are unknown.
-    pub task_memcg_offsets: Result<TaskMemcgOffsets, String>,
+    pub task_memcg_offsets: Result<TaskMemcgOffsets, ProbeError>,
     /// Effective sampling: one frame in `2^sample_shift`.
     pub sample_shift: u32,
     /// Requested shift, when it had to be raised to bound the map.
@@ -110,9 +107,9 @@ pub struct LoadReport {
     /// Set when RLIMIT_MEMLOCK could not be raised (harmless on kernels >= 5.11).
     pub memlock_warning: Option<String>,
     /// The page-cache probes in use, or why there are none.
-    pub filemap_probe: Result<String, String>,
+    pub filemap_probe: Result<String, ProbeError>,
     /// The lifecycle probes in use, or why there are none.
-    pub lifecycle_probe: Result<String, String>,
+    pub lifecycle_probe: Result<String, ProbeError>,
     pub file_entries: u32,
 }
 
@@ -193,8 +190,8 @@ impl Probes {
         let kernel_btf = btf::KernelBtf::load(options.btf.as_deref())?;
         let page_struct_size = kernel_btf.struct_size("page")?;
         let pt_regs_sp = kernel_btf.member_offset("pt_regs", "sp")?;
-        let task_memcg_offsets = kernel_btf.task_memcg_offsets().map_err(|e| e.to_string());
-        let filemap_offsets = kernel_btf.filemap_offsets().map_err(|e| e.to_string());
+        let task_memcg_offsets = kernel_btf.task_memcg_offsets().map_err(ProbeError::offsets);
+        let filemap_offsets = kernel_btf.filemap_offsets().map_err(ProbeError::offsets);
         if let Err(e) = &task_memcg_offsets {
             tracing::warn!("allocating task's memory cgroup will not be recorded: {e}");
         }
@@ -213,7 +210,7 @@ impl Probes {
 
         // The raw tracepoint needs vmemmap_base; the classic one needs tracefs.
         let vmemmap_base = calibrate::vmemmap_base(EBPF_OBJECT, aya_btf.as_ref(), page_struct_size);
-        let tp_fields = tracepoint_fields();
+        let tp_fields = attach::tracepoint_fields();
 
         let page_struct_shift = if page_struct_size.is_power_of_two() {
             page_struct_size.trailing_zeros()
@@ -226,7 +223,7 @@ impl Probes {
         let fields = tp_fields.as_ref().copied().unwrap_or_default();
         let offsets = task_memcg_offsets.clone().unwrap_or_default();
         let file_offsets = filemap_offsets.clone().unwrap_or_default();
-        let lifecycle_offsets = lifecycle_offsets(&kernel_btf);
+        let lifecycle_offsets = attach::lifecycle_offsets(&kernel_btf);
         let life_offsets = lifecycle_offsets.clone().unwrap_or_default();
         loader
             .override_global("SAMPLE_SHIFT", &sample_shift, true)
@@ -255,7 +252,7 @@ impl Probes {
             .load(EBPF_OBJECT)
             .map_err(|e| ebpf_err("loading the kernel programs", e))?;
 
-        let (page_probe, page_probe_fallback) = attach_page_alloc(
+        let (page_probe, page_probe_fallback) = attach::page_alloc(
             &mut ebpf,
             vmemmap_base.is_ok(),
             tp_fields.as_ref().err(),
@@ -278,8 +275,8 @@ impl Probes {
             .map_err(|e| ebpf_err("opening COUNTERS", e))?,
         ));
         let filemap_probe = match (&task_memcg_offsets, &filemap_offsets) {
-            (Err(e), _) | (_, Err(e)) => Err(format!("offsets unknown: {e}")),
-            (Ok(_), Ok(_)) => attach_filemap(&mut ebpf),
+            (Err(e), _) | (_, Err(e)) => Err(e.clone()),
+            (Ok(_), Ok(_)) => attach::filemap(&mut ebpf),
         };
         match &filemap_probe {
             Ok(how) => tracing::info!("page cache: {how}"),
@@ -293,7 +290,7 @@ impl Probes {
         };
         let lifecycle_probe = match &lifecycle_offsets {
             Err(e) => Err(e.clone()),
-            Ok(_) => attach_lifecycle(&mut ebpf),
+            Ok(_) => attach::lifecycle(&mut ebpf),
         };
         match &lifecycle_probe {
             Ok(how) => tracing::info!("lifecycle: {how}"),
@@ -373,154 +370,6 @@ fn size_samples(end_pfn: Pfn, options: &LoadOptions) -> Result<(u32, u64), LoadE
     }
 }
 
-/// Field offsets of the classic tracepoint, from its format file.
-fn tracepoint_fields() -> Result<AllocTracepointFields, String> {
-    let root = tracefs::root().map_err(|e| e.to_string())?;
-    let format =
-        tracefs::Format::read(&root, "kmem", "mm_page_alloc").map_err(|e| e.to_string())?;
-    let field = |name| {
-        format
-            .field(name)
-            .map(|f| f.offset)
-            .map_err(|e| e.to_string())
-    };
-    Ok(AllocTracepointFields {
-        pfn: field("pfn")?,
-        order: field("order")?,
-        gfp_flags: field("gfp_flags")?,
-        reserved: 0,
-    })
-}
-
-/// Attaches the raw tracepoint if `vmemmap_base` is known, else the classic tracepoint.
-fn attach_page_alloc(
-    ebpf: &mut Ebpf,
-    have_base: bool,
-    tracefs_error: Option<&String>,
-    calibration_error: Option<&LoadError>,
-) -> Result<(String, Option<String>), LoadError> {
-    let mut raw_error = calibration_error.map(ToString::to_string);
-    if have_base {
-        let program: &mut RawTracePoint = ebpf
-            .program_mut("page_alloc_raw")
-            .ok_or(LoadError::MissingProgram("page_alloc_raw"))?
-            .try_into()
-            .map_err(|e| ebpf_err("page_alloc_raw", e))?;
-        match program
-            .load()
-            .and_then(|()| program.attach("mm_page_alloc").map(|_| ()))
-        {
-            Ok(()) => return Ok(("raw tracepoint mm_page_alloc".into(), None)),
-            Err(e) => raw_error = Some(ebpf_err("raw tracepoint mm_page_alloc", e).to_string()),
-        }
-    }
-    let raw_error = raw_error.unwrap_or_default();
-    if let Some(e) = tracefs_error {
-        return Err(LoadError::NoPageProbe(format!(
-            "raw tracepoint: {raw_error}; tracepoint: {e}"
-        )));
-    }
-    let program: &mut TracePoint = ebpf
-        .program_mut("page_alloc_tp")
-        .ok_or(LoadError::MissingProgram("page_alloc_tp"))?
-        .try_into()
-        .map_err(|e| ebpf_err("page_alloc_tp", e))?;
-    program
-        .load()
-        .and_then(|()| program.attach("kmem", "mm_page_alloc").map(|_| ()))
-        .map_err(|e| {
-            LoadError::NoPageProbe(format!(
-                "raw tracepoint: {raw_error}; tracepoint: {}",
-                ebpf_err("kmem:mm_page_alloc", e)
-            ))
-        })?;
-    Ok(("tracepoint kmem:mm_page_alloc".into(), Some(raw_error)))
-}
-
-/// Offsets of the lifecycle programs: task fields from BTF, record fields from tracefs.
-fn lifecycle_offsets(btf: &btf::KernelBtf) -> Result<LifecycleOffsets, String> {
-    let mut o = btf.lifecycle_task_offsets().map_err(|e| e.to_string())?;
-    let root = tracefs::root().map_err(|e| e.to_string())?;
-    let format =
-        |category, name| tracefs::Format::read(&root, category, name).map_err(|e| e.to_string());
-    let offset = |f: &tracefs::Format, name: &str| {
-        f.field(name).map(|f| f.offset).map_err(|e| e.to_string())
-    };
-    let exit = format("sched", "sched_process_exit")?;
-    // Kernels before 6.16 have no group_dead field: a thread-group leader's exit stands in.
-    o.exit_group_dead = exit
-        .field("group_dead")
-        .map_or(-1, |f| i32::try_from(f.offset).unwrap_or(-1));
-    let oom = format("oom", "mark_victim")?;
-    oom_victim_fields(&oom, &mut o)?;
-    let cgroup = format("cgroup", "cgroup_mkdir")?;
-    o.cgroup_root = offset(&cgroup, "root")?;
-    o.cgroup_level = offset(&cgroup, "level")?;
-    o.cgroup_id = offset(&cgroup, "id")?;
-    o.cgroup_path = offset(&cgroup, "path")?;
-    o.valid = 1;
-    Ok(o)
-}
-
-/// `mark_victim`'s fields: the pid is needed; the victim's resident memory is optional, as
-/// kernels before 6.8 do not report it (-1: the event then says it is unknown).
-fn oom_victim_fields(format: &tracefs::Format, o: &mut LifecycleOffsets) -> Result<(), String> {
-    o.oom_pid = format
-        .field("pid")
-        .map(|f| f.offset)
-        .map_err(|e| e.to_string())?;
-    let optional = |name| {
-        format
-            .field(name)
-            .map_or(-1, |f| i32::try_from(f.offset).unwrap_or(-1))
-    };
-    o.oom_anon_rss = optional("anon_rss");
-    o.oom_file_rss = optional("file_rss");
-    o.oom_shmem_rss = optional("shmem_rss");
-    Ok(())
-}
-
-/// Attaches the lifecycle programs (classic tracepoints).
-fn attach_lifecycle(ebpf: &mut Ebpf) -> Result<String, String> {
-    let points = [
-        ("process_exit", "sched", "sched_process_exit"),
-        ("oom_victim", "oom", "mark_victim"),
-        ("cgroup_mkdir", "cgroup", "cgroup_mkdir"),
-        ("cgroup_rmdir", "cgroup", "cgroup_rmdir"),
-    ];
-    for (program, category, name) in points {
-        let p: &mut TracePoint = ebpf
-            .program_mut(program)
-            .ok_or_else(|| format!("program {program} missing"))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-        p.load()
-            .and_then(|()| p.attach(category, name).map(|_| ()))
-            .map_err(|e| {
-                ebpf_err("lifecycle probe", format!("{category}:{name}: {e}")).to_string()
-            })?;
-    }
-    Ok("tracepoints sched:sched_process_exit, oom:mark_victim, cgroup:cgroup_mkdir, cgroup:cgroup_rmdir".into())
-}
-
-/// Attaches the page-cache add and delete programs (raw tracepoints).
-fn attach_filemap(ebpf: &mut Ebpf) -> Result<String, String> {
-    for (program, tracepoint) in [
-        ("filemap_add", "mm_filemap_add_to_page_cache"),
-        ("filemap_delete", "mm_filemap_delete_from_page_cache"),
-    ] {
-        let p: &mut RawTracePoint = ebpf
-            .program_mut(program)
-            .ok_or_else(|| format!("program {program} missing"))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-        p.load()
-            .and_then(|()| p.attach(tracepoint).map(|_| ()))
-            .map_err(|e| ebpf_err("page-cache probe", format!("{tracepoint}: {e}")).to_string())?;
-    }
-    Ok("raw tracepoints mm_filemap_add_to_page_cache, mm_filemap_delete_from_page_cache".into())
-}
-
 /// Raises RLIMIT_MEMLOCK for kernels that still charge BPF maps to it (< 5.11); a refusal is a
 /// warning, since newer kernels charge the memory cgroup instead.
 fn raise_memlock_rlimit() -> Option<String> {
@@ -542,21 +391,6 @@ fn raise_memlock_rlimit() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_oom_victims_memory_is_optional() {
-        let fields = |text: &str| {
-            let mut o = LifecycleOffsets::default();
-            oom_victim_fields(&tracefs::Format::parse("oom/mark_victim", text), &mut o)
-                .map(|()| (o.oom_pid, o.oom_anon_rss, o.oom_file_rss, o.oom_shmem_rss))
-        };
-        // Debian's 6.1 (as 6.8 upstream) reports the victim's memory; 5.15 only its pid.
-        let with_memory = include_str!("../../fixtures/mark_victim-6.1.format");
-        assert_eq!(fields(with_memory), Ok((8, 24, 32, 40)));
-        let pid_only = include_str!("../../fixtures/mark_victim-5.15.format");
-        assert_eq!(fields(pid_only), Ok((8, -1, -1, -1)));
-        assert!(fields("format:\n").is_err());
-    }
 
     #[test]
     fn shift_is_raised_until_the_map_fits() {

@@ -6,102 +6,20 @@
 //! come and go); the few metrics that live across scrapes (API latency) are shared families
 //! registered into each one.
 
-use std::{collections::BTreeMap, fmt::Write as _};
+mod classic;
+mod labels;
 
+use std::collections::BTreeMap;
+
+pub use classic::classic_text;
+pub use labels::{ApiLatency, CgroupLabels, Label, RouteLabels};
+use labels::{EventLabels, FileLabels, KindLabels, NameLabels, StackLabels};
 use memlens_types::{cgroups::CgroupRow, event::EventKind, files::CachedFile, leaks::CgroupStack};
 use prometheus_client::{
-    encoding::{text::encode, EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-
-/// A label value, with backslash, double quote and newline escaped as both exposition formats
-/// require.
-/// prometheus-client writes label values as they are, and the values here come from the
-/// outside world: a file named `a"b}` + newline + `fake_metric 1` would otherwise end the label
-/// early, break the whole exposition and inject samples of its author's choosing.
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
-pub struct Label(pub String);
-
-impl EncodeLabelValue for Label {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
-        for c in self.0.chars() {
-            match c {
-                '\\' => encoder.write_str("\\\\")?,
-                '"' => encoder.write_str("\\\"")?,
-                '\n' => encoder.write_str("\\n")?,
-                c => encoder.write_char(c)?,
-            }
-        }
-        Ok(())
-    }
-}
-
-impl From<&str> for Label {
-    fn from(text: &str) -> Label {
-        Label(text.to_string())
-    }
-}
-
-impl From<String> for Label {
-    fn from(text: String) -> Label {
-        Label(text)
-    }
-}
-
-/// cAdvisor's labels for a cgroup: `id` is its path; the names are empty when not a pod's.
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CgroupLabels {
-    pub id: Label,
-    pub namespace: Label,
-    pub pod: Label,
-    pub container: Label,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabels {
-    id: Label,
-    kind: Label,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct FileLabels {
-    id: Label,
-    file: Label,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StackLabels {
-    id: Label,
-    stack: Label,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EventLabels {
-    kind: Label,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct NameLabels {
-    name: Label,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
-    pub route: Label,
-}
-
-/// API latency by route, kept across scrapes.
-#[derive(Clone)]
-pub struct ApiLatency(pub Family<RouteLabels, Histogram>);
-
-impl Default for ApiLatency {
-    fn default() -> ApiLatency {
-        ApiLatency(Family::new_with_constructor(|| {
-            Histogram::new([0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10.0])
-        }))
-    }
-}
 
 /// The agent's own counters.
 #[derive(Default)]
@@ -430,34 +348,6 @@ impl Exposition {
         encode(&mut out, &self.registry)?;
         Ok(out)
     }
-}
-
-/// The classic Prometheus text format (0.0.4) of an OpenMetrics exposition, for scrapers and
-/// tools that do not negotiate OpenMetrics (`promtool check metrics`, older agents): a counter's
-/// HELP and TYPE lines name its `_total` sample, and `# EOF` and `# UNIT` lines go.
-#[must_use]
-pub fn classic_text(openmetrics: &str) -> String {
-    let counters: std::collections::HashSet<&str> = openmetrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(openmetrics.len());
-    for line in openmetrics.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
-            let rest = line.strip_prefix(prefix)?;
-            let (name, tail) = rest.split_once(' ')?;
-            counters
-                .contains(name)
-                .then(|| format!("{prefix}{name}_total {tail}"))
-        });
-        out.push_str(renamed.as_deref().unwrap_or(line));
-        out.push('\n');
-    }
-    out
 }
 
 impl Default for Exposition {

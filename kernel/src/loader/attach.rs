@@ -1,0 +1,227 @@
+//! Attaching the programs, with the fallbacks each capability has, and why one is missing.
+
+use aya::{
+    programs::{RawTracePoint, TracePoint},
+    Ebpf,
+};
+use memlens_common::{lifecycle::LifecycleOffsets, page::AllocTracepointFields};
+
+use super::{btf, ebpf_err, tracefs, LoadError};
+
+/// Why a capability's probes are not attached: the agent runs without it and `memlens status`
+/// says why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    /// Struct offsets the programs need are not in the running kernel's BTF.
+    #[error("offsets unknown: {0}")]
+    Offsets(String),
+    /// A tracepoint's format (field offsets) could not be read from tracefs.
+    #[error("{0}")]
+    Tracefs(String),
+    /// The embedded object lacks a program (a build problem).
+    #[error("program {0} is missing from the embedded object")]
+    MissingProgram(&'static str),
+    /// The kernel refused to load or attach a program.
+    #[error("{tracepoint}: {why}")]
+    Attach { tracepoint: String, why: String },
+}
+
+impl ProbeError {
+    pub(super) fn offsets(e: btf::BtfError) -> ProbeError {
+        ProbeError::Offsets(e.to_string())
+    }
+}
+
+impl From<tracefs::TracefsError> for ProbeError {
+    fn from(e: tracefs::TracefsError) -> ProbeError {
+        ProbeError::Tracefs(e.to_string())
+    }
+}
+
+/// Loads `program` of `ebpf` as a `P` and attaches it with `attach`, naming `tracepoint` in
+/// errors.
+fn load_and_attach<P>(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    tracepoint: &str,
+    attach: impl FnOnce(&mut P) -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), ProbeError>
+where
+    for<'a> &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    P: LoadProgram,
+{
+    let failed = |e: &dyn std::fmt::Display| ProbeError::Attach {
+        tracepoint: tracepoint.to_string(),
+        why: ebpf_err("probe", e).to_string(),
+    };
+    let p: &mut P = ebpf
+        .program_mut(program)
+        .ok_or(ProbeError::MissingProgram(program))?
+        .try_into()
+        .map_err(|e| failed(&e))?;
+    p.load_program().map_err(|e| failed(&e))?;
+    attach(p).map_err(|e| failed(&e))
+}
+
+/// The `load` of the program types attached here.
+trait LoadProgram {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError>;
+}
+
+impl LoadProgram for TracePoint {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}
+
+impl LoadProgram for RawTracePoint {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}
+
+/// Field offsets of the classic tracepoint, from its format file.
+pub(super) fn tracepoint_fields() -> Result<AllocTracepointFields, ProbeError> {
+    let root = tracefs::root()?;
+    let format = tracefs::Format::read(&root, "kmem", "mm_page_alloc")?;
+    let field = |name| format.field(name).map(|f| f.offset);
+    Ok(AllocTracepointFields {
+        pfn: field("pfn")?,
+        order: field("order")?,
+        gfp_flags: field("gfp_flags")?,
+        reserved: 0,
+    })
+}
+
+/// Attaches the raw tracepoint if `vmemmap_base` is known, else the classic tracepoint; returns
+/// the attachment, and why the raw tracepoint was not used when it was not.
+pub(super) fn page_alloc(
+    ebpf: &mut Ebpf,
+    have_base: bool,
+    tracefs_error: Option<&ProbeError>,
+    calibration_error: Option<&LoadError>,
+) -> Result<(String, Option<String>), LoadError> {
+    let mut raw_error = calibration_error.map(ToString::to_string);
+    if have_base {
+        let program: &mut RawTracePoint = ebpf
+            .program_mut("page_alloc_raw")
+            .ok_or(LoadError::MissingProgram("page_alloc_raw"))?
+            .try_into()
+            .map_err(|e| ebpf_err("page_alloc_raw", e))?;
+        match program
+            .load()
+            .and_then(|()| program.attach("mm_page_alloc").map(|_| ()))
+        {
+            Ok(()) => return Ok(("raw tracepoint mm_page_alloc".into(), None)),
+            Err(e) => raw_error = Some(ebpf_err("raw tracepoint mm_page_alloc", e).to_string()),
+        }
+    }
+    let raw_error = raw_error.unwrap_or_default();
+    if let Some(e) = tracefs_error {
+        return Err(LoadError::NoPageProbe(format!(
+            "raw tracepoint: {raw_error}; tracepoint: {e}"
+        )));
+    }
+    let program: &mut TracePoint = ebpf
+        .program_mut("page_alloc_tp")
+        .ok_or(LoadError::MissingProgram("page_alloc_tp"))?
+        .try_into()
+        .map_err(|e| ebpf_err("page_alloc_tp", e))?;
+    program
+        .load()
+        .and_then(|()| program.attach("kmem", "mm_page_alloc").map(|_| ()))
+        .map_err(|e| {
+            LoadError::NoPageProbe(format!(
+                "raw tracepoint: {raw_error}; tracepoint: {}",
+                ebpf_err("kmem:mm_page_alloc", e)
+            ))
+        })?;
+    Ok(("tracepoint kmem:mm_page_alloc".into(), Some(raw_error)))
+}
+
+/// Offsets of the lifecycle programs: task fields from BTF, record fields from tracefs.
+pub(super) fn lifecycle_offsets(btf: &btf::KernelBtf) -> Result<LifecycleOffsets, ProbeError> {
+    let mut o = btf.lifecycle_task_offsets().map_err(ProbeError::offsets)?;
+    let root = tracefs::root()?;
+    let format = |category, name| tracefs::Format::read(&root, category, name);
+    let offset = |f: &tracefs::Format, name: &str| f.field(name).map(|f| f.offset);
+    let exit = format("sched", "sched_process_exit")?;
+    // Kernels before 6.16 have no group_dead field: a thread-group leader's exit stands in.
+    o.exit_group_dead = exit
+        .field("group_dead")
+        .map_or(-1, |f| i32::try_from(f.offset).unwrap_or(-1));
+    let oom = format("oom", "mark_victim")?;
+    oom_victim_fields(&oom, &mut o)?;
+    let cgroup = format("cgroup", "cgroup_mkdir")?;
+    o.cgroup_root = offset(&cgroup, "root")?;
+    o.cgroup_level = offset(&cgroup, "level")?;
+    o.cgroup_id = offset(&cgroup, "id")?;
+    o.cgroup_path = offset(&cgroup, "path")?;
+    o.valid = 1;
+    Ok(o)
+}
+
+/// `mark_victim`'s fields: the pid is needed; the victim's resident memory is optional, as
+/// kernels before 6.8 do not report it (-1: the event then says it is unknown).
+fn oom_victim_fields(format: &tracefs::Format, o: &mut LifecycleOffsets) -> Result<(), ProbeError> {
+    o.oom_pid = format.field("pid").map(|f| f.offset)?;
+    let optional = |name| {
+        format
+            .field(name)
+            .map_or(-1, |f| i32::try_from(f.offset).unwrap_or(-1))
+    };
+    o.oom_anon_rss = optional("anon_rss");
+    o.oom_file_rss = optional("file_rss");
+    o.oom_shmem_rss = optional("shmem_rss");
+    Ok(())
+}
+
+/// Attaches the lifecycle programs (classic tracepoints).
+/// Attaches the lifecycle programs (classic tracepoints).
+pub(super) fn lifecycle(ebpf: &mut Ebpf) -> Result<String, ProbeError> {
+    let points = [
+        ("process_exit", "sched", "sched_process_exit"),
+        ("oom_victim", "oom", "mark_victim"),
+        ("cgroup_mkdir", "cgroup", "cgroup_mkdir"),
+        ("cgroup_rmdir", "cgroup", "cgroup_rmdir"),
+    ];
+    for (program, category, name) in points {
+        load_and_attach::<TracePoint>(ebpf, program, &format!("{category}:{name}"), |p| {
+            p.attach(category, name).map(drop)
+        })?;
+    }
+    Ok("tracepoints sched:sched_process_exit, oom:mark_victim, cgroup:cgroup_mkdir, cgroup:cgroup_rmdir".into())
+}
+
+/// Attaches the page-cache add and delete programs (raw tracepoints).
+pub(super) fn filemap(ebpf: &mut Ebpf) -> Result<String, ProbeError> {
+    for (program, tracepoint) in [
+        ("filemap_add", "mm_filemap_add_to_page_cache"),
+        ("filemap_delete", "mm_filemap_delete_from_page_cache"),
+    ] {
+        load_and_attach::<RawTracePoint>(ebpf, program, tracepoint, |p| {
+            p.attach(tracepoint).map(drop)
+        })?;
+    }
+    Ok("raw tracepoints mm_filemap_add_to_page_cache, mm_filemap_delete_from_page_cache".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oom_victims_memory_is_optional() {
+        let fields = |text: &str| {
+            let mut o = LifecycleOffsets::default();
+            oom_victim_fields(&tracefs::Format::parse("oom/mark_victim", text), &mut o)
+                .map(|()| (o.oom_pid, o.oom_anon_rss, o.oom_file_rss, o.oom_shmem_rss))
+        };
+        // Debian's 6.1 (as 6.8 upstream) reports the victim's memory; 5.15 only its pid.
+        let with_memory = include_str!("../../fixtures/mark_victim-6.1.format");
+        assert_eq!(fields(with_memory), Ok((8, 24, 32, 40)));
+        let pid_only = include_str!("../../fixtures/mark_victim-5.15.format");
+        assert_eq!(fields(pid_only), Ok((8, -1, -1, -1)));
+        assert!(fields("format:\n").is_err());
+    }
+}

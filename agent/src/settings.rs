@@ -242,7 +242,8 @@ const FILE_SETTINGS: &[&str] = &[
 /// Parses the command line, with the config file's `[agent]` settings under the agent's flags
 /// and variables. Returns the engine's config too (the defaults without a file).
 pub fn parse() -> Result<(Cli, Option<Config>)> {
-    let cli = Cli::parse_from_env();
+    // `--help`, `--version` and mistakes end the process here, as clap does.
+    let cli = <Cli as clap::Parser>::parse();
     let Command::Agent(args) = &cli.command else {
         return Ok((cli, None));
     };
@@ -282,14 +283,6 @@ pub fn check(path: &Path) -> Result<String> {
         engine: &engine,
         agent: &agent,
     })?)
-}
-
-impl Cli {
-    /// The command line as given; `--help`, `--version` and mistakes end the process, as clap
-    /// does.
-    fn parse_from_env() -> Cli {
-        <Cli as clap::Parser>::parse()
-    }
 }
 
 #[cfg(test)]

@@ -149,26 +149,7 @@ fn prometheus_sees_the_working_set_the_kernel_counts() {
         text.contains("container_memory_working_set_bytes{"),
         "{text}"
     );
-    let mut check = Command::new(tool("promtool"))
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool");
-    check
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("feed promtool");
-    let checked = check.wait_with_output().expect("promtool");
-    assert!(
-        checked.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    promtool_check(&text).unwrap_or_else(|e| panic!("promtool check metrics: {e}"));
     // Only the exposition and the health check on TCP: the API stays on the socket.
     assert!(http_get(metrics_port, "/healthz").0.contains("200"));
     assert!(http_get(metrics_port, "/v1/top").0.contains("404"));

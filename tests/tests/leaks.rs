@@ -1,7 +1,7 @@
 //! Acceptance of leak attribution: a real leak beside a real churn, symbolized stacks, growth,
 //! pprof and flame graph output, exited processes and replaced binaries.
 
-use std::{io::Read as _, process::Command, time::Duration};
+use std::{io::Read as _, process::Command};
 
 use memlens_tests::{leak_bin, workload_bin, Agent, TestCgroup, Workload, MIB};
 use pprof::protos::{Message as _, Profile};

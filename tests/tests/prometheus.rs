@@ -185,7 +185,7 @@ fn prometheus_sees_the_working_set_the_kernel_counts() {
     let kinds = prometheus.query_one("count(memlens_events_open)", Duration::from_secs(10));
     assert_eq!(kinds, 3.0, "one memlens_events_open series per kind");
     let listed = agent.cli(&["events", "list", "--status", "open", "--json"]);
-    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("events JSON");
+    let listed: Value = serde_json::from_slice(&listed.stdout).expect("events JSON");
     let open = listed["events"].as_array().expect("events").len() as f64;
     let exported = prometheus.query_one("sum(memlens_events_open)", Duration::from_secs(10));
     assert_eq!(

@@ -1,0 +1,182 @@
+//! The agent under test, as a child process on a private socket.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{memlens_bin, patience, require_root};
+
+/// A running `memlens agent`, stopped (by pid) on drop.
+pub struct Agent {
+    child: Child,
+    pub socket: PathBuf,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Starts the agent on a private socket with `extra` flags and waits until it answers.
+    #[must_use]
+    pub fn start(extra: &[&str]) -> Agent {
+        require_root();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("memlens.sock");
+        let log = dir.path().join("agent.log");
+        let mut cmd = Command::new(memlens_bin());
+        cmd.arg("agent")
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--refresh", "500ms"]);
+        if !extra.contains(&"--db") {
+            // Each test's history stays in its own directory.
+            cmd.arg("--db").arg(dir.path().join("history.db"));
+        }
+        let child = cmd
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start memlens agent");
+        let mut agent = Agent {
+            child,
+            socket,
+            log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + patience(Duration::from_secs(60));
+        loop {
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                panic!("memlens agent exited ({status}):\n{}", agent.log());
+            }
+            if agent.cli(&["status"]).status.success() {
+                return agent;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not answer in {:?}:\n{}",
+                patience(Duration::from_secs(60)),
+                agent.log()
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The agent's log so far.
+    #[must_use]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `memlens --socket <ours> <args>`.
+    #[must_use]
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(memlens_bin())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run memlens")
+    }
+
+    /// `memlens top --json --limit 0`, parsed.
+    #[must_use]
+    pub fn top(&self) -> Value {
+        let out = self.cli(&["top", "--json", "--limit", "0"]);
+        assert!(
+            out.status.success(),
+            "memlens top failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        serde_json::from_slice(&out.stdout).expect("top --json is JSON")
+    }
+
+    /// The time of the census the agent serves now (`taken_at_unix_ms` of `top`).
+    #[must_use]
+    pub fn census_time(&self) -> u64 {
+        let out = self.cli(&["top", "--json", "--limit", "1"]);
+        assert!(out.status.success(), "memlens top failed:\n{}", self.log());
+        let top: Value = serde_json::from_slice(&out.stdout).expect("top --json is JSON");
+        top["taken_at_unix_ms"].as_u64().expect("taken_at_unix_ms")
+    }
+
+    /// Waits until the agent has published `n` censuses taken after this call: what they show
+    /// was measured after everything the caller did before.
+    pub fn wait_censuses(&self, n: usize) {
+        let deadline = Instant::now() + patience(Duration::from_secs(30));
+        let mut last = self.census_time();
+        let mut seen = 0;
+        while seen < n {
+            assert!(
+                Instant::now() < deadline,
+                "the agent published {seen} of {n} censuses in {:?}:\n{}",
+                patience(Duration::from_secs(30)),
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(100));
+            let now = self.census_time();
+            if now != last {
+                seen += 1;
+                last = now;
+            }
+        }
+    }
+
+    /// The row of cgroup `path` in `memlens top --json`, if listed.
+    #[must_use]
+    pub fn row(&self, path: &str) -> Option<Value> {
+        self.top()["cgroups"]
+            .as_array()
+            .expect("cgroups array")
+            .iter()
+            .find(|r| r["path"] == path)
+            .cloned()
+    }
+
+    /// Polls `row(path)` until `done` holds for it or `timeout` (stretched by [`slowdown`])
+    /// passes; returns the last row.
+    pub fn wait_row(
+        &self,
+        path: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        let deadline = Instant::now() + patience(timeout);
+        loop {
+            let row = self.row(path);
+            if row.as_ref().is_some_and(&done) || Instant::now() > deadline {
+                return row;
+            }
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Agent {
+    /// Kills the agent with SIGKILL (no clean shutdown) and waits for it.
+    pub fn kill_hard(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -19,6 +19,8 @@ use object::{Object as _, ObjectSection as _, ObjectSegment as _};
 use lru::LruCache;
 use memlens_procfs::Mapping;
 
+use crate::gopclntab::GoPcln;
+
 /// Where a leaf's return address is, at one instruction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LeafRule {
@@ -34,6 +36,8 @@ pub enum LeafRule {
 struct ModuleCfi {
     eh_frame: Option<(Vec<u8>, u64)>,
     debug_frame: Option<Vec<u8>>,
+    /// Go's frame-size table, for Go binaries (stripped ones have nothing else).
+    go: Option<GoPcln>,
     text_addr: u64,
     /// `(file offset, file size, virtual address)` of each loadable segment.
     segments: Vec<(u64, u64, u64)>,
@@ -86,19 +90,23 @@ impl LeafResolver {
 fn load_cfi(path: &str) -> Option<ModuleCfi> {
     let data = std::fs::read(path).ok()?;
     let file = object::File::parse(&*data).ok()?;
+    // Go compresses its DWARF sections (SHF_COMPRESSED): read them uncompressed.
     let section = |name: &str| {
         file.section_by_name(name)
-            .and_then(|s| Some((s.data().ok()?.to_vec(), s.address())))
+            .and_then(|s| Some((s.uncompressed_data().ok()?.into_owned(), s.address())))
     };
+    let text_addr = file.section_by_name(".text").map_or(0, |s| s.address());
     let eh_frame = section(".eh_frame");
     let debug_frame = section(".debug_frame").map(|(d, _)| d);
-    if eh_frame.is_none() && debug_frame.is_none() {
+    let go = section(".gopclntab").and_then(|(d, _)| GoPcln::parse(d, text_addr));
+    if eh_frame.is_none() && debug_frame.is_none() && go.is_none() {
         return None;
     }
     Some(ModuleCfi {
         eh_frame,
         debug_frame,
-        text_addr: section(".text").map_or(0, |(_, a)| a),
+        go,
+        text_addr,
         segments: file
             .segments()
             .map(|s| {
@@ -138,7 +146,14 @@ fn rule_at(cfi: &ModuleCfi, vaddr: u64) -> LeafRule {
             );
         }
     }
-    LeafRule::Unknown
+    match cfi.go.as_ref().and_then(|go| go.sp_delta(vaddr)) {
+        // Nothing pushed yet, or a frameless leaf: the return address is on top of the stack.
+        Some(0) => LeafRule::StackWord(0),
+        // A Go function with a frame keeps the frame pointer chain (the compiler and the
+        // assembler save BP in every frame): the walk is right.
+        Some(_) => LeafRule::FramePointer,
+        None => LeafRule::Unknown,
+    }
 }
 
 fn classify<T: gimli::ReaderOffset>(cfa: &CfaRule<T>, ra: RegisterRule<T>) -> LeafRule {

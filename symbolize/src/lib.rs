@@ -7,6 +7,7 @@
 //! from kallsyms. blazesym caches parsed binaries by device and inode, so the same library
 //! mapped by a thousand processes is parsed once.
 
+pub mod gopclntab;
 pub mod leaf;
 
 use std::{num::NonZeroUsize, os::unix::fs::MetadataExt as _, path::Path};

@@ -99,6 +99,67 @@ pub fn rel_diff(a: u64, b: u64) -> f64 {
 
 pub const MIB: u64 = 1 << 20;
 
+/// The Go leak workload (`tests/workloads/goleak`), built once per test process with Debian's
+/// golang-go and its default flags, and stripped (`-ldflags=-s -w`: no symbols, no DWARF) when
+/// asked.
+#[must_use]
+pub fn go_leak_bin(stripped: bool) -> PathBuf {
+    static BINS: [std::sync::OnceLock<PathBuf>; 2] =
+        [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+    BINS[usize::from(stripped)]
+        .get_or_init(|| {
+            let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("workloads")
+                .join("goleak");
+            let dir = std::env::temp_dir().join(format!("memlens-goleak.{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("a directory for the Go workload");
+            let out = dir.join(if stripped {
+                "goleak-stripped"
+            } else {
+                "goleak"
+            });
+            let mut go = Command::new("go");
+            go.current_dir(&source).arg("build").arg("-o").arg(&out);
+            if stripped {
+                go.arg("-ldflags=-s -w");
+            }
+            let status = go
+                .env("GOFLAGS", "-mod=mod")
+                .env("GOCACHE", std::env::temp_dir().join("memlens-go-cache"))
+                .status()
+                .expect("run go build (golang-go)");
+            assert!(status.success(), "go build failed in {}", source.display());
+            out
+        })
+        .clone()
+}
+
+/// The address range of function `name` in a Go binary with symbols, from `go tool nm`.
+#[must_use]
+pub fn go_function(binary: &Path, name: &str) -> (u64, u64) {
+    let out = Command::new("go")
+        .args(["tool", "nm", "-size"])
+        .arg(binary)
+        .output()
+        .expect("run go tool nm");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (addr, size, _, symbol) = (
+                fields.next()?,
+                fields.next()?,
+                fields.next()?,
+                fields.next()?,
+            );
+            (symbol == name).then(|| {
+                let start = u64::from_str_radix(addr, 16).ok()?;
+                Some((start, start + size.parse::<u64>().ok()?))
+            })?
+        })
+        .unwrap_or_else(|| panic!("{name} not in {}", binary.display()))
+}
+
 /// The C leak workload (`tests/workloads/leak.c`), built once per test process with gcc and
 /// frame pointers.
 #[must_use]

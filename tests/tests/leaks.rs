@@ -3,7 +3,9 @@
 
 use std::{io::Read as _, process::Command};
 
-use memlens_tests::{leak_bin, workload_bin, Agent, TestCgroup, Workload, MIB};
+use memlens_tests::{
+    go_function, go_leak_bin, leak_bin, workload_bin, Agent, TestCgroup, Workload, MIB,
+};
 use pprof::protos::{Message as _, Profile};
 use serde_json::Value;
 
@@ -253,5 +255,60 @@ fn bad_leak_queries_are_clear_errors() {
             "{args:?}: {stderr}"
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn go_frameless_leaves_name_the_function_that_called_them() {
+    let agent = Agent::start(&[]);
+    // The same code with and without symbols: a stripped binary keeps only Go's own frame-size
+    // table, and the same addresses.
+    let (start, end) = go_function(&go_leak_bin(false), "main.deepCopy");
+    for stripped in [false, true] {
+        let cgroup = TestCgroup::new(if stripped {
+            "goleak-stripped"
+        } else {
+            "goleak"
+        });
+        let mut leak = Workload::start_program(&cgroup, &go_leak_bin(stripped), &["96"]);
+        let line = leak.read_line();
+        assert!(line.starts_with("leaked "), "the Go workload said {line:?}");
+        agent.wait_censuses(2);
+        let report = leaks_json(&agent, &["--cgroup", &cgroup.path, "--top", "5"]);
+        let first = &report["by_growth"][0];
+        let frames = first["user_stack"].as_array().expect("user stack");
+        let caller = frames
+            .iter()
+            .find(|f| f["recovered"] == true)
+            .unwrap_or_else(|| panic!("no recovered caller (stripped: {stripped}): {first:#}"));
+        eprintln!(
+            "stripped {stripped}: {}",
+            frames
+                .iter()
+                .take(4)
+                .map(|f| format!(
+                    "{}{}",
+                    f["function"].as_str().map_or_else(
+                        || format!("[unknown] {:#x}", f["addr"].as_u64().unwrap_or(0)),
+                        str::to_string
+                    ),
+                    if f["recovered"] == true {
+                        " [recovered]"
+                    } else {
+                        ""
+                    }
+                ))
+                .collect::<Vec<_>>()
+                .join(" < ")
+        );
+        let addr = caller["addr"].as_u64().expect("addr");
+        assert!(
+            (start..end).contains(&addr),
+            "the recovered caller {caller} is not main.deepCopy ({start:#x}..{end:#x}; stripped: {stripped})"
+        );
+        if !stripped {
+            assert_eq!(caller["function"], "main.deepCopy", "{first:#}");
+        }
+        leak.send("exit");
     }
 }

@@ -12,6 +12,10 @@ use memlens_tests::{held, patience, rel_diff, Agent, TestCgroup, Workload, MIB};
 
 /// Agent flags of the accuracy checks.
 const ACCURACY: &[&str] = &["--sample-shift", "6"];
+/// The sibling check's: its smaller cgroup holds 128 MiB of 4 KiB pages, whose estimate at 1 in
+/// 64 has a 95% bound of 8.7%, too close to the check's 10% (a CI run failed by chance at +10.8%,
+/// 2.4 standard errors); at 1 in 32 the bound is 6.1% and 10% is 3.2 standard errors away.
+const SIBLING_ACCURACY: &[&str] = &["--sample-shift", "5"];
 
 /// Waits until the agent's estimate reflects the workload: a census taken after `since`.
 fn settled_row(agent: &Agent, cgroup: &TestCgroup, min_anon: u64) -> serde_json::Value {
@@ -155,7 +159,7 @@ fn transparent_huge_pages_are_counted_whole() {
 
 #[test]
 fn sibling_cgroups_are_each_attributed_their_own_pages() {
-    let agent = Agent::start(ACCURACY);
+    let agent = Agent::start(SIBLING_ACCURACY);
     let small = TestCgroup::new("anon128");
     let large = TestCgroup::new("anon384");
     let mut w_small = Workload::start(&small, &["anon", "128"]);

@@ -60,69 +60,55 @@ fn apply(
         let kind = f.kind().as_str();
         let dimensions = serde_json::to_string(&f.dimensions).map_err(|e| corrupt(9, e))?;
         let evidence = evidence_text(&f.evidence)?;
-        let open: Option<i64> = tx
+        // The open event of this kind and subject, else the one that recovered most recently
+        // within the silence period: either is opened (again) and updated.
+        let existing: Option<(i64, bool)> = tx
             .query_row(
-                "SELECT id FROM events WHERE kind = ?1 AND subject = ?2 AND status = 'open'",
-                params![kind, f.subject],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(id) = open {
-            tx.execute(
-                "UPDATE events SET last_seen_ms = ?2, severity = ?3, summary = ?4, dimensions = ?5,
-                 evidence = ?6 WHERE id = ?1",
-                params![
-                    id,
-                    int(now_ms),
-                    f.severity.as_str(),
-                    f.summary,
-                    dimensions,
-                    evidence
-                ],
-            )?;
-            applied.updated.push(uint(id));
-            continue;
-        }
-        let silenced: Option<i64> = tx
-            .query_row(
-                "SELECT id FROM events WHERE kind = ?1 AND subject = ?2 AND status = 'recovered'
-                 AND recovered_ms >= ?3 ORDER BY recovered_ms DESC LIMIT 1",
+                "SELECT id, status = 'open' FROM events WHERE kind = ?1 AND subject = ?2
+                 AND (status = 'open' OR recovered_ms >= ?3)
+                 ORDER BY status = 'open' DESC, recovered_ms DESC LIMIT 1",
                 params![kind, f.subject, quiet_since],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        let id = if let Some(id) = silenced {
-            tx.execute(
-                "UPDATE events SET status = 'open', recovered_ms = NULL, last_seen_ms = ?2,
-                 severity = ?3, summary = ?4, dimensions = ?5, evidence = ?6 WHERE id = ?1",
-                params![
-                    id,
-                    int(now_ms),
-                    f.severity.as_str(),
-                    f.summary,
-                    dimensions,
-                    evidence
-                ],
-            )?;
-            id
-        } else {
-            tx.execute(
-                "INSERT INTO events (kind, subject, severity, status, summary, first_seen_ms,
-                 last_seen_ms, recovered_ms, dimensions, evidence)
-                 VALUES (?1, ?2, ?3, 'open', ?4, ?5, ?5, NULL, ?6, ?7)",
-                params![
-                    kind,
-                    f.subject,
-                    f.severity.as_str(),
-                    f.summary,
-                    int(now_ms),
-                    dimensions,
-                    evidence
-                ],
-            )?;
-            tx.last_insert_rowid()
-        };
-        applied.raised.push(uint(id));
+        match existing {
+            Some((id, was_open)) => {
+                tx.execute(
+                    "UPDATE events SET status = 'open', recovered_ms = NULL, last_seen_ms = ?2,
+                     severity = ?3, summary = ?4, dimensions = ?5, evidence = ?6 WHERE id = ?1",
+                    params![
+                        id,
+                        int(now_ms),
+                        f.severity.as_str(),
+                        f.summary,
+                        dimensions,
+                        evidence
+                    ],
+                )?;
+                if was_open {
+                    applied.updated.push(uint(id));
+                } else {
+                    applied.raised.push(uint(id));
+                }
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO events (kind, subject, severity, status, summary, first_seen_ms,
+                     last_seen_ms, recovered_ms, dimensions, evidence)
+                     VALUES (?1, ?2, ?3, 'open', ?4, ?5, ?5, NULL, ?6, ?7)",
+                    params![
+                        kind,
+                        f.subject,
+                        f.severity.as_str(),
+                        f.summary,
+                        int(now_ms),
+                        dimensions,
+                        evidence
+                    ],
+                )?;
+                applied.raised.push(uint(tx.last_insert_rowid()));
+            }
+        }
     }
     for kind in kinds {
         let stale: Vec<i64> = {

@@ -47,6 +47,14 @@ pub struct AgentArgs {
     /// two); events beyond it between two reads are counted as lost.
     #[arg(long, env = "MEMLENS_LIFECYCLE_BUFFER", default_value_t = 1 << 20, value_parser = parse_ring_size)]
     pub lifecycle_buffer: u32,
+    /// Bytes of user stack copied at each sampled allocation and unwound with the binary's own
+    /// unwind tables (code built without frame pointers); 0 keeps frame-pointer stacks only.
+    #[arg(long, env = "MEMLENS_STACK_COPY", default_value_t = 16_384, value_parser = parse_stack_copy)]
+    pub stack_copy: u32,
+    /// Bytes of the ring buffer carrying stack copies to the unwinder (a power of two); copies
+    /// beyond it are counted as lost and keep their frame-pointer stack.
+    #[arg(long, env = "MEMLENS_STACK_COPY_BUFFER", default_value_t = 1 << 22, value_parser = parse_ring_size)]
+    pub stack_copy_buffer: u32,
     /// BTF of the running kernel, for kernels without /sys/kernel/btf/vmlinux (e.g. from BTFHub).
     #[arg(long, env = "MEMLENS_BTF", value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -103,6 +111,16 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
     let n: u32 = text.parse().map_err(|e| format!("{e}"))?;
     if !n.is_power_of_two() || !(1 << 16..=1 << 28).contains(&n) {
         return Err("must be a power of two between 65536 and 268435456".into());
+    }
+    Ok(n)
+}
+
+/// 0 or a multiple of 4096 up to the kernel program's maximum.
+fn parse_stack_copy(text: &str) -> Result<u32, String> {
+    let n: u32 = text.parse().map_err(|e| format!("{e}"))?;
+    let max = memlens_common::stack_copy::STACK_COPY_MAX as u32;
+    if n % 4096 != 0 || n > max {
+        return Err(format!("must be 0 or a multiple of 4096 up to {max}"));
     }
     Ok(n)
 }
@@ -230,6 +248,8 @@ const FILE_SETTINGS: &[&str] = &[
     "refresh",
     "file_entries",
     "lifecycle_buffer",
+    "stack_copy",
+    "stack_copy_buffer",
     "btf",
     "max_cgroups",
     "db",

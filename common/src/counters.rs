@@ -39,10 +39,20 @@ pub enum Counter {
     FilemapReadErrors = 13,
     /// Lifecycle events lost: the ring buffer was full.
     LifecycleDropped = 14,
+    /// User stacks copied for unwinding (one per sampled allocation with a user context).
+    StackCopies = 15,
+    /// Bytes of user stack copied into the unwinding ring buffer.
+    StackCopyBytes = 16,
+    /// Stack copies lost: the unwinding ring buffer was full (the sample keeps its frame-pointer
+    /// stack).
+    StackCopyDropped = 17,
+    /// Stack copies that failed: the user registers or the first bytes at the stack pointer could
+    /// not be read.
+    StackCopyErrors = 18,
 }
 
 /// Number of counters; the size of the `COUNTERS` map.
-pub const COUNTER_COUNT: u32 = 15;
+pub const COUNTER_COUNT: u32 = 19;
 
 impl Counter {
     /// Every counter, in index order.
@@ -62,6 +72,10 @@ impl Counter {
         Counter::FilemapMapFull,
         Counter::FilemapReadErrors,
         Counter::LifecycleDropped,
+        Counter::StackCopies,
+        Counter::StackCopyBytes,
+        Counter::StackCopyDropped,
+        Counter::StackCopyErrors,
     ];
 
     /// Whether a count of this counter is something the agent lost (an update dropped, a stack
@@ -78,6 +92,8 @@ impl Counter {
                 | Counter::FilemapMapFull
                 | Counter::FilemapReadErrors
                 | Counter::LifecycleDropped
+                | Counter::StackCopyDropped
+                | Counter::StackCopyErrors
         )
     }
 
@@ -100,6 +116,10 @@ impl Counter {
             Counter::FilemapMapFull => "filemap_map_full",
             Counter::FilemapReadErrors => "filemap_read_errors",
             Counter::LifecycleDropped => "lifecycle_dropped",
+            Counter::StackCopies => "stack_copies",
+            Counter::StackCopyBytes => "stack_copy_bytes",
+            Counter::StackCopyDropped => "stack_copy_dropped",
+            Counter::StackCopyErrors => "stack_copy_errors",
         }
     }
 }

@@ -10,3 +10,4 @@ pub mod filemap;
 pub mod lifecycle;
 pub mod offsets;
 pub mod page;
+pub mod stack_copy;

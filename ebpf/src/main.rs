@@ -13,6 +13,7 @@ mod counters;
 mod filemap;
 mod lifecycle;
 mod pages;
+mod stack_copy;
 mod task;
 
 #[cfg(not(test))]

@@ -27,7 +27,7 @@ use memlens_common::{
     },
 };
 
-use crate::{counters, task};
+use crate::{counters, stack_copy, task};
 
 /// `BPF_F_MMAPABLE`: lets the agent read the array without a syscall per entry.
 const BPF_F_MMAPABLE: u32 = 1 << 10;
@@ -245,15 +245,25 @@ fn record<C: StackIdContext>(ctx: &C, frames: SampledFrames, order: u32, gfp: u6
         counters::add(Counter::TaskMemcgErrors, 1);
         0
     });
+    let pid_tgid = bpf_get_current_pid_tgid();
     let (user_sp, user_stack_top) = if user_stack >= 0 {
-        task::user_stack_top().unwrap_or_else(|_| {
-            counters::add(Counter::UserStackTopErrors, 1);
-            (0, [0; LEAF_STACK_WORDS])
-        })
+        match task::user_regs() {
+            Ok(regs) => {
+                stack_copy::capture(now, pid_tgid, regs, frames);
+                let top = task::user_stack_top(regs.sp).unwrap_or_else(|_| {
+                    counters::add(Counter::UserStackTopErrors, 1);
+                    [0; LEAF_STACK_WORDS]
+                });
+                (regs.sp, top)
+            }
+            Err(_) => {
+                counters::add(Counter::UserStackTopErrors, 1);
+                (0, [0; LEAF_STACK_WORDS])
+            }
+        }
     } else {
         (0, [0; LEAF_STACK_WORDS])
     };
-    let pid_tgid = bpf_get_current_pid_tgid();
     let entry = PageAlloc {
         ts_ns: now,
         task_memcg,

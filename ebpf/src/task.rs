@@ -61,15 +61,27 @@ pub fn task_memcg_id(task: u64) -> Result<u64, i32> {
     memcg_id_of(css)
 }
 
-/// `offsetof(struct pt_regs, sp)`, from BTF (152 on x86-64).
+/// Offsets of `struct pt_regs` fields, from BTF (x86-64: ip 128, sp 152, bp 32).
 #[no_mangle]
 static PT_REGS_SP_OFFSET: Global<u32> = Global::new(152);
+#[no_mangle]
+static PT_REGS_IP_OFFSET: Global<u32> = Global::new(128);
+#[no_mangle]
+static PT_REGS_BP_OFFSET: Global<u32> = Global::new(32);
 
-/// The current task's user stack pointer and the words on top of its user stack.
+/// The user registers unwinding needs, as the task entered the kernel.
+#[derive(Clone, Copy)]
+pub struct UserRegs {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+}
+
+/// The current task's user registers.
 ///
-/// match-kernel: arch/x86/include/asm/ptrace.h struct pt_regs.sp
+/// match-kernel: arch/x86/include/asm/ptrace.h struct pt_regs.ip, .sp, .bp
 #[inline(always)]
-pub fn user_stack_top() -> Result<(u64, [u64; LEAF_STACK_WORDS]), i32> {
+pub fn user_regs() -> Result<UserRegs, i32> {
     // SAFETY: returns the current task as a BTF pointer; only passed to bpf_task_pt_regs.
     let task = unsafe { bpf_get_current_task_btf() };
     // SAFETY: the helper returns the task's user-mode registers.
@@ -77,8 +89,16 @@ pub fn user_stack_top() -> Result<(u64, [u64; LEAF_STACK_WORDS]), i32> {
     if regs == 0 {
         return Err(0);
     }
-    let sp = read_u64(regs, PT_REGS_SP_OFFSET.load())?;
+    Ok(UserRegs {
+        ip: read_u64(regs, PT_REGS_IP_OFFSET.load())?,
+        sp: read_u64(regs, PT_REGS_SP_OFFSET.load())?,
+        bp: read_u64(regs, PT_REGS_BP_OFFSET.load())?,
+    })
+}
+
+/// The words on top of the user stack at `sp`.
+#[inline(always)]
+pub fn user_stack_top(sp: u64) -> Result<[u64; LEAF_STACK_WORDS], i32> {
     // SAFETY: bpf_probe_read_user checks the address; a bad one returns an error.
-    let words = unsafe { bpf_probe_read_user(sp as *const [u64; LEAF_STACK_WORDS]) }?;
-    Ok((sp, words))
+    unsafe { bpf_probe_read_user(sp as *const [u64; LEAF_STACK_WORDS]) }
 }

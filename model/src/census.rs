@@ -82,6 +82,8 @@ pub struct Census {
 /// A sampled frame held by a memory cgroup, with the record of its allocation.
 #[derive(Clone, Copy, Debug)]
 pub struct TrackedFrame {
+    /// Index of the frame's superblock (and of its record in `PAGE_ALLOCS`).
+    pub superblock: u64,
     pub memcg: MemcgId,
     pub kind: PageKind,
     pub record: PageAlloc,

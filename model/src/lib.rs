@@ -6,6 +6,7 @@
 pub mod census;
 pub mod page_cache;
 pub mod snapshot;
+pub mod user_stack;
 
 pub use snapshot::Snapshot;
 

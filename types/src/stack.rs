@@ -58,3 +58,68 @@ pub enum LeafCaller {
     /// No unwind rule (or no stack words): the leaf's caller may be missing.
     MaybeMissing,
 }
+
+/// How a frame of a user stack was found from the frame inside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FoundBy {
+    /// The innermost frame: the instruction pointer itself.
+    Registers,
+    /// The inner frame's unwind rule, from its binary's `.eh_frame` or `.debug_frame`.
+    UnwindTables,
+    /// The frame-pointer chain (a binary without unwind tables, such as Go's, or the kernel's
+    /// walk when the stack was not copied).
+    FramePointer,
+    /// A frameless leaf's caller read off the stack with the leaf's unwind rule (see
+    /// [`LeafCaller::Recovered`]).
+    RecoveredLeaf,
+}
+
+/// How a user stack was unwound, taken over its frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnwindMethod {
+    /// The kernel's frame-pointer walk (with a frameless leaf's caller recovered where its unwind
+    /// rule says where it is).
+    FramePointers,
+    /// Every frame from the binaries' unwind tables, in userspace, from a copy of the stack.
+    UnwindTables,
+    /// From a copy of the stack, partly by unwind tables and partly by frame pointers.
+    Mixed,
+}
+
+/// Why a user stack ends before the program's or the thread's entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum StackStop {
+    /// The kernel's frame-pointer walk ended: a frame without a frame pointer broke the chain.
+    FramePointerChain,
+    /// The next frame is beyond the copy of the stack (`bytes` from the stack pointer).
+    CopyEnded { bytes: u32 },
+    /// A return address outside the process's executable mappings (after re-reading them).
+    UnknownAddress,
+    /// The unwind rules led nowhere: the stack pointer did not advance, or moved backwards.
+    NoProgress,
+    /// The stack is deeper than the frames kept per stack.
+    FrameLimit { frames: u32 },
+}
+
+impl std::fmt::Display for StackStop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StackStop::FramePointerChain => {
+                f.write_str("the frame-pointer walk ended at code without frame pointers")
+            }
+            StackStop::CopyEnded { bytes } => write!(
+                f,
+                "deeper than the {} KiB of stack copied (--stack-copy)",
+                bytes / 1024
+            ),
+            StackStop::UnknownAddress => {
+                f.write_str("a return address outside the process's code mappings")
+            }
+            StackStop::NoProgress => f.write_str("the unwind rules did not advance"),
+            StackStop::FrameLimit { frames } => write!(f, "more than {frames} frames"),
+        }
+    }
+}

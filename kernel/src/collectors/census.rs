@@ -57,6 +57,7 @@ impl PageCensus {
             let kind = page_kind(flags);
             if let Some(record) = record {
                 census.tracked.push(TrackedFrame {
+                    superblock,
                     memcg,
                     kind,
                     record,

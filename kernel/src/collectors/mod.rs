@@ -3,4 +3,5 @@
 pub mod census;
 pub mod lifecycle;
 pub mod page_cache;
+pub mod stack_copies;
 pub mod stack_gc;

@@ -16,7 +16,11 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use memlens_common::{
-    counters::Counter, filemap::FileKey, offsets::TaskMemcgOffsets, page::MAX_SAMPLE_SHIFT,
+    counters::Counter,
+    filemap::FileKey,
+    offsets::TaskMemcgOffsets,
+    page::MAX_SAMPLE_SHIFT,
+    stack_copy::{StackCopy, STACK_COPY_MAX},
 };
 pub use page_allocs::PageAllocTable;
 
@@ -24,7 +28,10 @@ use memlens_types::{status::ProgramStats, Pfn};
 
 use memlens_model::StackTable;
 
-use crate::{collectors::lifecycle::LifecycleRing, physmem};
+use crate::{
+    collectors::{lifecycle::LifecycleRing, stack_copies::StackCopyRing},
+    physmem,
+};
 
 /// The kernel programs, built by `cargo xtask build-ebpf` (via build.rs) for this very binary.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memlens.bpf.o"));
@@ -80,6 +87,11 @@ pub struct LoadOptions {
     pub file_entries: u32,
     /// Bytes of the lifecycle ring buffer (a power of two).
     pub lifecycle_buffer: u32,
+    /// Bytes of user stack copied per sampled allocation for unwinding (0: off; at most
+    /// `STACK_COPY_MAX`).
+    pub stack_copy_bytes: u32,
+    /// Bytes of the stack-copy ring buffer (a power of two).
+    pub stack_copy_buffer: u32,
 }
 
 /// How the programs were loaded: the facts behind `memlens status`.
@@ -111,6 +123,8 @@ pub struct LoadReport {
     /// The lifecycle probes in use, or why there are none.
     pub lifecycle_probe: Result<String, ProbeError>,
     pub file_entries: u32,
+    /// Bytes of stack copied per sample for unwinding (0: frame pointers only).
+    pub stack_copy_bytes: u32,
 }
 
 /// The programs' per-CPU counters (see `memlens_common::counters`), readable from any thread.
@@ -145,6 +159,8 @@ pub struct Probes {
     pub file_pages: Option<HashMap<MapData, FileKey, i64>>,
     /// Process exits, OOM victims, cgroup mkdir/rmdir, when the lifecycle probes are attached.
     pub lifecycle: Option<LifecycleRing>,
+    /// User stack copies of sampled allocations, when copying is on.
+    pub stack_copies: Option<StackCopyRing>,
     pub report: LoadReport,
 }
 
@@ -190,6 +206,14 @@ impl Probes {
         let kernel_btf = btf::KernelBtf::load(options.btf.as_deref())?;
         let page_struct_size = kernel_btf.struct_size("page")?;
         let pt_regs_sp = kernel_btf.member_offset("pt_regs", "sp")?;
+        let pt_regs_ip = kernel_btf.member_offset("pt_regs", "ip")?;
+        let pt_regs_bp = kernel_btf.member_offset("pt_regs", "bp")?;
+        if options.stack_copy_bytes as usize > STACK_COPY_MAX {
+            return Err(LoadError::Config(format!(
+                "stack copy of {} bytes is above the maximum {STACK_COPY_MAX}",
+                options.stack_copy_bytes
+            )));
+        }
         let task_memcg_offsets = kernel_btf.task_memcg_offsets().map_err(ProbeError::offsets);
         let filemap_offsets = kernel_btf.filemap_offsets().map_err(ProbeError::offsets);
         if let Err(e) = &task_memcg_offsets {
@@ -236,6 +260,9 @@ impl Probes {
             .override_global("FILEMAP_OFFSETS", &file_offsets, true)
             .override_global("LIFECYCLE_OFFSETS", &life_offsets, true)
             .override_global("PT_REGS_SP_OFFSET", &pt_regs_sp, true)
+            .override_global("PT_REGS_IP_OFFSET", &pt_regs_ip, true)
+            .override_global("PT_REGS_BP_OFFSET", &pt_regs_bp, true)
+            .override_global("STACK_COPY_BYTES", &options.stack_copy_bytes, true)
             .override_global(
                 "KERNEL_STACK_REUSE_NS",
                 &options.kernel_stack_reuse_ns,
@@ -247,7 +274,8 @@ impl Probes {
             )
             .map_max_entries("STACKS", options.stack_entries)
             .map_max_entries("FILE_PAGES", options.file_entries)
-            .map_max_entries("LIFECYCLE", options.lifecycle_buffer);
+            .map_max_entries("LIFECYCLE", options.lifecycle_buffer)
+            .map_max_entries("STACK_COPIES", options.stack_copy_buffer);
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| ebpf_err("loading the kernel programs", e))?;
@@ -302,6 +330,12 @@ impl Probes {
             )),
             _ => None,
         };
+        let stack_copies = match (options.stack_copy_bytes, ebpf.take_map("STACK_COPIES")) {
+            (0, _) | (_, None) => None,
+            (_, Some(map)) => Some(StackCopyRing(
+                RingBuf::try_from(map).map_err(|e| ebpf_err("opening STACK_COPIES", e))?,
+            )),
+        };
         let stacks = StackMap(
             StackTraceMap::try_from(
                 ebpf.take_map("STACKS")
@@ -326,11 +360,14 @@ impl Probes {
             map_bytes: sample_entries * record
                 + u64::from(options.stack_entries) * (127 * 8 + 8)
                 + u64::from(options.file_entries) * 64
-                + u64::from(options.lifecycle_buffer),
+                + u64::from(options.lifecycle_buffer)
+                + u64::from(options.stack_copy_buffer)
+                + stack_copy_scratch_bytes(),
             memlock_warning,
             filemap_probe,
             file_entries: options.file_entries,
             lifecycle_probe,
+            stack_copy_bytes: options.stack_copy_bytes,
         };
         Ok(Probes {
             ebpf,
@@ -339,9 +376,16 @@ impl Probes {
             stacks,
             file_pages,
             lifecycle,
+            stack_copies,
             report,
         })
     }
+}
+
+/// Kernel memory of the per-CPU scratch record the stack copies are assembled in.
+fn stack_copy_scratch_bytes() -> u64 {
+    let cpus = aya::util::nr_cpus().unwrap_or(1);
+    (size_of::<StackCopy>() * cpus) as u64
 }
 
 /// The smallest shift >= the requested one whose array fits `max_sample_entries`.
@@ -402,6 +446,8 @@ mod tests {
             btf: None,
             file_entries: 1,
             lifecycle_buffer: 4096,
+            stack_copy_bytes: 0,
+            stack_copy_buffer: 4096,
         };
         // 24 GiB of 4 KiB pages fits at 1 in 64.
         assert_eq!(

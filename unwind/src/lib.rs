@@ -1,0 +1,352 @@
+//! Unwinding user stacks without frame pointers.
+//!
+//! Most native code is built without frame pointers (GCC and Clang at `-O2`, Rust's release
+//! profile, distribution packages, glibc), so the kernel's frame-pointer walk stops after a frame
+//! or two. At each sampled allocation the kernel program copies the user registers and the top of
+//! the stack (`memlens_common::stack_copy`); here each copy is unwound with the unwind tables of
+//! the binaries the process maps (framehop: `.eh_frame` through `.eh_frame_hdr`, else
+//! `.debug_frame`; frame pointers where a binary has no tables), while the process still runs,
+//! and the bytes are dropped.
+//!
+//! Go binaries are left to the frame-pointer walk: Go keeps frame pointers in every frame, and
+//! its frameless leaves are served by `.gopclntab` at symbolization.
+
+mod modules;
+pub mod table;
+
+use std::{
+    num::NonZeroUsize,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use framehop::{
+    x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
+    Error as FramehopError, FrameAddress, Unwinder as _,
+};
+use lru::LruCache;
+use memlens_model::user_stack::{FoundBy, StackSample, StackStop, UnwoundFrame, UnwoundStack};
+use memlens_procfs::maps;
+
+pub use modules::ModuleFiles;
+use modules::{Bytes, ModuleFile};
+
+/// Frames kept per stack.
+pub const MAX_FRAMES: usize = 128;
+/// Processes whose modules are kept (the least recently unwound go first).
+const MAX_PROCESSES: NonZeroUsize = NonZeroUsize::new(1024).expect("non-zero");
+/// A process's mappings are re-read at most this often when an address falls outside them.
+const REMAP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a kept process is checked to still be the one with its pid.
+const RECHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What the unwinder has done, readable from any thread.
+#[derive(Debug, Default)]
+pub struct UnwindStats {
+    /// Stack copies unwound, and the stack bytes they carried.
+    pub samples: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Time spent unwinding, in ns (loading binaries' tables included).
+    pub busy_ns: AtomicU64,
+    /// Copies left to the frame-pointer walk: Go binaries, code without a file, processes gone.
+    pub left_to_frame_pointers: AtomicU64,
+    /// Unwound stacks that ended before the program's entry, and why.
+    pub stopped_copy_ended: AtomicU64,
+    pub stopped_unknown_address: AtomicU64,
+    pub stopped_other: AtomicU64,
+    /// Re-reads of a process's mappings for an address outside them (code loaded later).
+    pub remaps: AtomicU64,
+    /// Binaries whose unwind tables were read, and the bytes of tables held now.
+    pub files_loaded: AtomicU64,
+    pub table_bytes: AtomicU64,
+}
+
+/// One process's address space as framehop sees it.
+struct Process {
+    start_ns: u64,
+    unwinder: UnwinderX86_64<Bytes>,
+    /// Executable mappings and whether their file has unwind tables (Go: no), sorted by start.
+    code: Vec<(u64, u64, bool)>,
+    mapped_at: Instant,
+    checked_at: Instant,
+}
+
+impl Process {
+    /// The executable mapping holding `addr`: whether it has unwind tables.
+    fn code_at(&self, addr: u64) -> Option<bool> {
+        let i = self.code.partition_point(|&(start, _, _)| start <= addr);
+        let &(start, end, tables) = self.code.get(i.checked_sub(1)?)?;
+        (start <= addr && addr < end).then_some(tables)
+    }
+}
+
+/// Unwinds stack copies; owned by one thread.
+pub struct Unwinder {
+    processes: LruCache<u32, Process>,
+    files: ModuleFiles,
+    cache: CacheX86_64,
+    stats: Arc<UnwindStats>,
+}
+
+impl Unwinder {
+    #[must_use]
+    pub fn new(stats: Arc<UnwindStats>) -> Unwinder {
+        Unwinder {
+            processes: LruCache::new(MAX_PROCESSES),
+            files: ModuleFiles::default(),
+            cache: CacheX86_64::new(),
+            stats,
+        }
+    }
+
+    /// Unwinds one copy; None leaves the allocation to its frame-pointer stack.
+    pub fn unwind(&mut self, sample: &StackSample<'_>) -> Option<UnwoundStack> {
+        let started = Instant::now();
+        let unwound = self.unwind_inner(sample);
+        let s = &self.stats;
+        s.samples.fetch_add(1, Ordering::Relaxed);
+        s.bytes
+            .fetch_add(sample.stack.len() as u64, Ordering::Relaxed);
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        s.busy_ns.fetch_add(ns, Ordering::Relaxed);
+        match unwound.as_ref().map(|u| u.stop) {
+            None => &s.left_to_frame_pointers,
+            Some(None) => return unwound,
+            Some(Some(StackStop::CopyEnded { .. })) => &s.stopped_copy_ended,
+            Some(Some(StackStop::UnknownAddress)) => &s.stopped_unknown_address,
+            Some(Some(_)) => &s.stopped_other,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        unwound
+    }
+
+    fn unwind_inner(&mut self, sample: &StackSample<'_>) -> Option<UnwoundStack> {
+        self.ensure_process(sample.tgid)?;
+        // The leaf must be in a binary with unwind tables; else (Go, JIT code, a mapping not
+        // known yet and still unknown after a re-read) the frame-pointer walk is as good.
+        let leaf_tables = match self.process(sample.tgid)?.code_at(sample.ip) {
+            Some(tables) => tables,
+            None if self.remap(sample.tgid) => self.process(sample.tgid)?.code_at(sample.ip)?,
+            None => return None,
+        };
+        if !leaf_tables {
+            return None;
+        }
+        let first = self.walk(sample)?;
+        if first.stop == Some(StackStop::UnknownAddress) && self.remap(sample.tgid) {
+            return self.walk(sample);
+        }
+        Some(first)
+    }
+
+    /// One framehop walk of `sample` through the process's modules.
+    fn walk(&mut self, sample: &StackSample<'_>) -> Option<UnwoundStack> {
+        let process = self.processes.get(&sample.tgid)?;
+        let mut read = |addr: u64| sample.word(addr).ok_or(());
+        let mut iter = process.unwinder.iter_frames(
+            sample.ip,
+            UnwindRegsX86_64::new(sample.ip, sample.sp, sample.bp),
+            &mut self.cache,
+            &mut read,
+        );
+        let mut frames: Vec<UnwoundFrame> = Vec::new();
+        // Whether the frame the next one is unwound from is in a binary with unwind tables.
+        let mut inner_tables = true;
+        let stop = loop {
+            if frames.len() >= MAX_FRAMES {
+                break Some(StackStop::FrameLimit {
+                    frames: MAX_FRAMES as u32,
+                });
+            }
+            match iter.next() {
+                Ok(Some(FrameAddress::InstructionPointer(ip))) => frames.push(UnwoundFrame {
+                    addr: ip,
+                    found_by: FoundBy::Registers,
+                }),
+                Ok(Some(FrameAddress::ReturnAddress(ra))) => {
+                    let addr = ra.get();
+                    let Some(tables) = process.code_at(addr) else {
+                        break Some(StackStop::UnknownAddress);
+                    };
+                    frames.push(UnwoundFrame {
+                        addr,
+                        found_by: if inner_tables {
+                            FoundBy::UnwindTables
+                        } else {
+                            FoundBy::FramePointer
+                        },
+                    });
+                    inner_tables = tables;
+                }
+                Ok(None) => break None,
+                Err(FramehopError::CouldNotReadStack(_)) => {
+                    break Some(StackStop::CopyEnded {
+                        bytes: u32::try_from(sample.stack.len()).unwrap_or(u32::MAX),
+                    })
+                }
+                // A null return address ends a stack on purpose (the thread's entry).
+                Err(FramehopError::ReturnAddressIsNull) => break None,
+                Err(_) => break Some(StackStop::NoProgress),
+            }
+        };
+        Some(UnwoundStack { frames, stop })
+    }
+
+    fn process(&mut self, tgid: u32) -> Option<&Process> {
+        self.processes.get(&tgid)
+    }
+
+    /// Makes sure the process with pid `tgid` is known, and is still the one it was.
+    fn ensure_process(&mut self, tgid: u32) -> Option<()> {
+        if let Some(p) = self.processes.get_mut(&tgid) {
+            if p.checked_at.elapsed() < RECHECK_INTERVAL {
+                return Some(());
+            }
+            match memlens_procfs::start_time_ns(tgid) {
+                Ok(start) if start == p.start_ns => {
+                    p.checked_at = Instant::now();
+                    return Some(());
+                }
+                _ => {
+                    self.processes.pop(&tgid);
+                }
+            }
+        }
+        let start_ns = memlens_procfs::start_time_ns(tgid).ok()?;
+        let process = self.load(tgid, start_ns)?;
+        self.processes.put(tgid, process);
+        Some(())
+    }
+
+    /// Re-reads the mappings of `tgid` if it was not done within `REMAP_INTERVAL`: code loaded
+    /// after the process was first seen (dlopen, plugins). True when they were re-read.
+    fn remap(&mut self, tgid: u32) -> bool {
+        let Some(p) = self.processes.peek(&tgid) else {
+            return false;
+        };
+        if p.mapped_at.elapsed() < REMAP_INTERVAL {
+            return false;
+        }
+        let start_ns = p.start_ns;
+        match self.load(tgid, start_ns) {
+            Some(process) => {
+                self.stats.remaps.fetch_add(1, Ordering::Relaxed);
+                self.processes.put(tgid, process);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Reads the mappings of `tgid` and builds its modules.
+    fn load(&mut self, tgid: u32, start_ns: u64) -> Option<Process> {
+        let maps = maps::read_maps(tgid).ok()?;
+        let mut unwinder = UnwinderX86_64::new();
+        let mut code = Vec::new();
+        for mapping in maps.iter().filter(|m| m.executable) {
+            let file: Option<Arc<ModuleFile>> = if mapping.inode == 0 {
+                None
+            } else {
+                self.files.get(tgid, mapping)
+            };
+            let tables = file.as_ref().is_some_and(|f| f.unwind_tables);
+            if let Some(module) = file.filter(|f| f.unwind_tables).and_then(|f| f.module(mapping)) {
+                unwinder.add_module(module);
+            }
+            code.push((mapping.start, mapping.end, tables));
+        }
+        code.sort_unstable();
+        self.stats
+            .files_loaded
+            .store(self.files.loaded, Ordering::Relaxed);
+        self.stats
+            .table_bytes
+            .store(self.files.bytes() as u64, Ordering::Relaxed);
+        let now = Instant::now();
+        Some(Process {
+            start_ns,
+            unwinder,
+            code,
+            mapped_at: now,
+            checked_at: now,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hint::black_box;
+
+    use super::*;
+
+    /// A copy of this thread's registers and stack, taken inside `capture`, unwound.
+    #[inline(never)]
+    fn capture(unwinder: &mut Unwinder) -> UnwoundStack {
+        let (ip, sp, bp): (u64, u64, u64);
+        // SAFETY: reads three registers, touches no memory.
+        unsafe {
+            std::arch::asm!(
+                "lea {ip}, [rip]",
+                "mov {sp}, rsp",
+                "mov {bp}, rbp",
+                ip = out(reg) ip,
+                sp = out(reg) sp,
+                bp = out(reg) bp,
+            );
+        }
+        let maps = maps::read_maps(std::process::id()).expect("own maps");
+        let top = maps::find(&maps, sp).expect("the stack is mapped").end;
+        let len = (top - sp).min(16384) as usize;
+        // SAFETY: [sp, sp + len) is inside this thread's stack mapping, above the stack pointer.
+        let stack = unsafe { std::slice::from_raw_parts(sp as *const u8, len) }.to_vec();
+        let sample = StackSample {
+            ts_ns: 1,
+            tgid: std::process::id(),
+            pid: 0,
+            ip,
+            sp,
+            bp,
+            first_superblock: 0,
+            superblocks: 1,
+            stack: &stack,
+        };
+        unwinder.unwind(&sample).expect("the test binary has unwind tables")
+    }
+
+    #[inline(never)]
+    fn middle(unwinder: &mut Unwinder, depth: u32) -> UnwoundStack {
+        if black_box(depth) == 0 {
+            capture(unwinder)
+        } else {
+            black_box(middle(unwinder, depth - 1))
+        }
+    }
+
+    #[test]
+    fn a_thread_without_frame_pointers_unwinds_to_its_entry() {
+        let stats = Arc::new(UnwindStats::default());
+        let mut unwinder = Unwinder::new(Arc::clone(&stats));
+        // A thread of its own: its stack is shallow, so the copy reaches the thread's entry.
+        let stack = std::thread::spawn(move || middle(&mut unwinder, 5))
+            .join()
+            .expect("thread");
+        assert_eq!(stack.stop, None, "{stack:?}");
+        // capture, six `middle`s, the closure and std's thread start-up, glibc's start_thread.
+        assert!(stack.frames.len() >= 9, "{} frames", stack.frames.len());
+        assert_eq!(stack.frames[0].found_by, FoundBy::Registers);
+        assert!(stack.frames[1..]
+            .iter()
+            .all(|f| f.found_by == FoundBy::UnwindTables));
+        // The six calls of `middle` return to the same instruction.
+        let middle_returns = stack
+            .frames
+            .iter()
+            .filter(|f| f.addr == stack.frames[2].addr)
+            .count();
+        assert!(middle_returns >= 5, "{stack:?}");
+        assert_eq!(stats.samples.load(Ordering::Relaxed), 1);
+    }
+}

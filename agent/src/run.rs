@@ -8,7 +8,7 @@ use std::{
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
-        mpsc, Arc, RwLock,
+        mpsc, Arc, Mutex, RwLock,
     },
     thread,
     time::Duration,
@@ -33,6 +33,7 @@ use memlens_kernel::{
 };
 use memlens_pods::{LogDirs, PodDirectory};
 use memlens_store::Store;
+use memlens_unwind::{table::UnwoundTable, UnwindStats, Unwinder};
 
 use crate::{
     api::{
@@ -48,6 +49,7 @@ use crate::{
         engine::{self, CheckRequest, Engine, EngineStats},
         lifecycle::{self, Drain},
         refresh::Refresher,
+        unwind,
     },
 };
 
@@ -61,6 +63,8 @@ const HISTORY_MAX_STACKS: usize = 5000;
 /// 100 ms and 200 ms when well; a long engine run, with evidence symbolized, stays well within).
 const LIFECYCLE_BOUND: Duration = Duration::from_secs(60);
 const ENGINE_BOUND: Duration = Duration::from_secs(600);
+/// The unwinder beats at least every 100 ms; reading a large binary's tables takes longer.
+const UNWIND_BOUND: Duration = Duration::from_secs(60);
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
@@ -89,6 +93,8 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         btf: args.btf.clone(),
         file_entries: args.file_entries,
         lifecycle_buffer: args.lifecycle_buffer,
+        stack_copy_bytes: args.stack_copy,
+        stack_copy_buffer: args.stack_copy_buffer,
     };
     let mut probes = Probes::load(&load)?;
     let census = match PageState::open() {
@@ -103,6 +109,9 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         }
     };
     let lifecycle_ring = probes.lifecycle.take();
+    let stack_copies = probes.stack_copies.take();
+    let unwound = Arc::new(Mutex::new(UnwoundTable::new(probes.report.sample_entries)));
+    let unwind_stats = Arc::new(UnwindStats::default());
     let lifecycle_stats = Arc::new(LifecycleStats::default());
     let engine_stats = Arc::new(EngineStats::default());
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -128,6 +137,7 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         census_unavailable: census.as_ref().err().cloned(),
         lifecycle: Arc::clone(&lifecycle_stats),
         engine: Arc::clone(&engine_stats),
+        unwind: stack_copies.is_some().then(|| Arc::clone(&unwind_stats)),
         schedule: config.schedule(),
         pods: pods.clone(),
         leaks: leaks.clone(),
@@ -145,6 +155,7 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         probes,
         census: census.ok(),
         attribution: Attribution::new(max_stacks),
+        unwound: Arc::clone(&unwound),
         leaks: leaks.clone(),
         store,
         history_interval: args.history_interval,
@@ -174,6 +185,19 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
             args.retention,
             Arc::clone(&stop),
         )?),
+        None => None,
+    };
+    let unwind_worker = match stack_copies {
+        Some(ring) => Some(
+            unwind::spawn(
+                ring,
+                Unwinder::new(Arc::clone(&unwind_stats)),
+                unwound,
+                health.worker("unwind", UNWIND_BOUND),
+                Arc::clone(&stop),
+            )
+            .context("cannot start the unwinder thread")?,
+        ),
         None => None,
     };
     let (check_tx, check_rx) = mpsc::channel::<CheckRequest>();
@@ -224,7 +248,7 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
     let _ = stop_tx.send(());
     let _ = worker.join();
     stop.store(true, Ordering::Relaxed);
-    if let Some(worker) = lifecycle_worker {
+    for worker in [lifecycle_worker, unwind_worker].into_iter().flatten() {
         let _ = worker.join();
     }
     let _ = engine_worker.join();

@@ -11,6 +11,7 @@ use memlens_kernel::{
     loader::{KernelCounters, LoadReport},
 };
 use memlens_pods::PodDirectory;
+use memlens_unwind::UnwindStats;
 use memlens_types::{
     status::{Capability, CapabilityState, StatusResponse},
     Bytes,
@@ -26,6 +27,8 @@ pub struct StatusSource {
     pub census_unavailable: Option<String>,
     pub lifecycle: Arc<LifecycleStats>,
     pub engine: Arc<EngineStats>,
+    /// The unwinder's work, when stacks are copied.
+    pub unwind: Option<Arc<UnwindStats>>,
     /// What the engine runs when.
     pub schedule: String,
     pub pods: PodDirectory,
@@ -198,6 +201,21 @@ impl StatusSource {
             ),
             Err(why) => add("lifecycle", CapabilityState::Unavailable, why.to_string()),
         }
+        let uptime_s = memlens_types::unix_ms().saturating_sub(self.started_at_unix_ms) / 1000;
+        match &self.unwind {
+            Some(u) => add(
+                "unwinding",
+                CapabilityState::Ok,
+                unwinding_detail(r.stack_copy_bytes, u, &count, uptime_s.max(1)),
+            ),
+            None => add(
+                "unwinding",
+                CapabilityState::Degraded,
+                "frame pointers only (--stack-copy 0): stacks of code built without frame \
+                 pointers end after a frame or two"
+                    .into(),
+            ),
+        }
         add("pod names", CapabilityState::Ok, self.pods.source());
         let (engine, schedule) = (&self.engine, &self.schedule);
         let failures = engine.failures.load(Ordering::Relaxed);
@@ -249,4 +267,41 @@ impl StatusSource {
             programs,
         }
     }
+}
+
+/// The `unwinding` line: what copying and unwinding stacks costs and what it gives.
+fn unwinding_detail(
+    copy_bytes: u32,
+    u: &UnwindStats,
+    count: &dyn Fn(Counter) -> u64,
+    uptime_s: u64,
+) -> String {
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let copies = count(Counter::StackCopies);
+    let copied = count(Counter::StackCopyBytes);
+    let per = |total: u64, n: u64| if n == 0 { 0 } else { total / n };
+    let unwound = load(&u.samples);
+    format!(
+        "copies of up to {} KiB of user stack, unwound with each binary's .eh_frame/.debug_frame: \
+         {copies} copies ({} average, {} ns each in the kernel), {}/s on average, {} lost (ring \
+         full), {} failed; {unwound} unwound ({} ns each, and {} ms reading mappings and tables), \
+         {} left to frame pointers (Go, code without a file); stopped early: {} at the end of the \
+         copy, {} at an unknown address, {} other; {} re-reads of mappings; {} binaries' tables \
+         read, {} held",
+        copy_bytes / 1024,
+        Bytes(per(copied, copies)),
+        per(count(Counter::StackCopyNs), copies),
+        Bytes(copied / uptime_s),
+        count(Counter::StackCopyDropped),
+        count(Counter::StackCopyErrors),
+        per(load(&u.busy_ns).saturating_sub(load(&u.load_ns)), unwound),
+        load(&u.load_ns) / 1_000_000,
+        load(&u.left_to_frame_pointers),
+        load(&u.stopped_copy_ended),
+        load(&u.stopped_unknown_address),
+        load(&u.stopped_other),
+        load(&u.remaps),
+        load(&u.files_loaded),
+        Bytes(load(&u.table_bytes)),
+    )
 }

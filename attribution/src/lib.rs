@@ -22,6 +22,7 @@ use std::{
 
 use memlens_model::{
     census::{Census, TrackedFrame},
+    user_stack::{FoundBy, UnwoundStack, UnwoundStacks},
     StackTable,
 };
 use memlens_procfs::{maps, Mapping};
@@ -29,7 +30,7 @@ use memlens_symbolize::{
     leaf::{LeafResolver, LeafRule},
     StackAddr,
 };
-pub use memlens_types::stack::LeafCaller;
+pub use memlens_types::stack::{LeafCaller, StackStop, UnwindMethod};
 use memlens_types::{MemcgId, PageKind};
 pub use view::{View, Views};
 
@@ -83,11 +84,17 @@ pub struct LeakTable {
     pub overflow_keys: u64,
 }
 
-/// A user stack, innermost first, with how its leaf caller was established.
+/// A user stack, innermost first, with how it was unwound.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserStack {
     pub addrs: Vec<StackAddr>,
-    pub leaf: LeafCaller,
+    /// How the innermost caller of a frame-pointer stack was established; `None` for unwound
+    /// stacks, which follow the leaf's own unwind rule like every other frame's.
+    pub leaf: Option<LeafCaller>,
+    pub method: UnwindMethod,
+    /// Why an unwound stack ended before the end of the stack; `None` for frame-pointer stacks,
+    /// whose end is only known by name once symbolized.
+    pub stop: Option<StackStop>,
 }
 
 /// What was known of a process when its pages were seen.
@@ -143,8 +150,15 @@ impl Attribution {
         }
     }
 
-    /// Aggregates one census.
-    pub fn update(&mut self, census: &Census, stacks: &dyn StackTable, unix_ms: u64) -> LeakView {
+    /// Aggregates one census; a record's user stack is its unwound one when `unwound` has it,
+    /// else the kernel's frame-pointer walk.
+    pub fn update(
+        &mut self,
+        census: &Census,
+        stacks: &dyn StackTable,
+        unwound: &dyn UnwoundStacks,
+        unix_ms: u64,
+    ) -> LeakView {
         let weight = f64::from(1u32 << census.shift.min(31));
         let mut view = LeakView::default();
         let mut checked: HashMap<u32, (Arc<ProcessInfo>, bool)> = HashMap::new();
@@ -163,9 +177,12 @@ impl Attribution {
                 self.kernel_stacks.entry(sig).or_insert(ips);
                 sig
             });
-            let user = match self.stack(stacks, record.user_stack) {
-                None => NONE,
-                Some(ips) => self.user_stack(&process, alive, &ips, frame),
+            let user = match unwound.unwound(frame.superblock, record.pid, record.ts_ns) {
+                Some(stack) => self.unwound_stack(&stack),
+                None => match self.stack(stacks, record.user_stack) {
+                    None => NONE,
+                    Some(ips) => self.user_stack(&process, alive, &ips, frame),
+                },
             };
             let key = LeakKey {
                 memcg: frame.memcg,
@@ -318,10 +335,50 @@ impl Attribution {
             return_address: true,
             recovered: false,
         }));
-        let sig = signature(&addrs, |a| (a.addr, a.recovered));
+        self.intern(UserStack {
+            addrs,
+            leaf: Some(leaf),
+            method: UnwindMethod::FramePointers,
+            stop: None,
+        })
+    }
+
+    /// A stack unwound from a copy of the stack; returns its signature.
+    fn unwound_stack(&mut self, stack: &UnwoundStack) -> u64 {
+        let addrs = stack
+            .frames
+            .iter()
+            .map(|f| StackAddr {
+                addr: f.addr,
+                return_address: f.found_by != FoundBy::Registers,
+                recovered: f.found_by == FoundBy::RecoveredLeaf,
+            })
+            .collect();
+        let by_tables = stack
+            .frames
+            .iter()
+            .skip(1)
+            .filter(|f| f.found_by == FoundBy::UnwindTables)
+            .count();
+        let method = match stack.frames.len().saturating_sub(1) {
+            callers if by_tables == callers => UnwindMethod::UnwindTables,
+            _ if by_tables > 0 => UnwindMethod::Mixed,
+            _ => UnwindMethod::FramePointers,
+        };
+        self.intern(UserStack {
+            addrs,
+            leaf: None,
+            method,
+            stop: stack.stop,
+        })
+    }
+
+    /// Keeps `stack` once; returns its signature.
+    fn intern(&mut self, stack: UserStack) -> u64 {
+        let sig = signature(&stack.addrs, |a| (a.addr, a.recovered));
         self.user_stacks
             .entry(sig)
-            .or_insert_with(|| Arc::new(UserStack { addrs, leaf }));
+            .or_insert_with(|| Arc::new(stack));
         sig
     }
 }

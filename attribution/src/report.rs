@@ -8,7 +8,9 @@ use std::{
 
 use memlens_types::{leaks::LeakEntry, stack::Frame, MemcgId, PageKind};
 
-use crate::{growth::GrowthHistory, symbols::SymbolCache, LeakKey, LeakView, OTHER};
+use crate::{
+    growth::GrowthHistory, symbols::SymbolCache, LeakKey, LeakView, StackStop, UnwindMethod, OTHER,
+};
 
 /// Which stacks a query wants.
 #[derive(Clone, Debug, Default)]
@@ -67,6 +69,17 @@ pub fn entries(
                 .then(|| symbols.user(view, key.process, key.user))
                 .flatten();
             let kernel = (!other).then(|| symbols.kernel(view, key.kernel)).flatten();
+            let stack = view.user_stacks.get(&key.user);
+            // An unwound stack says why it stopped; a frame-pointer stack that does not end
+            // at the program's entry was cut by a frame without a frame pointer.
+            let stack_stop = match (stack, &user) {
+                (Some(s), _) if s.method != UnwindMethod::FramePointers || s.stop.is_some() => {
+                    s.stop
+                }
+                (_, Some(u)) if u.truncated => Some(StackStop::FramePointerChain),
+                _ => None,
+            };
+            let truncated = stack_stop.is_some();
             let growth_bytes = (growth * page_size as f64) as i64;
             LeakEntry {
                 cgroup_id: key.memcg,
@@ -87,8 +100,10 @@ pub fn entries(
                     growth_bytes as f64 / window.as_secs_f64()
                 },
                 other,
-                leaf_caller: view.user_stacks.get(&key.user).map(|s| s.leaf),
-                truncated: user.as_ref().is_some_and(|u| u.truncated),
+                leaf_caller: stack.and_then(|s| s.leaf),
+                unwound_by: stack.map(|s| s.method),
+                stack_stop,
+                truncated,
                 user_stack: user.map(|u| u.frames.clone()).unwrap_or_default(),
                 kernel_stack: kernel.map(|k| (*k).clone()).unwrap_or_default(),
             }

@@ -162,10 +162,10 @@ pub(super) fn entry(out: &mut String, rank: usize, e: &LeakEntry) {
         _ => {}
     }
     if e.truncated && !e.user_stack.is_empty() {
-        let _ = writeln!(
-            out,
-            "      ... (stack truncated: code without frame pointers; see README)"
-        );
+        let why = e
+            .stack_stop
+            .map_or_else(|| "see README".to_string(), |stop| stop.to_string());
+        let _ = writeln!(out, "      ... (stack truncated: {why})");
     }
     if !e.kernel_stack.is_empty() {
         let names: Vec<String> = e

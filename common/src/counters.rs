@@ -49,10 +49,12 @@ pub enum Counter {
     /// Stack copies that failed: the user registers or the first bytes at the stack pointer could
     /// not be read.
     StackCopyErrors = 18,
+    /// Nanoseconds the kernel program spent copying stacks (`bpf_ktime_get_ns` around it).
+    StackCopyNs = 19,
 }
 
 /// Number of counters; the size of the `COUNTERS` map.
-pub const COUNTER_COUNT: u32 = 19;
+pub const COUNTER_COUNT: u32 = 20;
 
 impl Counter {
     /// Every counter, in index order.
@@ -76,6 +78,7 @@ impl Counter {
         Counter::StackCopyBytes,
         Counter::StackCopyDropped,
         Counter::StackCopyErrors,
+        Counter::StackCopyNs,
     ];
 
     /// Whether a count of this counter is something the agent lost (an update dropped, a stack
@@ -120,6 +123,7 @@ impl Counter {
             Counter::StackCopyBytes => "stack_copy_bytes",
             Counter::StackCopyDropped => "stack_copy_dropped",
             Counter::StackCopyErrors => "stack_copy_errors",
+            Counter::StackCopyNs => "stack_copy_ns",
         }
     }
 }

@@ -4,7 +4,10 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::generated::bpf_probe_read_user,
+    helpers::{
+        bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated::bpf_probe_read_user,
+    },
     macros::map,
     maps::{PerCpuArray, RingBuf},
     Global,
@@ -21,6 +24,20 @@ use crate::{counters, task::UserRegs};
 #[no_mangle]
 static STACK_COPY_BYTES: Global<u32> = Global::new(0);
 
+/// `task_struct.mm` and `mm_struct.start_stack` from BTF; 0 when unknown (no trimming).
+#[no_mangle]
+static TASK_MM_OFFSET: Global<u32> = Global::new(0);
+#[no_mangle]
+static MM_START_STACK_OFFSET: Global<u32> = Global::new(0);
+
+/// Bytes of `STACK_COPIES`, set by the agent with the map's size.
+#[no_mangle]
+static STACK_COPY_BUFFER: Global<u64> = Global::new(4096);
+
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
 /// Where a copy is assembled before it goes to the ring buffer (too large for the BPF stack).
 #[map]
 static STACK_COPY_SCRATCH: PerCpuArray<StackCopy> = PerCpuArray::with_max_entries(1, 0);
@@ -35,13 +52,22 @@ const STEPS: usize = STACK_COPY_MAX / STACK_COPY_CHUNK + 1;
 /// a time so that the copy ends at the top of the stack with what it has.
 #[inline(always)]
 pub fn capture(ts_ns: u64, pid_tgid: u64, regs: UserRegs, frames: SampledFrames) {
-    let limit = STACK_COPY_BYTES.load() as usize;
+    let mut limit = STACK_COPY_BYTES.load() as usize;
     if limit == 0 {
         return;
+    }
+    // The main thread's frames all lie below `mm->start_stack` (where `argc` was at exec);
+    // above it are the environment and the auxiliary vector, which unwinding never reads.
+    if let Some(start_stack) = main_stack_start() {
+        if start_stack > regs.sp && start_stack - regs.sp < limit as u64 {
+            limit = (start_stack - regs.sp) as usize;
+        }
     }
     let Some(scratch) = STACK_COPY_SCRATCH.get_ptr_mut(0) else {
         return;
     };
+    // SAFETY: no preconditions.
+    let started = unsafe { bpf_ktime_get_ns() };
     // SAFETY: per-CPU map value; this program does not nest on one CPU.
     let scratch = unsafe { &mut *scratch };
     let mut done: usize = 0;
@@ -82,11 +108,43 @@ pub fn capture(ts_ns: u64, pid_tgid: u64, regs: UserRegs, frames: SampledFrames)
     let len = size_of::<StackCopyHeader>() + done;
     // SAFETY: `scratch` is `size_of::<StackCopy>()` bytes and `len` is at most that.
     let bytes = unsafe { core::slice::from_raw_parts((scratch as *const StackCopy).cast::<u8>(), len) };
-    match STACK_COPIES.output::<[u8]>(bytes, 0) {
+    // Waking the agent is an interrupt of its own (a self-IPI, a VM exit under a hypervisor):
+    // several microseconds per copy. The agent polls instead, and is woken only when the ring is
+    // half full.
+    let flags = if STACK_COPIES.query(BPF_RB_AVAIL_DATA) > STACK_COPY_BUFFER.load() / 2 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    match STACK_COPIES.output::<[u8]>(bytes, flags) {
         Ok(()) => {
             counters::add(Counter::StackCopies, 1);
             counters::add(Counter::StackCopyBytes, done as u64);
         }
         Err(_) => counters::add(Counter::StackCopyDropped, 1),
     }
+    // SAFETY: no preconditions.
+    let end = unsafe { bpf_ktime_get_ns() };
+    counters::add(Counter::StackCopyNs, end.wrapping_sub(started));
+}
+
+/// `current->mm->start_stack`, if the offsets are known.
+///
+/// match-kernel: include/linux/sched.h task_struct.mm; include/linux/mm_types.h
+/// mm_struct.start_stack
+#[inline(always)]
+fn main_stack_start() -> Option<u64> {
+    let (mm_offset, start_offset) = (TASK_MM_OFFSET.load(), MM_START_STACK_OFFSET.load());
+    if mm_offset == 0 || start_offset == 0 {
+        return None;
+    }
+    // SAFETY: returns the current task_struct pointer; only used through probe reads.
+    let task = unsafe { bpf_get_current_task() };
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one returns an error.
+    let mm = unsafe { bpf_probe_read_kernel((task + u64::from(mm_offset)) as *const u64) }.ok()?;
+    if mm == 0 {
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { bpf_probe_read_kernel((mm + u64::from(start_offset)) as *const u64) }.ok()
 }

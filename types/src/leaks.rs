@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     selector::CgroupSelector,
-    stack::{Frame, LeafCaller},
+    stack::{Frame, LeafCaller, StackStop, UnwindMethod},
     units::{MemcgId, PageKind},
 };
 
@@ -29,8 +29,15 @@ pub struct LeakEntry {
     pub growth_bytes_per_second: f64,
     /// Stacks merged by the cap on distinct stacks.
     pub other: bool,
+    /// How a frame-pointer stack's innermost caller was established.
     pub leaf_caller: Option<LeafCaller>,
-    /// The user stack was cut short by code without frame pointers.
+    /// How the user stack was unwound (absent without a user stack).
+    #[serde(default)]
+    pub unwound_by: Option<UnwindMethod>,
+    /// Why the user stack ends before the program's or thread's entry.
+    #[serde(default)]
+    pub stack_stop: Option<StackStop>,
+    /// The user stack ends before the program's or thread's entry (`stack_stop` says why).
     pub truncated: bool,
     /// Innermost first.
     pub user_stack: Vec<Frame>,

@@ -49,8 +49,9 @@ pub struct UnwindStats {
     /// Stack copies unwound, and the stack bytes they carried.
     pub samples: AtomicU64,
     pub bytes: AtomicU64,
-    /// Time spent unwinding, in ns (loading binaries' tables included).
+    /// Time spent unwinding, in ns, and of it reading mappings and binaries' unwind tables.
     pub busy_ns: AtomicU64,
+    pub load_ns: AtomicU64,
     /// Copies left to the frame-pointer walk: Go binaries, code without a file, processes gone.
     pub left_to_frame_pointers: AtomicU64,
     /// Unwound stacks that ended before the program's entry, and why.
@@ -243,6 +244,14 @@ impl Unwinder {
 
     /// Reads the mappings of `tgid` and builds its modules.
     fn load(&mut self, tgid: u32, start_ns: u64) -> Option<Process> {
+        let started = Instant::now();
+        let process = self.load_inner(tgid, start_ns);
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.stats.load_ns.fetch_add(ns, Ordering::Relaxed);
+        process
+    }
+
+    fn load_inner(&mut self, tgid: u32, start_ns: u64) -> Option<Process> {
         let maps = maps::read_maps(tgid).ok()?;
         let mut unwinder = UnwinderX86_64::new();
         let mut code = Vec::new();

@@ -41,9 +41,12 @@ struct Sections {
 impl ModuleFile {
     /// Reads the unwind sections of the ELF file at `path`; None when it is not one.
     pub fn load(path: &str) -> Option<ModuleFile> {
-        let data = std::fs::read(path).ok()?;
-        let file = object::File::parse(&*data).ok()?;
-        let range = |s: &object::Section<'_, '_>| s.address()..s.address() + s.size();
+        // Only the headers and the unwind sections are read, not the whole (often large) file.
+        let data = object::ReadCache::new(std::fs::File::open(path).ok()?);
+        let file = object::File::parse(&data).ok()?;
+        let range = |s: &object::Section<'_, '_, &object::ReadCache<std::fs::File>>| {
+            s.address()..s.address() + s.size()
+        };
         let section = |name: &str| {
             let s = file.section_by_name(name)?;
             // `.debug_frame` may be compressed (SHF_COMPRESSED): read it uncompressed.

@@ -29,6 +29,7 @@ mod tests {
             "memlens-symbolize",
             &["memlens-common", "memlens-types", "memlens-procfs"],
         ),
+        ("memlens-unwind", &["memlens-model", "memlens-procfs"]),
         (
             "memlens-kernel",
             &[
@@ -63,6 +64,7 @@ mod tests {
                 "memlens-model",
                 "memlens-symbolize",
                 "memlens-kernel",
+                "memlens-unwind",
                 "memlens-attribution",
             ],
         ),

@@ -1,6 +1,7 @@
-//! The agent's threads: the refresh (census, attribution, snapshot, history), the lifecycle
-//! drain, and the event engine. Each beats a [`crate::health::Heartbeat`] after every round.
+//! The agent's threads: the refresh (census, attribution, snapshot, history), the unwinder of
+//! stack copies, the lifecycle drain, and the event engine. Each beats a [`crate::health::Heartbeat`] after every round.
 
 pub mod engine;
 pub mod lifecycle;
 pub mod refresh;
+pub mod unwind;

@@ -3,7 +3,7 @@
 //! sample of each into the database; published as the newest [`View`].
 
 use std::{
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -20,6 +20,7 @@ use memlens_kernel::{
 };
 use memlens_store::Store;
 use memlens_types::{selector::MountPoint, unix_ms, PageSize};
+use memlens_unwind::table::UnwoundTable;
 
 /// Stack collection runs at most this often; a kernel stack reused from the per-CPU memo is at
 /// most `settings::MAX_KERNEL_STACK_REUSE` old, far less than two collections apart.
@@ -36,6 +37,8 @@ pub struct Refresher {
     pub probes: Probes,
     pub census: Option<PageCensus>,
     pub attribution: Attribution,
+    /// Stacks unwound from copies by the unwinder thread.
+    pub unwound: Arc<Mutex<UnwoundTable>>,
     pub leaks: LeakSources,
     pub store: Store,
     pub history_interval: Duration,
@@ -70,9 +73,22 @@ impl Refresher {
             }
         }
         let leaks = census.as_ref().map(|census| {
-            let view = self
-                .attribution
-                .update(census, &self.probes.stacks, unix_ms());
+            let view = match self.unwound.lock() {
+                Ok(mut unwound) => {
+                    let view =
+                        self.attribution
+                            .update(census, &self.probes.stacks, &*unwound, unix_ms());
+                    unwound.collect();
+                    view
+                }
+                // The unwinder panicked: frame-pointer stacks only.
+                Err(_) => self.attribution.update(
+                    census,
+                    &self.probes.stacks,
+                    &UnwoundTable::new(0),
+                    unix_ms(),
+                ),
+            };
             if let Ok(mut history) = self.leaks.history.write() {
                 history.record(&view.table);
             }

@@ -208,6 +208,11 @@ impl Probes {
         let pt_regs_sp = kernel_btf.member_offset("pt_regs", "sp")?;
         let pt_regs_ip = kernel_btf.member_offset("pt_regs", "ip")?;
         let pt_regs_bp = kernel_btf.member_offset("pt_regs", "bp")?;
+        // Trims main-thread stack copies at `mm->start_stack`; without them copies are longer.
+        let task_mm = kernel_btf.member_offset("task_struct", "mm").unwrap_or(0);
+        let mm_start_stack = kernel_btf
+            .member_offset("mm_struct", "start_stack")
+            .unwrap_or(0);
         if options.stack_copy_bytes as usize > STACK_COPY_MAX {
             return Err(LoadError::Config(format!(
                 "stack copy of {} bytes is above the maximum {STACK_COPY_MAX}",
@@ -241,6 +246,7 @@ impl Probes {
         } else {
             0
         };
+        let stack_copy_buffer = u64::from(options.stack_copy_buffer);
         let mut loader = EbpfLoader::new();
         loader.btf(aya_btf.as_ref());
         let base = vmemmap_base.as_ref().copied().unwrap_or(0);
@@ -263,6 +269,9 @@ impl Probes {
             .override_global("PT_REGS_IP_OFFSET", &pt_regs_ip, true)
             .override_global("PT_REGS_BP_OFFSET", &pt_regs_bp, true)
             .override_global("STACK_COPY_BYTES", &options.stack_copy_bytes, true)
+            .override_global("STACK_COPY_BUFFER", &stack_copy_buffer, true)
+            .override_global("TASK_MM_OFFSET", &task_mm, true)
+            .override_global("MM_START_STACK_OFFSET", &mm_start_stack, true)
             .override_global(
                 "KERNEL_STACK_REUSE_NS",
                 &options.kernel_stack_reuse_ns,

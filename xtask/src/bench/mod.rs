@@ -23,7 +23,8 @@ mod storm;
 #[derive(Subcommand)]
 pub enum Bench {
     /// Page-fault storm (map, touch, unmap anonymous memory): untraced, with the agent (one
-    /// configuration per --sample-shift), and with a memleak-style bpftrace peer, interleaved.
+    /// configuration per --sample-shift and --stack-copy), and with a memleak-style bpftrace
+    /// peer, interleaved.
     Storm {
         /// Interleaved rounds (each runs every configuration once).
         #[arg(long, default_value_t = 30)]
@@ -35,8 +36,11 @@ pub enum Bench {
         #[arg(long, default_value_t = 1)]
         passes: usize,
         /// The agent's --sample-shift; repeat to compare several rates in the same run.
-        #[arg(long, default_values_t = [6, 7])]
+        #[arg(long, default_values_t = [7])]
         sample_shift: Vec<u32>,
+        /// The agent's --stack-copy (bytes; 0: frame pointers only); repeat to compare.
+        #[arg(long, default_values_t = [0, 16384])]
+        stack_copy: Vec<u32>,
         /// Leave out the bpftrace peer.
         #[arg(long)]
         no_peer: bool,
@@ -94,11 +98,18 @@ pub fn run(root: &Path, which: Bench) -> Result<()> {
             mib,
             passes,
             sample_shift,
+            stack_copy,
             no_peer,
             agent_args,
         } => {
             let mut configs = vec![storm::Config::Untraced];
-            configs.extend(sample_shift.iter().map(|&s| storm::Config::Agent(s)));
+            for &shift in &sample_shift {
+                configs.extend(
+                    stack_copy
+                        .iter()
+                        .map(|&stack_copy| storm::Config::Agent { shift, stack_copy }),
+                );
+            }
             if !no_peer {
                 configs.push(storm::Config::Peer);
             }

@@ -22,8 +22,8 @@ const PEER: &str = "tracepoint:kmem:mm_page_alloc { @live[args->pfn] = kstack; }
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Config {
     Untraced,
-    /// The agent at this sample shift.
-    Agent(u32),
+    /// The agent at this sample shift and stack copy size (`--stack-copy`).
+    Agent { shift: u32, stack_copy: u32 },
     Peer,
 }
 
@@ -31,7 +31,15 @@ impl Config {
     fn name(self) -> String {
         match self {
             Config::Untraced => "untraced".into(),
-            Config::Agent(shift) => format!("memlens agent, 1 page in {}", 1u64 << shift),
+            Config::Agent { shift, stack_copy } => format!(
+                "memlens agent, 1 page in {}, {}",
+                1u64 << shift,
+                if stack_copy == 0 {
+                    "frame pointers only".to_string()
+                } else {
+                    format!("stack copies of up to {} KiB", stack_copy / 1024)
+                }
+            ),
             Config::Peer => "bpftrace memleak-style peer".into(),
         }
     }
@@ -50,6 +58,9 @@ struct AgentRun {
     run_ns: u64,
     sampled_frames: u64,
     reused_kernel_stacks: u64,
+    copies: u64,
+    copy_bytes: u64,
+    copy_ns: u64,
 }
 
 pub(super) fn storm(
@@ -67,16 +78,21 @@ pub(super) fn storm(
     let dir = std::env::temp_dir().join(format!("memlens-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let socket = dir.join("memlens.sock");
-    let agent = |shift: u32| -> Vec<String> {
-        let mut args = vec!["--sample-shift".to_string(), shift.to_string()];
+    let agent = |shift: u32, stack_copy: u32| -> Vec<String> {
+        let mut args = vec![
+            "--sample-shift".to_string(),
+            shift.to_string(),
+            "--stack-copy".to_string(),
+            stack_copy.to_string(),
+        ];
         args.extend(agent_args.iter().cloned());
         args
     };
     let run_one = |config: Config| -> Result<f64> {
         Ok(match config {
             Config::Untraced => run_storm(&workload, storm)?.0,
-            Config::Agent(shift) => {
-                with_agent(&memlens, &socket, &agent(shift), || {
+            Config::Agent { shift, stack_copy } => {
+                with_agent(&memlens, &socket, &agent(shift, stack_copy), || {
                     run_storm(&workload, storm)
                 })?
                 .seconds
@@ -110,15 +126,15 @@ pub(super) fn storm(
     let stats = BpfStats::enable()?;
     let mut costs = Vec::new();
     for &config in configs {
-        if let Config::Agent(shift) = config {
+        if let Config::Agent { shift, stack_copy } = config {
             let runs: Vec<AgentRun> = (0..3)
                 .map(|_| {
-                    with_agent(&memlens, &socket, &agent(shift), || {
+                    with_agent(&memlens, &socket, &agent(shift, stack_copy), || {
                         run_storm(&workload, storm)
                     })
                 })
                 .collect::<Result<_>>()?;
-            costs.push((shift, runs));
+            costs.push((config, runs));
         }
     }
     drop(stats);
@@ -152,18 +168,34 @@ pub(super) fn storm(
         );
     }
     println!();
-    for (shift, runs) in costs {
+    for (config, runs) in costs {
         let pages: u64 = runs.iter().map(|r| r.pages).sum();
         let secs: f64 = runs.iter().map(|r| r.seconds).sum();
         let count: u64 = runs.iter().map(|r| r.runs).sum();
         let run_ns: u64 = runs.iter().map(|r| r.run_ns).sum();
         let sampled: u64 = runs.iter().map(|r| r.sampled_frames).sum();
         let reused: u64 = runs.iter().map(|r| r.reused_kernel_stacks).sum();
+        let copies: u64 = runs.iter().map(|r| r.copies).sum();
+        let copy_bytes: u64 = runs.iter().map(|r| r.copy_bytes).sum();
+        let copy_ns: u64 = runs.iter().map(|r| r.copy_ns).sum();
+        let per = |total: u64| if copies > 0 { total as f64 / copies as f64 } else { 0.0 };
+        let copying = if copies == 0 {
+            String::new()
+        } else {
+            format!(
+                "; {:.0} stack copies/s of {:.0} bytes on average ({:.1} MB/s), {:.0} ns each in \
+                 the kernel program",
+                copies as f64 / secs,
+                per(copy_bytes),
+                copy_bytes as f64 / secs / 1e6,
+                per(copy_ns)
+            )
+        };
         println!(
-            "- 1 page in {}: {:.0} page allocations/s through the kernel program ({count} runs for \
+            "- {}: {:.0} page allocations/s through the kernel program ({count} runs for \
              {pages} storm pages), {:.1} ns per run including the statistics' own cost, {:.0} sampled \
-             allocations/s, {:.0}% of their kernel stacks reused",
-            1u64 << shift,
+             allocations/s, {:.0}% of their kernel stacks reused{copying}",
+            config.name(),
             count as f64 / secs,
             if count > 0 { run_ns as f64 / count as f64 } else { 0.0 },
             sampled as f64 / secs,
@@ -219,6 +251,9 @@ fn with_agent(
         run_ns: after.run_ns.saturating_sub(before.run_ns),
         sampled_frames: after.sampled_frames.saturating_sub(before.sampled_frames),
         reused_kernel_stacks: after.reused.saturating_sub(before.reused),
+        copies: after.copies.saturating_sub(before.copies),
+        copy_bytes: after.copy_bytes.saturating_sub(before.copy_bytes),
+        copy_ns: after.copy_ns.saturating_sub(before.copy_ns),
     })
 }
 
@@ -256,6 +291,9 @@ struct Status {
     run_ns: u64,
     sampled_frames: u64,
     reused: u64,
+    copies: u64,
+    copy_bytes: u64,
+    copy_ns: u64,
 }
 
 impl Status {
@@ -270,6 +308,9 @@ impl Status {
             run_ns: program["run_time_ns"].as_u64()?,
             sampled_frames: v["counters"]["sampled_allocs"].as_u64()?,
             reused: v["counters"]["kernel_stack_reused"].as_u64()?,
+            copies: v["counters"]["stack_copies"].as_u64()?,
+            copy_bytes: v["counters"]["stack_copy_bytes"].as_u64()?,
+            copy_ns: v["counters"]["stack_copy_ns"].as_u64()?,
         })
     }
 }

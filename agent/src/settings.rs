@@ -119,7 +119,7 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
 fn parse_stack_copy(text: &str) -> Result<u32, String> {
     let n: u32 = text.parse().map_err(|e| format!("{e}"))?;
     let max = memlens_common::stack_copy::STACK_COPY_MAX as u32;
-    if n % 4096 != 0 || n > max {
+    if !n.is_multiple_of(4096) || n > max {
         return Err(format!("must be 0 or a multiple of 4096 up to {max}"));
     }
     Ok(n)

@@ -11,11 +11,11 @@ use memlens_kernel::{
     loader::{KernelCounters, LoadReport},
 };
 use memlens_pods::PodDirectory;
-use memlens_unwind::UnwindStats;
 use memlens_types::{
     status::{Capability, CapabilityState, StatusResponse},
     Bytes,
 };
+use memlens_unwind::UnwindStats;
 
 use crate::workers::engine::EngineStats;
 
@@ -279,7 +279,7 @@ fn unwinding_detail(
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let copies = count(Counter::StackCopies);
     let copied = count(Counter::StackCopyBytes);
-    let per = |total: u64, n: u64| if n == 0 { 0 } else { total / n };
+    let per = |total: u64, n: u64| total.checked_div(n).unwrap_or(0);
     let unwound = load(&u.samples);
     format!(
         "copies of up to {} KiB of user stack, unwound with each binary's .eh_frame/.debug_frame: \

@@ -70,13 +70,15 @@ pub fn entries(
                 .flatten();
             let kernel = (!other).then(|| symbols.kernel(view, key.kernel)).flatten();
             let stack = view.user_stacks.get(&key.user);
-            // An unwound stack says why it stopped; a frame-pointer stack that does not end
-            // at the program's entry was cut by a frame without a frame pointer.
+            // A stack that ends at a program's or thread's entry is whole, whatever the
+            // unwinder made of the entry's caller; else an unwound stack says why it stopped,
+            // and a frame-pointer stack was cut by a frame without a frame pointer.
             let stack_stop = match (stack, &user) {
+                (_, Some(u)) if !u.truncated => None,
                 (Some(s), _) if s.method != UnwindMethod::FramePointers || s.stop.is_some() => {
                     s.stop
                 }
-                (_, Some(u)) if u.truncated => Some(StackStop::FramePointerChain),
+                (_, Some(_)) => Some(StackStop::FramePointerChain),
                 _ => None,
             };
             let truncated = stack_stop.is_some();

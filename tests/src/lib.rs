@@ -166,31 +166,58 @@ pub fn go_function(binary: &Path, name: &str) -> (u64, u64) {
 pub fn leak_bin() -> PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
-        let source = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("workloads")
-            .join("leak.c");
-        let profile_dir = workload_bin().parent().expect("profile dir").to_path_buf();
-        // In a VM guest the host's target directory is read-only: build beside the tests'
-        // temporary files instead.
-        let name = format!("memlens-leak.{}", std::process::id());
-        let dir = if std::fs::File::create(profile_dir.join(&name)).is_ok() {
-            profile_dir
-        } else {
-            std::env::temp_dir()
-        };
-        let out = dir.join("memlens-leak");
-        let building = dir.join(name);
-        let status = Command::new("gcc")
-            .args(["-O2", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
-            .arg(&building)
-            .arg(&source)
-            .status()
-            .expect("run gcc");
-        assert!(status.success(), "gcc failed on {}", source.display());
-        std::fs::rename(&building, &out).expect("install the leak workload");
-        out
+        native_bin(
+            "leak.c",
+            "gcc",
+            &["-O2", "-g", "-fno-omit-frame-pointer", "-pthread"],
+        )
     })
     .clone()
+}
+
+/// The C leak three calls below `main` (`tests/workloads/deepleak.c`), built as users build:
+/// `gcc -O2 -g`, no frame pointers.
+#[must_use]
+pub fn deep_leak_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| native_bin("deepleak.c", "gcc", &["-O2", "-g"]))
+        .clone()
+}
+
+/// The C++ vector that only grows (`tests/workloads/vecleak.cpp`), built `g++ -O2`.
+#[must_use]
+pub fn vector_leak_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| native_bin("vecleak.cpp", "g++", &["-O2"]))
+        .clone()
+}
+
+/// Builds `tests/workloads/<source>` with `compiler` and `flags`, beside the test binaries (or
+/// in the temporary directory when that is read-only, as in a VM guest).
+fn native_bin(source: &str, compiler: &str, flags: &[&str]) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("workloads")
+        .join(source);
+    let stem = source.split('.').next().unwrap_or(source);
+    let profile_dir = workload_bin().parent().expect("profile dir").to_path_buf();
+    let name = format!("memlens-{stem}.{}", std::process::id());
+    let dir = if std::fs::File::create(profile_dir.join(&name)).is_ok() {
+        profile_dir
+    } else {
+        std::env::temp_dir()
+    };
+    let out = dir.join(format!("memlens-{stem}"));
+    let building = dir.join(name);
+    let status = Command::new(compiler)
+        .args(flags)
+        .arg("-o")
+        .arg(&building)
+        .arg(&path)
+        .status()
+        .unwrap_or_else(|e| panic!("run {compiler}: {e}"));
+    assert!(status.success(), "{compiler} failed on {}", path.display());
+    std::fs::rename(&building, &out).expect("install the workload");
+    out
 }
 
 /// Writes a file of `mib` MiB and drops its page cache (written back first), so a later read

@@ -84,7 +84,8 @@ fn the_leak_ranks_first_by_growth_and_its_bytes_match() {
         "first by growth is not leak_slowly: {first}"
     );
 
-    // The first touch happens in glibc's frameless memset: its caller was recovered.
+    // The first touch happens in glibc's frameless memset, whose caller a frame-pointer walk
+    // skips: the stack copy's unwinding (or, without a copy, the leaf's unwind rule) finds it.
     let frames = first["user_stack"].as_array().expect("frames");
     let leaf = frames[0]["function"].as_str().unwrap_or("");
     assert!(
@@ -96,7 +97,11 @@ fn the_leak_ranks_first_by_growth_and_its_bytes_match() {
         Some("leak_slowly"),
         "{first}"
     );
-    assert_eq!(frames[1]["recovered"].as_bool(), Some(true), "{first}");
+    assert!(
+        first["unwound_by"] == "unwind_tables" || frames[1]["recovered"] == true,
+        "{first}"
+    );
+    assert_eq!(first["truncated"], false, "{first}");
 
     let leak_growth = first["growth_bytes"].as_i64().expect("growth");
     for entry in by_growth {
@@ -167,10 +172,7 @@ fn the_leak_ranks_first_by_growth_and_its_bytes_match() {
     // The text output names it too.
     let text = agent.cli(&["leaks", "--cgroup", &cgroup.path, "--since", "60s"]);
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(
-        text.contains("leak_slowly") && text.contains("caller recovered"),
-        "{text}"
-    );
+    assert!(text.contains("leak_slowly"), "{text}");
     leak.send("exit");
 }
 

@@ -262,7 +262,10 @@ impl Unwinder {
                 self.files.get(tgid, mapping)
             };
             let tables = file.as_ref().is_some_and(|f| f.unwind_tables);
-            if let Some(module) = file.filter(|f| f.unwind_tables).and_then(|f| f.module(mapping)) {
+            if let Some(module) = file
+                .filter(|f| f.unwind_tables)
+                .and_then(|f| f.module(mapping))
+            {
                 unwinder.add_module(module);
             }
             code.push((mapping.start, mapping.end, tables));
@@ -322,7 +325,9 @@ mod tests {
             superblocks: 1,
             stack: &stack,
         };
-        unwinder.unwind(&sample).expect("the test binary has unwind tables")
+        unwinder
+            .unwind(&sample)
+            .expect("the test binary has unwind tables")
     }
 
     #[inline(never)]

@@ -61,8 +61,7 @@ impl ModuleFile {
             debug_frame: section(".debug_frame").map(|(_, b)| b),
         };
         let go = file.section_by_name(".gopclntab").is_some();
-        let unwind_tables =
-            !go && (sections.eh_frame.is_some() || sections.debug_frame.is_some());
+        let unwind_tables = !go && (sections.eh_frame.is_some() || sections.debug_frame.is_some());
         let bytes = [&sections.eh_frame, &sections.eh_frame_hdr]
             .iter()
             .filter_map(|s| s.as_ref().map(|(_, b)| b.len()))

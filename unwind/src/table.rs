@@ -73,7 +73,8 @@ impl UnwoundTable {
 
     /// Forgets the stacks no slot refers to any more.
     pub fn collect(&mut self) {
-        self.interned.retain(|stack, ()| Arc::strong_count(stack) > 1);
+        self.interned
+            .retain(|stack, ()| Arc::strong_count(stack) > 1);
     }
 
     /// Distinct stacks held.
@@ -85,7 +86,10 @@ impl UnwoundTable {
 
 impl UnwoundStacks for UnwoundTable {
     fn unwound(&self, superblock: u64, pid: u32, ts_ns: u64) -> Option<Arc<UnwoundStack>> {
-        let slot = self.slots.get(usize::try_from(superblock).ok()?)?.as_ref()?;
+        let slot = self
+            .slots
+            .get(usize::try_from(superblock).ok()?)?
+            .as_ref()?;
         (slot.pid == pid && slot.ts_ns == ts_ns).then(|| Arc::clone(&slot.stack))
     }
 }
@@ -112,13 +116,19 @@ mod tests {
         table.insert(2, 4, 10, 1000, stack(0x1));
         assert!(table.unwound(3, 10, 1000).is_some());
         assert!(table.unwound(5, 10, 1000).is_some());
-        assert!(table.unwound(6, 10, 1000).is_none(), "outside the allocation");
+        assert!(
+            table.unwound(6, 10, 1000).is_none(),
+            "outside the allocation"
+        );
         assert!(table.unwound(3, 10, 1001).is_none(), "a later allocation");
         assert!(table.unwound(3, 11, 1000).is_none(), "another thread");
         // A newer allocation of superblock 3 takes its slot.
         table.insert(3, 1, 12, 2000, stack(0x2));
         assert!(table.unwound(3, 10, 1000).is_none());
-        assert_eq!(table.unwound(3, 12, 2000).map(|s| s.frames[0].addr), Some(0x2));
+        assert_eq!(
+            table.unwound(3, 12, 2000).map(|s| s.frames[0].addr),
+            Some(0x2)
+        );
         table.insert(7, 2, 1, 1, stack(0x1));
         assert_eq!(table.out_of_range, 1);
     }
@@ -131,6 +141,10 @@ mod tests {
         assert_eq!(table.distinct(), 1);
         table.insert(0, 2, 1, 3, stack(0x2));
         table.collect();
-        assert_eq!(table.distinct(), 1, "0x1 is referred to by no slot any more");
+        assert_eq!(
+            table.distinct(),
+            1,
+            "0x1 is referred to by no slot any more"
+        );
     }
 }

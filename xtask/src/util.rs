@@ -139,8 +139,9 @@ pub fn run_tests(root: &Path, lint: bool, filter: Option<&str>) -> Result<()> {
     if !is_root() {
         bail!("the integration tests load kernel programs and create cgroups: run them as root");
     }
-    // The tests build a C workload with gcc and read pprof profiles back with `go tool pprof`.
-    crate::setup::install_packages(&["gcc", "golang-go"])?;
+    // The tests build C and C++ workloads with gcc and g++, Go ones with golang-go, and read
+    // pprof profiles back with `go tool pprof`.
+    crate::setup::install_packages(&["gcc", "g++", "golang-go"])?;
     let memlens = build_release(root)?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root)

@@ -17,6 +17,10 @@
 //! `memlens-workload readfile <path>`: reads the whole file (buffered), prints `read <bytes>`,
 //! keeps it open.
 //!
+//! `memlens-workload deepleak <MiB> <MiB/s>`: a leak three calls below `main` in Rust's release
+//! profile (no frame pointers): `serve_requests -> handle_request -> cache_response` keeps 1 MiB per
+//! request, filled with `resize` (glibc's memset); prints `leaked <bytes>`, waits for `exit`.
+//!
 //! `memlens-workload storm <MiB> <rounds>`: the page-fault storm of `cargo xtask bench storm`:
 //! map, touch and unmap `<MiB>` of anonymous memory `<rounds>` times, then print
 //! `seconds <s> pages <n>`.
@@ -27,6 +31,7 @@ use std::{
 };
 
 const USAGE: &str = "usage: memlens-workload anon <MiB> | anon-thp <MiB> | storm <MiB> <rounds> \
+                     | deepleak <MiB> <MiB/s> \
                      | writefile <path> <MiB> | appendlog <path> <MiB> [<MiB/s>] | readfile <path>";
 
 fn main() {
@@ -44,6 +49,7 @@ fn main() {
         Some("anon") => hold(number(2) << 20, false),
         Some("anon-thp") => hold(number(2) << 20, true),
         Some("storm") => storm(number(2) << 20, number(3)),
+        Some("deepleak") => serve_requests(number(2), number(3)),
         Some("writefile") => write_file(path_arg(&args), number(3) << 20),
         Some("appendlog") => append_log(
             path_arg(&args),
@@ -230,4 +236,40 @@ fn hold(len: usize, huge: bool) {
             _ => {}
         }
     }
+}
+
+const MIB: usize = 1 << 20;
+
+/// The responses a server caches and never evicts.
+#[inline(never)]
+fn cache_response(cache: &mut Vec<Vec<u8>>) {
+    let mut body = Vec::with_capacity(MIB);
+    body.resize(MIB, 0x5a);
+    cache.push(std::hint::black_box(body));
+}
+
+#[inline(never)]
+fn handle_request(cache: &mut Vec<Vec<u8>>) {
+    cache_response(cache);
+    std::hint::black_box(&cache);
+}
+
+#[inline(never)]
+fn serve_requests(mib: usize, per_second: usize) {
+    let mut cache = Vec::new();
+    for _ in 0..mib {
+        handle_request(&mut cache);
+        std::thread::sleep(std::time::Duration::from_micros(
+            1_000_000 / per_second as u64,
+        ));
+    }
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "leaked {}", cache.len() * MIB);
+    let _ = out.flush();
+    for line in std::io::stdin().lock().lines() {
+        if matches!(line.as_deref(), Ok("exit") | Err(_)) {
+            break;
+        }
+    }
+    std::hint::black_box(&cache);
 }

@@ -23,7 +23,10 @@ const PEER: &str = "tracepoint:kmem:mm_page_alloc { @live[args->pfn] = kstack; }
 pub(super) enum Config {
     Untraced,
     /// The agent at this sample shift and stack copy size (`--stack-copy`).
-    Agent { shift: u32, stack_copy: u32 },
+    Agent {
+        shift: u32,
+        stack_copy: u32,
+    },
     Peer,
 }
 
@@ -178,7 +181,13 @@ pub(super) fn storm(
         let copies: u64 = runs.iter().map(|r| r.copies).sum();
         let copy_bytes: u64 = runs.iter().map(|r| r.copy_bytes).sum();
         let copy_ns: u64 = runs.iter().map(|r| r.copy_ns).sum();
-        let per = |total: u64| if copies > 0 { total as f64 / copies as f64 } else { 0.0 };
+        let per = |total: u64| {
+            if copies > 0 {
+                total as f64 / copies as f64
+            } else {
+                0.0
+            }
+        };
         let copying = if copies == 0 {
             String::new()
         } else {

@@ -1,0 +1,249 @@
+//! Acceptance of unwinding without frame pointers: workloads built the way users build them
+//! (`gcc -O2 -g`, `g++ -O2`, Rust's release profile), their leak's whole call chain down to
+//! `main`, through glibc's and libstdc++'s own frames, from copies of the stack unwound with each
+//! binary's unwind tables.
+
+use memlens_tests::{
+    deep_leak_bin, vector_leak_bin, workload_bin, Agent, TestCgroup, Workload, MIB,
+};
+use serde_json::Value;
+
+fn names(entry: &Value) -> Vec<String> {
+    entry["user_stack"]
+        .as_array()
+        .map(|frames| {
+            frames
+                .iter()
+                .map(|f| f["function"].as_str().unwrap_or("[unknown]").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether `entry`'s user stack holds `chain` in this order (innermost first), allowing other
+/// frames between (inlined helpers, the allocator's own).
+fn has_chain(entry: &Value, chain: &[&str]) -> bool {
+    // C++ names carry their parameters (`record_event(long)`), Rust and C++ their paths.
+    let names: Vec<String> = names(entry)
+        .into_iter()
+        .map(|n| n.split('(').next().unwrap_or_default().to_string())
+        .collect();
+    let mut at = 0;
+    chain.iter().all(|want| {
+        match names[at..]
+            .iter()
+            .position(|n| n == want || n.ends_with(&format!("::{want}")))
+        {
+            Some(i) => {
+                at += i + 1;
+                true
+            }
+            None => false,
+        }
+    })
+}
+
+fn leaks(agent: &Agent, cgroup: &TestCgroup) -> Value {
+    let out = agent.cli(&[
+        "leaks",
+        "--json",
+        "--cgroup",
+        &cgroup.path,
+        "--since",
+        "60s",
+        "--top",
+        "50",
+    ]);
+    assert!(
+        out.status.success(),
+        "memlens leaks failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.log()
+    );
+    serde_json::from_slice(&out.stdout).expect("leaks --json is JSON")
+}
+
+fn show(entry: &Value) -> String {
+    format!(
+        "{} ({} bytes, unwound by {}, stop {})",
+        names(entry).join(" < "),
+        entry["held_bytes"],
+        entry["unwound_by"],
+        entry["stack_stop"]
+    )
+}
+
+/// Runs `program args` in a cgroup of its own until it says `leaked <bytes>`, then answers with
+/// the agent's leaks of that cgroup and the bytes leaked.
+fn leak_report(
+    agent: &Agent,
+    name: &str,
+    program: &std::path::Path,
+    args: &[&str],
+) -> (Value, u64, Workload, TestCgroup) {
+    let cgroup = TestCgroup::new(name);
+    let mut leak = Workload::start_program(&cgroup, program, args);
+    let line = leak.read_line();
+    let leaked: u64 = line
+        .strip_prefix("leaked ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{name} said {line:?}"));
+    agent.wait_censuses(2);
+    (leaks(agent, &cgroup), leaked, leak, cgroup)
+}
+
+#[test]
+fn c_without_frame_pointers_names_the_whole_chain_to_main() {
+    let agent = Agent::start(&[]);
+    let (report, leaked, mut leak, cgroup) =
+        leak_report(&agent, "deepleak", &deep_leak_bin(), &["160", "40"]);
+    assert_eq!(leaked, 160 * MIB);
+    let chain = [
+        "alloc_node",
+        "build_index",
+        "parse_request",
+        "main",
+        "__libc_start_call_main",
+    ];
+    let by_growth = report["by_growth"].as_array().expect("by_growth");
+    let first = by_growth
+        .first()
+        .unwrap_or_else(|| panic!("no stacks: {report}"));
+    eprintln!("first by growth: {}", show(first));
+    assert!(has_chain(first, &chain), "{first:#}");
+    assert_eq!(first["truncated"], false, "{first:#}");
+    assert_eq!(first["unwound_by"], "unwind_tables", "{first:#}");
+
+    // Of the leak's held bytes (every stack through alloc_node), at least 90% in whole stacks.
+    let by_held = report["by_held"].as_array().expect("by_held");
+    let leak_entries: Vec<&Value> = by_held
+        .iter()
+        .filter(|e| names(e).iter().any(|n| n == "alloc_node"))
+        .collect();
+    let held = |entries: &[&Value]| -> u64 {
+        entries
+            .iter()
+            .map(|e| e["held_bytes"].as_u64().expect("held"))
+            .sum()
+    };
+    let total = held(&leak_entries);
+    let whole: Vec<&Value> = leak_entries
+        .iter()
+        .copied()
+        .filter(|e| has_chain(e, &chain) && e["truncated"] == false)
+        .collect();
+    let whole_bytes = held(&whole);
+    for e in &leak_entries {
+        eprintln!("  {}", show(e));
+    }
+    eprintln!(
+        "leak: {:.1} MiB attributed ({:.1} MiB leaked), {:.1}% of it in whole stacks",
+        total as f64 / MIB as f64,
+        leaked as f64 / MIB as f64,
+        100.0 * whole_bytes as f64 / total.max(1) as f64
+    );
+    assert!(
+        (total as f64 - leaked as f64).abs() <= 0.15 * leaked as f64,
+        "attributed {total} vs leaked {leaked}"
+    );
+    assert!(whole_bytes * 10 >= total * 9, "{whole_bytes} of {total}");
+
+    // glibc's own frames are followed to the user's caller.
+    let glibc: Vec<&Value> = by_held
+        .iter()
+        .filter(|e| {
+            names(e)
+                .iter()
+                .any(|n| n.contains("sysmalloc") || n.contains("_int_malloc"))
+        })
+        .collect();
+    assert!(
+        !glibc.is_empty(),
+        "no stack through glibc's malloc: {report:#}"
+    );
+    for e in glibc {
+        eprintln!("  {}", show(e));
+        assert!(
+            has_chain(e, &["build_index", "parse_request", "main"])
+                || has_chain(e, &["scratch_pass", "parse_request", "main"]),
+            "glibc's frames not followed to the caller: {}",
+            show(e)
+        );
+    }
+    // The churn beside it is not a leak.
+    let leak_growth = first["growth_bytes"].as_i64().expect("growth");
+    for e in report["by_growth"].as_array().expect("by_growth") {
+        if names(e).iter().any(|n| n == "scratch_pass") {
+            let growth = e["growth_bytes"].as_i64().expect("growth");
+            assert!(growth * 20 < leak_growth, "the churn grows: {}", show(e));
+        }
+    }
+    // The terminal output says the same.
+    let text = agent.cli(&["leaks", "--cgroup", &cgroup.path, "--since", "60s"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("build_index") && text.contains("parse_request"),
+        "{text}"
+    );
+    leak.send("exit");
+}
+
+#[test]
+fn cpp_vector_growth_names_the_chain_through_libstdcxx_and_glibc() {
+    let agent = Agent::start(&[]);
+    let (report, leaked, mut leak, _cgroup) =
+        leak_report(&agent, "vecleak", &vector_leak_bin(), &["128", "64"]);
+    assert!(leaked >= 128 * MIB, "{leaked}");
+    let by_growth = report["by_growth"].as_array().expect("by_growth");
+    let first = by_growth
+        .first()
+        .unwrap_or_else(|| panic!("no stacks: {report}"));
+    for e in by_growth.iter().take(5) {
+        eprintln!("  {}", show(e));
+    }
+    let chain = ["record_event", "handle_batch", "main"];
+    assert!(has_chain(first, &chain), "{first:#}");
+    assert_eq!(first["truncated"], false, "{first:#}");
+    // Some of its pages are first touched in libstdc++ or glibc (the vector's reallocation), and
+    // those stacks reach main too.
+    let through_libraries: Vec<&Value> = report["by_held"]
+        .as_array()
+        .expect("by_held")
+        .iter()
+        .filter(|e| {
+            e["user_stack"][0]["module"]
+                .as_str()
+                .is_some_and(|m| m.contains("libc.so") || m.contains("libstdc++"))
+        })
+        .collect();
+    assert!(!through_libraries.is_empty(), "{report:#}");
+    for e in through_libraries {
+        if names(e).iter().any(|n| n.contains("record_event")) {
+            assert!(has_chain(e, &chain), "{}", show(e));
+        }
+    }
+    leak.send("exit");
+}
+
+#[test]
+fn rust_release_build_names_the_chain_to_main() {
+    let agent = Agent::start(&[]);
+    let (report, leaked, mut leak, _cgroup) = leak_report(
+        &agent,
+        "rustleak",
+        &workload_bin(),
+        &["deepleak", "96", "48"],
+    );
+    assert_eq!(leaked, 96 * MIB);
+    let first = &report["by_growth"][0];
+    eprintln!("first by growth: {}", show(first));
+    assert!(
+        has_chain(
+            first,
+            &["cache_response", "handle_request", "serve_requests", "main"]
+        ),
+        "{first:#}"
+    );
+    assert_eq!(first["truncated"], false, "{first:#}");
+    leak.send("exit");
+}

@@ -18,6 +18,7 @@ use std::{
     collections::{HashMap, HashSet},
     hash::{DefaultHasher, Hash as _, Hasher as _},
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use memlens_model::{
@@ -127,7 +128,13 @@ pub struct Attribution {
     leaf_rules: HashMap<(ProcessKey, u64), LeafRule>,
     user_stacks: HashMap<u64, Arc<UserStack>>,
     kernel_stacks: HashMap<u64, Arc<[u64]>>,
+    /// When each process's mappings were last re-read for an address outside them.
+    remapped: HashMap<ProcessKey, Instant>,
 }
+
+/// A process's mappings are re-read at most this often for addresses outside them (code it
+/// loaded after it was first seen: dlopen, plugins).
+const REMAP_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Attribution {
     #[must_use]
@@ -140,6 +147,7 @@ impl Attribution {
             leaf_rules: HashMap::new(),
             user_stacks: HashMap::new(),
             kernel_stacks: HashMap::new(),
+            remapped: HashMap::new(),
         }
     }
 
@@ -165,7 +173,7 @@ impl Attribution {
         let mut entries: HashMap<LeakKey, Held> = HashMap::new();
         for frame in &census.tracked {
             let record = &frame.record;
-            let (process, alive) = checked
+            let (mut process, alive) = checked
                 .entry(record.tgid)
                 .or_insert_with(|| self.process(record.tgid, record.ts_ns, &record.comm))
                 .clone();
@@ -184,6 +192,13 @@ impl Attribution {
                     Some(ips) => self.user_stack(&process, alive, &ips, frame),
                 },
             };
+            if alive && self.outside_maps(&process, user) {
+                if let Some(fresh) = self.remap(&process) {
+                    checked.insert(record.tgid, (Arc::clone(&fresh), true));
+                    view.processes.insert(fresh.key, Arc::clone(&fresh));
+                    process = fresh;
+                }
+            }
             let key = LeakKey {
                 memcg: frame.memcg,
                 process: process.key,
@@ -217,6 +232,7 @@ impl Attribution {
             .retain(|(p, _), _| view.processes.contains_key(p));
         self.processes
             .retain(|_, p| view.processes.contains_key(&p.key));
+        self.remapped.retain(|p, _| view.processes.contains_key(p));
         view.table = LeakTable {
             taken_at_unix_ms: unix_ms,
             shift: census.shift,
@@ -277,6 +293,35 @@ impl Attribution {
                 (info, false)
             }
         }
+    }
+
+    /// Whether user stack `sig` has an address outside `process`'s known mappings.
+    fn outside_maps(&self, process: &ProcessInfo, sig: u64) -> bool {
+        self.user_stacks.get(&sig).is_some_and(|stack| {
+            stack
+                .addrs
+                .iter()
+                .any(|a| maps::find(&process.maps, a.addr).is_none())
+        })
+    }
+
+    /// `process` with its mappings read again, unless that was done within `REMAP_INTERVAL`.
+    fn remap(&mut self, process: &ProcessInfo) -> Option<Arc<ProcessInfo>> {
+        if self
+            .remapped
+            .get(&process.key)
+            .is_some_and(|t| t.elapsed() < REMAP_INTERVAL)
+        {
+            return None;
+        }
+        self.remapped.insert(process.key, Instant::now());
+        let fresh = Arc::new(ProcessInfo {
+            key: process.key,
+            comm: process.comm.clone(),
+            maps: maps::read_maps(process.key.tgid).ok()?,
+        });
+        self.processes.insert(process.key.tgid, Arc::clone(&fresh));
+        Some(fresh)
     }
 
     /// The user stack of `frame`, with its frameless leaf's caller recovered when the leaf's

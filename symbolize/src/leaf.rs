@@ -65,12 +65,19 @@ impl LeafResolver {
         if mapping.inode == 0 {
             return LeafRule::Unknown; // JIT code, vDSO: no file to read
         }
-        let cfi = self
-            .modules
-            .get_or_insert((mapping.dev.clone(), mapping.inode), || {
-                load_cfi(&mapping.map_file(pid)).map(Arc::new)
-            })
-            .clone();
+        let key = (mapping.dev.clone(), mapping.inode);
+        let cfi = match self.modules.get(&key) {
+            Some(cfi) => cfi.clone(),
+            None => {
+                // A file that cannot be opened (the process is gone) is not remembered.
+                let Ok(data) = std::fs::read(mapping.map_file(pid)) else {
+                    return LeafRule::Unknown;
+                };
+                let cfi = load_cfi(&data).map(Arc::new);
+                self.modules.put(key, cfi.clone());
+                cfi
+            }
+        };
         let Some(cfi) = cfi else {
             return LeafRule::Unknown;
         };
@@ -87,9 +94,8 @@ impl LeafResolver {
     }
 }
 
-fn load_cfi(path: &str) -> Option<ModuleCfi> {
-    let data = std::fs::read(path).ok()?;
-    let file = object::File::parse(&*data).ok()?;
+fn load_cfi(data: &[u8]) -> Option<ModuleCfi> {
+    let file = object::File::parse(data).ok()?;
     // Go compresses its DWARF sections (SHF_COMPRESSED): read them uncompressed.
     let section = |name: &str| {
         file.section_by_name(name)

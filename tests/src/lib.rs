@@ -192,6 +192,20 @@ pub fn vector_leak_bin() -> PathBuf {
         .clone()
 }
 
+/// A host that dlopens a plugin when told to (`tests/workloads/pluginhost.c`) and the plugin
+/// (`plugin.c`, a shared library), both `gcc -O2 -g`.
+#[must_use]
+pub fn plugin_bins() -> (PathBuf, PathBuf) {
+    static BINS: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    BINS.get_or_init(|| {
+        (
+            native_bin("pluginhost.c", "gcc", &["-O2", "-g"]),
+            native_bin("plugin.c", "gcc", &["-O2", "-g", "-shared", "-fPIC"]),
+        )
+    })
+    .clone()
+}
+
 /// Builds `tests/workloads/<source>` with `compiler` and `flags`, beside the test binaries (or
 /// in the temporary directory when that is read-only, as in a VM guest).
 fn native_bin(source: &str, compiler: &str, flags: &[&str]) -> PathBuf {

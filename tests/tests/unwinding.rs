@@ -4,7 +4,7 @@
 //! binary's unwind tables.
 
 use memlens_tests::{
-    deep_leak_bin, vector_leak_bin, workload_bin, Agent, TestCgroup, Workload, MIB,
+    deep_leak_bin, plugin_bins, vector_leak_bin, workload_bin, Agent, TestCgroup, Workload, MIB,
 };
 use serde_json::Value;
 
@@ -242,6 +242,34 @@ fn rust_release_build_names_the_chain_to_main() {
             first,
             &["cache_response", "handle_request", "serve_requests", "main"]
         ),
+        "{first:#}"
+    );
+    assert_eq!(first["truncated"], false, "{first:#}");
+    leak.send("exit");
+}
+
+#[test]
+fn code_loaded_after_the_process_started_is_unwound_and_named() {
+    let agent = Agent::start(&[]);
+    let (host, plugin) = plugin_bins();
+    let cgroup = TestCgroup::new("plugin");
+    let mut leak = Workload::start_program(
+        &cgroup,
+        &host,
+        &[plugin.to_str().expect("plugin path"), "64"],
+    );
+    assert_eq!(leak.read_line(), "ready");
+    // The agent sees the host and its mappings before the plugin exists.
+    agent.wait_censuses(2);
+    leak.send("load");
+    let line = leak.read_line();
+    assert_eq!(line, format!("leaked {}", 64 * MIB));
+    agent.wait_censuses(2);
+    let report = leaks(&agent, &cgroup);
+    let first = &report["by_growth"][0];
+    eprintln!("first by growth: {}", show(first));
+    assert!(
+        has_chain(first, &["plugin_fill", "plugin_leak", "main"]),
         "{first:#}"
     );
     assert_eq!(first["truncated"], false, "{first:#}");

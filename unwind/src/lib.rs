@@ -38,8 +38,10 @@ use modules::{Bytes, ModuleFile};
 pub const MAX_FRAMES: usize = 128;
 /// Processes whose modules are kept (the least recently unwound go first).
 const MAX_PROCESSES: NonZeroUsize = NonZeroUsize::new(1024).expect("non-zero");
-/// A process's mappings are re-read at most this often when an address falls outside them.
-const REMAP_INTERVAL: Duration = Duration::from_secs(1);
+/// A process's mappings are re-read at most this often when an address falls outside them: soon
+/// enough for code loaded right after a first read (a process first seen between its fork and
+/// its exec, then dlopen), rarely enough that a process full of stray addresses costs little.
+const REMAP_INTERVAL: Duration = Duration::from_millis(200);
 /// How often a kept process is checked to still be the one with its pid.
 const RECHECK_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -170,6 +172,10 @@ impl Unwinder {
                 Ok(Some(FrameAddress::ReturnAddress(ra))) => {
                     let addr = ra.get();
                     let Some(tables) = process.code_at(addr) else {
+                        tracing::debug!(
+                            "pid {}: return address {addr:#x} outside its code mappings",
+                            sample.tgid
+                        );
                         break Some(StackStop::UnknownAddress);
                     };
                     frames.push(UnwoundFrame {
@@ -232,6 +238,7 @@ impl Unwinder {
             return false;
         }
         let start_ns = p.start_ns;
+        tracing::debug!("pid {tgid}: reading its mappings again");
         match self.load(tgid, start_ns) {
             Some(process) => {
                 self.stats.remaps.fetch_add(1, Ordering::Relaxed);

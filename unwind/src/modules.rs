@@ -39,11 +39,17 @@ struct Sections {
 }
 
 impl ModuleFile {
-    /// Reads the unwind sections of the ELF file at `path`; None when it is not one.
-    pub fn load(path: &str) -> Option<ModuleFile> {
+    /// Reads the unwind sections of the ELF file at `path`: `Err` when the file cannot be
+    /// opened (the process is gone, or changed its mappings: worth trying again through another
+    /// process), `Ok(None)` when it is not an ELF file.
+    pub fn load(path: &str) -> std::io::Result<Option<ModuleFile>> {
         // Only the headers and the unwind sections are read, not the whole (often large) file.
-        let data = object::ReadCache::new(std::fs::File::open(path).ok()?);
-        let file = object::File::parse(&data).ok()?;
+        let data = object::ReadCache::new(std::fs::File::open(path)?);
+        Ok(Self::parse(&data))
+    }
+
+    fn parse(data: &object::ReadCache<std::fs::File>) -> Option<ModuleFile> {
+        let file = object::File::parse(data).ok()?;
         let range = |s: &object::Section<'_, '_, &object::ReadCache<std::fs::File>>| {
             s.address()..s.address() + s.size()
         };
@@ -153,7 +159,8 @@ impl ModuleFiles {
         if let Some(file) = self.files.get(&key) {
             return file.clone();
         }
-        let file = ModuleFile::load(&mapping.map_file(pid)).map(Arc::new);
+        // A file that cannot be opened is not remembered: the next process mapping it may do.
+        let file = ModuleFile::load(&mapping.map_file(pid)).ok()?.map(Arc::new);
         self.loaded += 1;
         self.bytes += file.as_ref().map_or(0, |f| f.bytes);
         if let Some((_, Some(old))) = self.files.push(key, file.clone()) {

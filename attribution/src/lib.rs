@@ -271,7 +271,7 @@ impl Attribution {
                         tgid,
                         start_ns: start,
                     },
-                    comm: comm_string(comm),
+                    comm: memlens_procfs::process::comm(tgid).unwrap_or_else(|| comm_string(comm)),
                     maps: maps::read_maps(tgid).unwrap_or_default(),
                 });
                 self.processes.insert(tgid, Arc::clone(&info));

@@ -14,6 +14,14 @@ pub fn memory(pid: u32) -> Option<ProcessMemory> {
     Some(parse_status(pid, &text))
 }
 
+/// `/proc/<pid>/comm`: the process's name now (after its exec, unlike a name recorded at a
+/// fork's first page faults); None when it is gone.
+#[must_use]
+pub fn comm(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(text.trim_end_matches('\n').to_string())
+}
+
 fn parse_status(pid: u32, text: &str) -> ProcessMemory {
     let kib = |key: &str| {
         text.lines()

@@ -21,16 +21,17 @@
 //! profile (no frame pointers): `serve_requests -> handle_request -> cache_response` keeps 1 MiB per
 //! request, filled with `resize` (glibc's memset); prints `leaked <bytes>`, waits for `exit`.
 //!
-//! `memlens-workload storm <MiB> <rounds>`: the page-fault storm of `cargo xtask bench storm`:
-//! map, touch and unmap `<MiB>` of anonymous memory `<rounds>` times, then print
-//! `seconds <s> pages <n>`.
+//! `memlens-workload storm <MiB> <rounds> [<depth>]`: the page-fault storm of `cargo xtask bench
+//! storm`: map, touch and unmap `<MiB>` of anonymous memory `<rounds>` times (at the bottom of
+//! `<depth>` nested calls of 256 bytes of stack each), then print `seconds <s> pages <n>`.
 
 use std::{
     io::{BufRead as _, Write as _},
     time::Instant,
 };
 
-const USAGE: &str = "usage: memlens-workload anon <MiB> | anon-thp <MiB> | storm <MiB> <rounds> \
+const USAGE: &str =
+    "usage: memlens-workload anon <MiB> | anon-thp <MiB> | storm <MiB> <rounds> [<depth>] \
                      | deepleak <MiB> <MiB/s> \
                      | writefile <path> <MiB> | appendlog <path> <MiB> [<MiB/s>] | readfile <path>";
 
@@ -48,7 +49,10 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("anon") => hold(number(2) << 20, false),
         Some("anon-thp") => hold(number(2) << 20, true),
-        Some("storm") => storm(number(2) << 20, number(3)),
+        Some("storm") => {
+            let depth = args.get(4).and_then(|d| d.parse().ok()).unwrap_or(0);
+            nested(depth, &|| storm(number(2) << 20, number(3)));
+        }
         Some("deepleak") => serve_requests(number(2), number(3)),
         Some("writefile") => write_file(path_arg(&args), number(3) << 20),
         Some("appendlog") => append_log(
@@ -192,6 +196,19 @@ fn write_file(path: &str, len: usize) {
         file.write_all(&chunk).unwrap_or_else(|e| fail(path, &e));
     }
     println!("written");
+}
+
+/// Runs `f` at the bottom of `depth` nested calls of 256 bytes of stack each: a deep stack, as
+/// a request handler's in a framework is, for the cost of copying and unwinding it.
+#[inline(never)]
+fn nested(depth: usize, f: &dyn Fn()) {
+    if depth == 0 {
+        f();
+        return;
+    }
+    let frame = std::hint::black_box([depth as u8; 256]);
+    nested(depth - 1, f);
+    std::hint::black_box(&frame);
 }
 
 fn storm(len: usize, rounds: usize) {

@@ -35,6 +35,10 @@ pub enum Bench {
         /// Storm passes per run.
         #[arg(long, default_value_t = 1)]
         passes: usize,
+        /// Run the storm below this many nested calls of 256 bytes of stack each (deep stacks
+        /// to copy and unwind).
+        #[arg(long, default_value_t = 0)]
+        depth: usize,
         /// The agent's --sample-shift; repeat to compare several rates in the same run.
         #[arg(long, default_values_t = [7])]
         sample_shift: Vec<u32>,
@@ -97,6 +101,7 @@ pub fn run(root: &Path, which: Bench) -> Result<()> {
             rounds,
             mib,
             passes,
+            depth,
             sample_shift,
             stack_copy,
             no_peer,
@@ -116,7 +121,7 @@ pub fn run(root: &Path, which: Bench) -> Result<()> {
             storm::storm(
                 root,
                 rounds,
-                &storm::Storm { mib, passes },
+                &storm::Storm { mib, passes, depth },
                 &configs,
                 &agent_args,
             )

@@ -51,6 +51,8 @@ impl Config {
 pub(super) struct Storm {
     pub(super) mib: usize,
     pub(super) passes: usize,
+    /// Nested calls (256 bytes of stack each) the storm runs below.
+    pub(super) depth: usize,
 }
 
 /// A storm run with the agent, and what the agent's counters said about it.
@@ -144,8 +146,8 @@ pub(super) fn storm(
     let _ = std::fs::remove_dir_all(&dir);
 
     println!(
-        "## storm: {} MiB x {} passes per run, {rounds} interleaved rounds",
-        storm.mib, storm.passes
+        "## storm: {} MiB x {} passes per run, {} nested calls deep, {rounds} interleaved rounds",
+        storm.mib, storm.passes, storm.depth
     );
     println!();
     println!("| configuration | fastest run | added time, fastest runs | added time, median of per-round ratios (quartiles) |");
@@ -217,7 +219,12 @@ pub(super) fn storm(
 /// Runs the storm; returns (seconds, pages).
 fn run_storm(workload: &Path, storm: &Storm) -> Result<(f64, u64)> {
     let out = Command::new(workload)
-        .args(["storm", &storm.mib.to_string(), &storm.passes.to_string()])
+        .args([
+            "storm",
+            &storm.mib.to_string(),
+            &storm.passes.to_string(),
+            &storm.depth.to_string(),
+        ])
         .output()
         .context("running the storm")?;
     let text = String::from_utf8_lossy(&out.stdout);

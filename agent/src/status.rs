@@ -284,10 +284,10 @@ fn unwinding_detail(
     format!(
         "copies of up to {} KiB of user stack, unwound with each binary's .eh_frame/.debug_frame: \
          {copies} copies ({} average, {} ns each in the kernel), {}/s on average, {} lost (ring \
-         full), {} failed; {unwound} unwound ({} ns each, and {} ms reading mappings and tables), \
-         {} left to frame pointers (Go, code without a file); stopped early: {} at the end of the \
-         copy, {} at an unknown address, {} other; {} re-reads of mappings; {} binaries' tables \
-         read, {} held",
+         full: those samples get the frame-pointer walk), {} failed; {unwound} unwound ({} ns each, \
+         and {} ms reading mappings and tables), {} of them by frame pointers alone (Go, code \
+         without a file, processes gone); stopped early: {} at the end of the copy, {} at an \
+         unknown address, {} other; {} re-reads of mappings; {} binaries' tables read, {} held",
         copy_bytes / 1024,
         Bytes(per(copied, copies)),
         per(count(Counter::StackCopyNs), copies),
@@ -296,7 +296,7 @@ fn unwinding_detail(
         count(Counter::StackCopyErrors),
         per(load(&u.busy_ns).saturating_sub(load(&u.load_ns)), unwound),
         load(&u.load_ns) / 1_000_000,
-        load(&u.left_to_frame_pointers),
+        load(&u.frame_pointers_only),
         load(&u.stopped_copy_ended),
         load(&u.stopped_unknown_address),
         load(&u.stopped_other),

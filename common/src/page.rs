@@ -28,6 +28,10 @@ pub const MAX_SAMPLE_SHIFT: u32 = 16;
 /// a frame-pointer walk skips, for leaves that keep up to 7 words of their own on the stack.
 pub const LEAF_STACK_WORDS: usize = 8;
 
+/// `PageAlloc::user_stack` of an allocation whose user stack was copied for unwinding in
+/// userspace instead of walked by frame pointers (see `crate::stack_copy`).
+pub const USER_STACK_COPIED: i32 = i32::MIN;
+
 /// Largest number of sampled frames recorded for one allocation. The buddy allocator's largest
 /// order is 10 on common configurations, so with `shift >= 4` no allocation exceeds it; above it
 /// the kernel program counts [`crate::counters::Counter::HighOrderTruncated`].
@@ -98,7 +102,8 @@ pub struct PageAlloc {
     pub pid: u32,
     /// Kernel stack id in the `STACKS` map, or a negative errno from `bpf_get_stackid`.
     pub kernel_stack: i32,
-    /// User stack id in the `STACKS` map, or a negative errno from `bpf_get_stackid`.
+    /// User stack id in the `STACKS` map, a negative errno from `bpf_get_stackid`, or
+    /// [`USER_STACK_COPIED`] when the stack was copied for unwinding instead.
     pub user_stack: i32,
     /// The allocation's gfp flags (low 32 bits).
     pub gfp_flags: u32,
@@ -107,7 +112,7 @@ pub struct PageAlloc {
     pub reserved: u16,
     /// `comm` of the allocating task.
     pub comm: [u8; 16],
-    /// The user stack pointer at the allocation (0 when there is no user context).
+    /// The user stack pointer at the allocation, for a frame-pointer walk (0 otherwise).
     pub user_sp: u64,
     /// The `LEAF_STACK_WORDS` words at `user_sp`: the agent picks the leaf's return address out
     /// of them using the leaf's unwind information.

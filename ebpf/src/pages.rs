@@ -23,7 +23,7 @@ use memlens_common::{
     counters::Counter,
     page::{
         sampled_frames, AllocTracepointFields, CalibrationSample, PageAlloc, SampledFrames,
-        LEAF_STACK_WORDS, MAX_SAMPLED_PER_ALLOC,
+        LEAF_STACK_WORDS, MAX_SAMPLED_PER_ALLOC, USER_STACK_COPIED,
     },
 };
 
@@ -146,16 +146,18 @@ pub fn page_alloc_calibrate(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// Walking the kernel stack is the most expensive part of a sampled allocation (about 4 us here,
-/// against about 2 us for the user stack), and code that allocates in a loop reaches the
-/// allocator through the same kernel path again and again. So the kernel stack id is remembered
-/// per CPU by user stack id for `KERNEL_STACK_REUSE_NS` and reused within that time. Kernel
-/// threads (no user stack) always get a fresh walk.
+/// Walking the kernel stack is the most expensive part of a sampled allocation (about 4 us here),
+/// and code that allocates in a loop reaches the allocator through the same kernel path again and
+/// again. So the kernel stack id is remembered per CPU by user context (the user stack id of a
+/// frame-pointer walk, else the user instruction and stack pointers of a stack copy) for
+/// `KERNEL_STACK_REUSE_NS` and reused within that time. Kernel threads (no user context) always
+/// get a fresh walk.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct KernelStackMemo {
-    user_stack: i32,
+    user_key: u64,
     kernel_stack: i32,
+    reserved: u32,
     ts_ns: u64,
 }
 
@@ -170,29 +172,50 @@ static KERNEL_STACK_MEMO: PerCpuArray<KernelStackMemo> =
     PerCpuArray::with_max_entries(MEMO_SLOTS, 0);
 
 #[inline(always)]
-fn kernel_stack_for<C: StackIdContext>(ctx: &C, user_stack: i32, now: u64) -> i32 {
+fn kernel_stack_for<C: StackIdContext>(ctx: &C, user_key: Option<u64>, now: u64) -> i32 {
     let reuse_ns = KERNEL_STACK_REUSE_NS.load();
-    if user_stack < 0 || reuse_ns == 0 {
+    let Some(user_key) = user_key.filter(|_| reuse_ns != 0) else {
         return walk_kernel_stack(ctx);
-    }
-    let Some(memo) = KERNEL_STACK_MEMO.get_ptr_mut(user_stack as u32 % MEMO_SLOTS) else {
+    };
+    let Some(memo) = KERNEL_STACK_MEMO.get_ptr_mut((user_key % u64::from(MEMO_SLOTS)) as u32)
+    else {
         return walk_kernel_stack(ctx);
     };
     // SAFETY: per-CPU map value; this program does not nest on one CPU.
     let memo = unsafe { &mut *memo };
-    if memo.user_stack == user_stack && now.wrapping_sub(memo.ts_ns) < reuse_ns {
+    if memo.user_key == user_key && now.wrapping_sub(memo.ts_ns) < reuse_ns {
         counters::add(Counter::KernelStackReused, 1);
         return memo.kernel_stack;
     }
     let kernel_stack = walk_kernel_stack(ctx);
     if kernel_stack >= 0 {
         *memo = KernelStackMemo {
-            user_stack,
+            user_key,
             kernel_stack,
+            reserved: 0,
             ts_ns: now,
         };
     }
     kernel_stack
+}
+
+/// The frame-pointer walk of the user stack: its id in `STACKS`, or a negative errno.
+#[inline(always)]
+fn walk_user_stack<C: StackIdContext>(ctx: &C) -> i32 {
+    match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
+        Ok(id) => id as i32,
+        Err(e) => {
+            counters::add(
+                match -e {
+                    EFAULT => Counter::UserStackNone,
+                    EEXIST => Counter::StackCollisions,
+                    _ => Counter::UserStackErrors,
+                },
+                1,
+            );
+            e
+        }
+    }
 }
 
 #[inline(always)]
@@ -226,43 +249,36 @@ fn on_alloc<C: StackIdContext>(ctx: &C, pfn: u64, order: u32, gfp: u64) {
 fn record<C: StackIdContext>(ctx: &C, frames: SampledFrames, order: u32, gfp: u64) {
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let user_stack = match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
-        Ok(id) => id as i32,
-        Err(e) => {
-            counters::add(
-                match -e {
-                    EFAULT => Counter::UserStackNone,
-                    EEXIST => Counter::StackCollisions,
-                    _ => Counter::UserStackErrors,
-                },
-                1,
-            );
-            e
-        }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // A copy of the user stack, unwound in userspace with the binaries' unwind tables, replaces
+    // the frame-pointer walk; the walk (and the words a frameless leaf's caller is read from)
+    // only where there is no copy: copying off, the ring full, the stack unreadable.
+    let regs = task::user_regs().ok().filter(|r| r.sp != 0);
+    let copied = match regs {
+        Some(regs) => stack_copy::capture(now, pid_tgid, regs, frames),
+        None => false,
     };
-    let kernel_stack = kernel_stack_for(ctx, user_stack, now);
+    let (user_stack, user_key) = if copied {
+        let key = regs.map(|r| r.ip ^ r.sp.rotate_left(32));
+        (USER_STACK_COPIED, key)
+    } else {
+        let id = walk_user_stack(ctx);
+        (id, u64::try_from(id).ok())
+    };
+    let kernel_stack = kernel_stack_for(ctx, user_key, now);
     let task_memcg = task::current_memcg_id().unwrap_or_else(|_| {
         counters::add(Counter::TaskMemcgErrors, 1);
         0
     });
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (user_sp, user_stack_top) = if user_stack >= 0 {
-        match task::user_regs() {
-            Ok(regs) => {
-                stack_copy::capture(now, pid_tgid, regs, frames);
-                let top = task::user_stack_top(regs.sp).unwrap_or_else(|_| {
-                    counters::add(Counter::UserStackTopErrors, 1);
-                    [0; LEAF_STACK_WORDS]
-                });
-                (regs.sp, top)
-            }
-            Err(_) => {
+    let (user_sp, user_stack_top) = match regs {
+        Some(regs) if !copied && user_stack >= 0 => {
+            let top = task::user_stack_top(regs.sp).unwrap_or_else(|_| {
                 counters::add(Counter::UserStackTopErrors, 1);
-                (0, [0; LEAF_STACK_WORDS])
-            }
+                [0; LEAF_STACK_WORDS]
+            });
+            (regs.sp, top)
         }
-    } else {
-        (0, [0; LEAF_STACK_WORDS])
+        _ => (0, [0; LEAF_STACK_WORDS]),
     };
     let entry = PageAlloc {
         ts_ns: now,

@@ -49,22 +49,28 @@ static STACK_COPIES: RingBuf = RingBuf::with_byte_size(4096, 0);
 const STEPS: usize = STACK_COPY_MAX / STACK_COPY_CHUNK + 1;
 
 /// Copies the registers and up to `STACK_COPY_BYTES` of the stack from `regs.sp` up, one page at
-/// a time so that the copy ends at the top of the stack with what it has.
+/// a time so that the copy ends at the top of the stack with what it has. True when the copy is
+/// on its way to the agent; false when copying is off, the task has no user memory (a kernel
+/// thread), or the copy failed (counted).
 #[inline(always)]
-pub fn capture(ts_ns: u64, pid_tgid: u64, regs: UserRegs, frames: SampledFrames) {
+pub fn capture(ts_ns: u64, pid_tgid: u64, regs: UserRegs, frames: SampledFrames) -> bool {
     let mut limit = STACK_COPY_BYTES.load() as usize;
     if limit == 0 {
-        return;
+        return false;
     }
     // The main thread's frames all lie below `mm->start_stack` (where `argc` was at exec);
     // above it are the environment and the auxiliary vector, which unwinding never reads.
-    if let Some(start_stack) = main_stack_start() {
-        if start_stack > regs.sp && start_stack - regs.sp < limit as u64 {
-            limit = (start_stack - regs.sp) as usize;
+    match main_stack_start() {
+        MainStack::NoUserMemory => return false,
+        MainStack::Start(start_stack) => {
+            if start_stack > regs.sp && start_stack - regs.sp < limit as u64 {
+                limit = (start_stack - regs.sp) as usize;
+            }
         }
+        MainStack::Unknown => {}
     }
     let Some(scratch) = STACK_COPY_SCRATCH.get_ptr_mut(0) else {
-        return;
+        return false;
     };
     // SAFETY: no preconditions.
     let started = unsafe { bpf_ktime_get_ns() };
@@ -92,7 +98,7 @@ pub fn capture(ts_ns: u64, pid_tgid: u64, regs: UserRegs, frames: SampledFrames)
     }
     if done == 0 || done > STACK_COPY_MAX {
         counters::add(Counter::StackCopyErrors, 1);
-        return;
+        return false;
     }
     scratch.header = StackCopyHeader {
         ts_ns,
@@ -116,35 +122,55 @@ pub fn capture(ts_ns: u64, pid_tgid: u64, regs: UserRegs, frames: SampledFrames)
     } else {
         BPF_RB_NO_WAKEUP
     };
-    match STACK_COPIES.output::<[u8]>(bytes, flags) {
+    let sent = match STACK_COPIES.output::<[u8]>(bytes, flags) {
         Ok(()) => {
             counters::add(Counter::StackCopies, 1);
             counters::add(Counter::StackCopyBytes, done as u64);
+            true
         }
-        Err(_) => counters::add(Counter::StackCopyDropped, 1),
-    }
+        Err(_) => {
+            counters::add(Counter::StackCopyDropped, 1);
+            false
+        }
+    };
     // SAFETY: no preconditions.
     let end = unsafe { bpf_ktime_get_ns() };
     counters::add(Counter::StackCopyNs, end.wrapping_sub(started));
+    sent
 }
 
-/// `current->mm->start_stack`, if the offsets are known.
+enum MainStack {
+    /// `current->mm` is NULL: a kernel thread, no user stack.
+    NoUserMemory,
+    /// `current->mm->start_stack`.
+    Start(u64),
+    /// The offsets are unknown or a read failed.
+    Unknown,
+}
+
+/// Where the current process's main stack started, or that it has none.
 ///
 /// match-kernel: include/linux/sched.h task_struct.mm; include/linux/mm_types.h
 /// mm_struct.start_stack
 #[inline(always)]
-fn main_stack_start() -> Option<u64> {
+fn main_stack_start() -> MainStack {
     let (mm_offset, start_offset) = (TASK_MM_OFFSET.load(), MM_START_STACK_OFFSET.load());
     if mm_offset == 0 || start_offset == 0 {
-        return None;
+        return MainStack::Unknown;
     }
     // SAFETY: returns the current task_struct pointer; only used through probe reads.
     let task = unsafe { bpf_get_current_task() };
     // SAFETY: bpf_probe_read_kernel checks the address; a bad one returns an error.
-    let mm = unsafe { bpf_probe_read_kernel((task + u64::from(mm_offset)) as *const u64) }.ok()?;
+    let Ok(mm) = (unsafe { bpf_probe_read_kernel((task + u64::from(mm_offset)) as *const u64) })
+    else {
+        return MainStack::Unknown;
+    };
     if mm == 0 {
-        return None;
+        return MainStack::NoUserMemory;
     }
     // SAFETY: as above.
-    unsafe { bpf_probe_read_kernel((mm + u64::from(start_offset)) as *const u64) }.ok()
+    match unsafe { bpf_probe_read_kernel((mm + u64::from(start_offset)) as *const u64) } {
+        Ok(start) => MainStack::Start(start),
+        Err(_) => MainStack::Unknown,
+    }
 }

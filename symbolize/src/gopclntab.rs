@@ -92,6 +92,18 @@ impl GoPcln {
         ))
     }
 
+    /// Bytes of the table held.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Whether the table is empty (never, for a parsed one).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
     /// The stack pointer's offset from the function's entry at address `pc`: 0 at the entry,
     /// and throughout a frameless function. None when `pc` is in no function of the table.
     #[must_use]

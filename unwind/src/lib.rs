@@ -8,8 +8,10 @@
 //! `.debug_frame`; frame pointers where a binary has no tables), while the process still runs,
 //! and the bytes are dropped.
 //!
-//! Go binaries are left to the frame-pointer walk: Go keeps frame pointers in every frame, and
-//! its frameless leaves are served by `.gopclntab` at symbolization.
+//! Go binaries have no unwind tables used here: Go keeps frame pointers in every frame, and the
+//! caller of a frameless Go leaf (`runtime.memmove`) is found with `.gopclntab`'s frame sizes.
+//! Code in no file (JIT, the vDSO) and processes gone before their mappings were read are
+//! unwound by frame pointers, as the kernel's walk would have been.
 
 mod modules;
 pub mod table;
@@ -34,6 +36,67 @@ use memlens_procfs::maps;
 pub use modules::ModuleFiles;
 use modules::{Bytes, ModuleFile};
 
+/// Runs `iter` to its end into `frames`; returns why it stopped early, if it did. With `check`,
+/// a return address must be in the process's code (and says whether that code has unwind
+/// tables, which is how the next frame will be found).
+fn collect<F: FnMut(u64) -> Result<u64, ()>>(
+    iter: &mut framehop::UnwindIterator<'_, '_, '_, UnwinderX86_64<Bytes>, F>,
+    frames: &mut Vec<UnwoundFrame>,
+    sample: &StackSample<'_>,
+    check: Option<&dyn Fn(u64) -> Option<bool>>,
+) -> Option<StackStop> {
+    // How the next frame is found: by the tables of the code the current one is in.
+    let mut inner_tables = false;
+    loop {
+        if frames.len() >= MAX_FRAMES {
+            return Some(StackStop::FrameLimit {
+                frames: MAX_FRAMES as u32,
+            });
+        }
+        let (addr, found_by) = match iter.next() {
+            Ok(Some(FrameAddress::InstructionPointer(ip))) => (
+                ip,
+                // After a Go leaf, the first framehop frame is the leaf's recovered caller.
+                if frames.is_empty() {
+                    FoundBy::Registers
+                } else {
+                    FoundBy::RecoveredLeaf
+                },
+            ),
+            Ok(Some(FrameAddress::ReturnAddress(ra))) => (
+                ra.get(),
+                if inner_tables {
+                    FoundBy::UnwindTables
+                } else {
+                    FoundBy::FramePointer
+                },
+            ),
+            Ok(None) | Err(FramehopError::ReturnAddressIsNull) => return None,
+            Err(FramehopError::CouldNotReadStack(_)) => {
+                return Some(StackStop::CopyEnded {
+                    bytes: u32::try_from(sample.stack.len()).unwrap_or(u32::MAX),
+                })
+            }
+            Err(_) => return Some(StackStop::NoProgress),
+        };
+        inner_tables = match check {
+            Some(check) => match check(addr) {
+                Some(tables) => tables,
+                None if found_by == FoundBy::Registers => false,
+                None => {
+                    tracing::debug!(
+                        "pid {}: return address {addr:#x} outside its code mappings",
+                        sample.tgid
+                    );
+                    return Some(StackStop::UnknownAddress);
+                }
+            },
+            None => false,
+        };
+        frames.push(UnwoundFrame { addr, found_by });
+    }
+}
+
 /// Frames kept per stack.
 pub const MAX_FRAMES: usize = 128;
 /// Processes whose modules are kept (the least recently unwound go first).
@@ -54,8 +117,9 @@ pub struct UnwindStats {
     /// Time spent unwinding, in ns, and of it reading mappings and binaries' unwind tables.
     pub busy_ns: AtomicU64,
     pub load_ns: AtomicU64,
-    /// Copies left to the frame-pointer walk: Go binaries, code without a file, processes gone.
-    pub left_to_frame_pointers: AtomicU64,
+    /// Copies unwound by frame pointers alone: Go binaries, code without a file, processes gone
+    /// before their mappings were read.
+    pub frame_pointers_only: AtomicU64,
     /// Unwound stacks that ended before the program's entry, and why.
     pub stopped_copy_ended: AtomicU64,
     pub stopped_unknown_address: AtomicU64,
@@ -67,22 +131,46 @@ pub struct UnwindStats {
     pub table_bytes: AtomicU64,
 }
 
+/// An executable mapping of a process.
+struct Code {
+    start: u64,
+    end: u64,
+    /// Its file's tables, and where the loader put the file's addresses; None for code in no
+    /// file or a file that could not be read.
+    file: Option<(Arc<ModuleFile>, u64)>,
+}
+
+impl Code {
+    fn unwind_tables(&self) -> bool {
+        self.file.as_ref().is_some_and(|(f, _)| f.unwind_tables)
+    }
+}
+
 /// One process's address space as framehop sees it.
 struct Process {
     start_ns: u64,
     unwinder: UnwinderX86_64<Bytes>,
-    /// Executable mappings and whether their file has unwind tables (Go: no), sorted by start.
-    code: Vec<(u64, u64, bool)>,
+    /// Executable mappings, sorted by start.
+    code: Vec<Code>,
     mapped_at: Instant,
     checked_at: Instant,
 }
 
 impl Process {
-    /// The executable mapping holding `addr`: whether it has unwind tables.
-    fn code_at(&self, addr: u64) -> Option<bool> {
-        let i = self.code.partition_point(|&(start, _, _)| start <= addr);
-        let &(start, end, tables) = self.code.get(i.checked_sub(1)?)?;
-        (start <= addr && addr < end).then_some(tables)
+    /// The executable mapping holding `addr`.
+    fn code_at(&self, addr: u64) -> Option<&Code> {
+        let i = self.code.partition_point(|c| c.start <= addr);
+        let code = self.code.get(i.checked_sub(1)?)?;
+        (code.start <= addr && addr < code.end).then_some(code)
+    }
+
+    /// Where the return address of a frameless Go leaf at `ip` is: `Some(sp)` when `ip` is in a
+    /// Go function that has pushed nothing there (a frameless leaf, or any function before its
+    /// prologue).
+    fn go_leaf_return(&self, ip: u64, sp: u64) -> Option<u64> {
+        let (file, bias) = self.code_at(ip)?.file.as_ref()?;
+        let delta = file.go.as_ref()?.sp_delta(ip.checked_sub(*bias)?)?;
+        (delta == 0).then_some(sp)
     }
 }
 
@@ -105,8 +193,8 @@ impl Unwinder {
         }
     }
 
-    /// Unwinds one copy; None leaves the allocation to its frame-pointer stack.
-    pub fn unwind(&mut self, sample: &StackSample<'_>) -> Option<UnwoundStack> {
+    /// Unwinds one copy.
+    pub fn unwind(&mut self, sample: &StackSample<'_>) -> UnwoundStack {
         let started = Instant::now();
         let unwound = self.unwind_inner(sample);
         let s = &self.stats;
@@ -115,95 +203,97 @@ impl Unwinder {
             .fetch_add(sample.stack.len() as u64, Ordering::Relaxed);
         let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         s.busy_ns.fetch_add(ns, Ordering::Relaxed);
-        match unwound.as_ref().map(|u| u.stop) {
-            None => &s.left_to_frame_pointers,
-            Some(None) => return unwound,
-            Some(Some(StackStop::CopyEnded { .. })) => &s.stopped_copy_ended,
-            Some(Some(StackStop::UnknownAddress)) => &s.stopped_unknown_address,
-            Some(Some(_)) => &s.stopped_other,
+        if unwound
+            .frames
+            .iter()
+            .skip(1)
+            .all(|f| f.found_by != FoundBy::UnwindTables)
+        {
+            s.frame_pointers_only.fetch_add(1, Ordering::Relaxed);
         }
-        .fetch_add(1, Ordering::Relaxed);
+        match unwound.stop {
+            None => {}
+            Some(StackStop::CopyEnded { .. }) => {
+                s.stopped_copy_ended.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(StackStop::UnknownAddress) => {
+                s.stopped_unknown_address.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(_) => {
+                s.stopped_other.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         unwound
     }
 
-    fn unwind_inner(&mut self, sample: &StackSample<'_>) -> Option<UnwoundStack> {
-        self.ensure_process(sample.tgid)?;
-        // The leaf must be in a binary with unwind tables; else (Go, JIT code, a mapping not
-        // known yet and still unknown after a re-read) the frame-pointer walk is as good.
-        let leaf_tables = match self.process(sample.tgid)?.code_at(sample.ip) {
-            Some(tables) => tables,
-            None if self.remap(sample.tgid) => self.process(sample.tgid)?.code_at(sample.ip)?,
-            None => return None,
-        };
-        if !leaf_tables {
-            return None;
+    fn unwind_inner(&mut self, sample: &StackSample<'_>) -> UnwoundStack {
+        if self.ensure_process(sample.tgid).is_none() {
+            // Gone before its mappings could be read: frame pointers, unchecked, as the
+            // kernel's walk would have given.
+            return self.walk_unknown(sample);
         }
-        let first = self.walk(sample)?;
+        if self
+            .processes
+            .peek(&sample.tgid)
+            .is_some_and(|p| p.code_at(sample.ip).is_none())
+        {
+            // Code mapped after the mappings were read.
+            self.remap(sample.tgid);
+        }
+        let first = self.walk(sample);
         if first.stop == Some(StackStop::UnknownAddress) && self.remap(sample.tgid) {
             return self.walk(sample);
         }
-        Some(first)
+        first
     }
 
-    /// One framehop walk of `sample` through the process's modules.
-    fn walk(&mut self, sample: &StackSample<'_>) -> Option<UnwoundStack> {
-        let process = self.processes.get(&sample.tgid)?;
+    /// Unwinds `sample` through its process's modules.
+    fn walk(&mut self, sample: &StackSample<'_>) -> UnwoundStack {
+        let Some(process) = self.processes.get(&sample.tgid) else {
+            return self.walk_unknown(sample);
+        };
+        let mut frames = Vec::new();
+        // A frameless Go leaf: its caller is on top of the stack; unwinding goes on from there
+        // (framehop would take the frame pointer, which is the caller's caller's frame).
+        let (ip, sp) = match process.go_leaf_return(sample.ip, sample.sp) {
+            Some(at) => match sample.word(at) {
+                Some(ra) if process.code_at(ra).is_some() => {
+                    frames.push(UnwoundFrame {
+                        addr: sample.ip,
+                        found_by: FoundBy::Registers,
+                    });
+                    (ra, at + 8)
+                }
+                _ => (sample.ip, sample.sp),
+            },
+            None => (sample.ip, sample.sp),
+        };
+        let check = |addr: u64| process.code_at(addr).map(Code::unwind_tables);
         let mut read = |addr: u64| sample.word(addr).ok_or(());
         let mut iter = process.unwinder.iter_frames(
+            ip,
+            UnwindRegsX86_64::new(ip, sp, sample.bp),
+            &mut self.cache,
+            &mut read,
+        );
+        let stop = collect(&mut iter, &mut frames, sample, Some(&check));
+        UnwoundStack { frames, stop }
+    }
+
+    /// Frame pointers only, every address taken as it is: for a process whose mappings are
+    /// unknown.
+    fn walk_unknown(&mut self, sample: &StackSample<'_>) -> UnwoundStack {
+        let unwinder: UnwinderX86_64<Bytes> = UnwinderX86_64::new();
+        let mut read = |addr: u64| sample.word(addr).ok_or(());
+        let mut iter = unwinder.iter_frames(
             sample.ip,
             UnwindRegsX86_64::new(sample.ip, sample.sp, sample.bp),
             &mut self.cache,
             &mut read,
         );
-        let mut frames: Vec<UnwoundFrame> = Vec::new();
-        // Whether the frame the next one is unwound from is in a binary with unwind tables.
-        let mut inner_tables = true;
-        let stop = loop {
-            if frames.len() >= MAX_FRAMES {
-                break Some(StackStop::FrameLimit {
-                    frames: MAX_FRAMES as u32,
-                });
-            }
-            match iter.next() {
-                Ok(Some(FrameAddress::InstructionPointer(ip))) => frames.push(UnwoundFrame {
-                    addr: ip,
-                    found_by: FoundBy::Registers,
-                }),
-                Ok(Some(FrameAddress::ReturnAddress(ra))) => {
-                    let addr = ra.get();
-                    let Some(tables) = process.code_at(addr) else {
-                        tracing::debug!(
-                            "pid {}: return address {addr:#x} outside its code mappings",
-                            sample.tgid
-                        );
-                        break Some(StackStop::UnknownAddress);
-                    };
-                    frames.push(UnwoundFrame {
-                        addr,
-                        found_by: if inner_tables {
-                            FoundBy::UnwindTables
-                        } else {
-                            FoundBy::FramePointer
-                        },
-                    });
-                    inner_tables = tables;
-                }
-                Ok(None) => break None,
-                Err(FramehopError::CouldNotReadStack(_)) => {
-                    break Some(StackStop::CopyEnded {
-                        bytes: u32::try_from(sample.stack.len()).unwrap_or(u32::MAX),
-                    })
-                }
-                // A null return address ends a stack on purpose (the thread's entry).
-                Err(FramehopError::ReturnAddressIsNull) => break None,
-                Err(_) => break Some(StackStop::NoProgress),
-            }
-        };
-        Some(UnwoundStack { frames, stop })
-    }
-
-    fn process(&mut self, tgid: u32) -> Option<&Process> {
-        self.processes.get(&tgid)
+        let mut frames = Vec::new();
+        let stop = collect(&mut iter, &mut frames, sample, None);
+        UnwoundStack { frames, stop }
     }
 
     /// Makes sure the process with pid `tgid` is known, and is still the one it was.
@@ -263,21 +353,23 @@ impl Unwinder {
         let mut unwinder = UnwinderX86_64::new();
         let mut code = Vec::new();
         for mapping in maps.iter().filter(|m| m.executable) {
-            let file: Option<Arc<ModuleFile>> = if mapping.inode == 0 {
+            let file = if mapping.inode == 0 {
                 None
             } else {
-                self.files.get(tgid, mapping)
+                self.files
+                    .get(tgid, mapping)
+                    .and_then(|f| Some((Arc::clone(&f), f.bias(mapping)?)))
             };
-            let tables = file.as_ref().is_some_and(|f| f.unwind_tables);
-            if let Some(module) = file
-                .filter(|f| f.unwind_tables)
-                .and_then(|f| f.module(mapping))
-            {
-                unwinder.add_module(module);
+            if let Some((f, bias)) = file.as_ref().filter(|(f, _)| f.unwind_tables) {
+                unwinder.add_module(f.module(mapping, *bias));
             }
-            code.push((mapping.start, mapping.end, tables));
+            code.push(Code {
+                start: mapping.start,
+                end: mapping.end,
+                file,
+            });
         }
-        code.sort_unstable();
+        code.sort_unstable_by_key(|c| c.start);
         self.stats
             .files_loaded
             .store(self.files.loaded, Ordering::Relaxed);
@@ -332,9 +424,7 @@ mod tests {
             superblocks: 1,
             stack: &stack,
         };
-        unwinder
-            .unwind(&sample)
-            .expect("the test binary has unwind tables")
+        unwinder.unwind(&sample)
     }
 
     #[inline(never)]

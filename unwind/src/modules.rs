@@ -9,19 +9,19 @@ use std::{num::NonZeroUsize, ops::Range, sync::Arc};
 use framehop::{ExplicitModuleSectionInfo, Module};
 use lru::LruCache;
 use memlens_procfs::Mapping;
+use memlens_symbolize::gopclntab::GoPcln;
 use object::{Object as _, ObjectSection as _, ObjectSegment as _};
 
 /// Section bytes shared between the processes that map a binary.
 pub type Bytes = Arc<[u8]>;
 
 /// What unwinding needs of one binary file.
-#[derive(Debug)]
 pub struct ModuleFile {
-    /// Whether the file has unwind tables; a Go binary has none it can be unwound with here (its
-    /// frames keep frame pointers, and `.gopclntab` serves its frameless leaves).
+    /// Whether the file has unwind tables; a Go binary has none used here (its frames keep frame
+    /// pointers, and `.gopclntab` serves its frameless leaves).
     pub unwind_tables: bool,
-    /// A Go binary (has `.gopclntab`).
-    pub go: bool,
+    /// A Go binary's frame-size table.
+    pub go: Option<GoPcln>,
     sections: Sections,
     /// `(file offset, file size, virtual address)` of each executable loadable segment.
     segments: Vec<(u64, u64, u64)>,
@@ -66,12 +66,17 @@ impl ModuleFile {
             eh_frame_hdr: section(".eh_frame_hdr"),
             debug_frame: section(".debug_frame").map(|(_, b)| b),
         };
-        let go = file.section_by_name(".gopclntab").is_some();
-        let unwind_tables = !go && (sections.eh_frame.is_some() || sections.debug_frame.is_some());
-        let bytes = [&sections.eh_frame, &sections.eh_frame_hdr]
-            .iter()
-            .filter_map(|s| s.as_ref().map(|(_, b)| b.len()))
-            .sum::<usize>()
+        let text_addr = sections.text.as_ref().map_or(0, |t| t.start);
+        let go = file
+            .section_by_name(".gopclntab")
+            .and_then(|s| GoPcln::parse(s.uncompressed_data().ok()?.into_owned(), text_addr));
+        let unwind_tables =
+            go.is_none() && (sections.eh_frame.is_some() || sections.debug_frame.is_some());
+        let bytes = go.as_ref().map_or(0, GoPcln::len)
+            + [&sections.eh_frame, &sections.eh_frame_hdr]
+                .iter()
+                .filter_map(|s| s.as_ref().map(|(_, b)| b.len()))
+                .sum::<usize>()
             + sections.debug_frame.as_ref().map_or(0, |b| b.len());
         Some(ModuleFile {
             unwind_tables,
@@ -92,19 +97,23 @@ impl ModuleFile {
         })
     }
 
-    /// The framehop module for `mapping` (an executable mapping of this file): its addresses are
-    /// the file's virtual addresses moved by where the loader put the segment.
-    pub fn module(&self, mapping: &Mapping) -> Option<Module<Bytes>> {
+    /// Where the loader put this file's addresses in `mapping` (an executable mapping of it):
+    /// process address minus the file's virtual address.
+    pub fn bias(&self, mapping: &Mapping) -> Option<u64> {
         // The mapping starts at the segment's offset rounded down to a page.
         let (seg_offset, _, seg_vaddr) = self
             .segments
             .iter()
             .find(|(off, size, _)| off & !0xfff <= mapping.offset && mapping.offset < off + size)?;
-        let bias = mapping
+        mapping
             .start
             .checked_sub(mapping.offset)?
             .checked_add(*seg_offset)?
-            .checked_sub(*seg_vaddr)?;
+            .checked_sub(*seg_vaddr)
+    }
+
+    /// The framehop module for `mapping`, whose addresses are the file's moved by `bias`.
+    pub fn module(&self, mapping: &Mapping, bias: u64) -> Module<Bytes> {
         let s = self.sections.clone();
         let info = ExplicitModuleSectionInfo {
             base_svma: 0,
@@ -117,12 +126,7 @@ impl ModuleFile {
             debug_frame: s.debug_frame,
             ..ExplicitModuleSectionInfo::default()
         };
-        Some(Module::new(
-            mapping.path.clone(),
-            mapping.start..mapping.end,
-            bias,
-            info,
-        ))
+        Module::new(mapping.path.clone(), mapping.start..mapping.end, bias, info)
     }
 }
 

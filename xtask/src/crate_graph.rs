@@ -29,7 +29,10 @@ mod tests {
             "memlens-symbolize",
             &["memlens-common", "memlens-types", "memlens-procfs"],
         ),
-        ("memlens-unwind", &["memlens-model", "memlens-procfs"]),
+        (
+            "memlens-unwind",
+            &["memlens-model", "memlens-procfs", "memlens-symbolize"],
+        ),
         (
             "memlens-kernel",
             &[

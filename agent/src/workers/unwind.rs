@@ -40,15 +40,14 @@ pub fn spawn(
                 ring.wait(WAIT);
                 loop {
                     let n = ring.drain(BATCH, |sample| {
-                        if let Some(stack) = unwinder.unwind(sample) {
-                            batch.push((
-                                sample.first_superblock,
-                                sample.superblocks,
-                                sample.pid,
-                                sample.ts_ns,
-                                stack,
-                            ));
-                        }
+                        let stack = unwinder.unwind(sample);
+                        batch.push((
+                            sample.first_superblock,
+                            sample.superblocks,
+                            sample.pid,
+                            sample.ts_ns,
+                            stack,
+                        ));
                     });
                     if !batch.is_empty() {
                         if let Ok(mut table) = table.lock() {

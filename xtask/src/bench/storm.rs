@@ -256,6 +256,8 @@ fn with_agent(
         bail!("the agent gives no status");
     };
     let result = storm();
+    // The programs' run counts come with the agent's next refresh (every 2 s by default).
+    thread::sleep(Duration::from_millis(2500));
     let after = status(memlens);
     stop(&mut agent);
     let (seconds, pages) = result?;

@@ -96,6 +96,21 @@ impl Agent {
         serde_json::from_slice(&out.stdout).expect("top --json is JSON")
     }
 
+    /// `memlens leaks --json <args>`, parsed.
+    #[must_use]
+    pub fn leaks(&self, args: &[&str]) -> Value {
+        let mut all = vec!["leaks", "--json"];
+        all.extend_from_slice(args);
+        let out = self.cli(&all);
+        assert!(
+            out.status.success(),
+            "memlens leaks failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        serde_json::from_slice(&out.stdout).expect("leaks --json is JSON")
+    }
+
     /// The time of the census the agent serves now (`taken_at_unix_ms` of `top`).
     #[must_use]
     pub fn census_time(&self) -> u64 {

@@ -99,6 +99,20 @@ pub fn rel_diff(a: u64, b: u64) -> f64 {
 
 pub const MIB: u64 = 1 << 20;
 
+/// The function names of a leak entry's user stack, innermost first (`[unknown]` where none).
+#[must_use]
+pub fn stack_names(entry: &Value) -> Vec<String> {
+    entry["user_stack"]
+        .as_array()
+        .map(|frames| {
+            frames
+                .iter()
+                .map(|f| f["function"].as_str().unwrap_or("[unknown]").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The Go leak workload (`tests/workloads/goleak`), built once per test process with Debian's
 /// golang-go and its default flags, and stripped (`-ldflags=-s -w`: no symbols, no DWARF) when
 /// asked.

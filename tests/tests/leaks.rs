@@ -4,38 +4,13 @@
 use std::{io::Read as _, process::Command};
 
 use memlens_tests::{
-    go_function, go_leak_bin, leak_bin, workload_bin, Agent, TestCgroup, Workload, MIB,
+    go_function, go_leak_bin, leak_bin, stack_names, workload_bin, Agent, TestCgroup, Workload, MIB,
 };
 use pprof::protos::{Message as _, Profile};
 use serde_json::Value;
 
-fn names(entry: &Value) -> Vec<String> {
-    entry["user_stack"]
-        .as_array()
-        .map(|frames| {
-            frames
-                .iter()
-                .map(|f| f["function"].as_str().unwrap_or("[unknown]").to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn has(entry: &Value, function: &str) -> bool {
-    names(entry).iter().any(|n| n == function)
-}
-
-fn leaks_json(agent: &Agent, args: &[&str]) -> Value {
-    let mut all = vec!["leaks", "--json"];
-    all.extend_from_slice(args);
-    let out = agent.cli(&all);
-    assert!(
-        out.status.success(),
-        "memlens leaks failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        agent.log()
-    );
-    serde_json::from_slice(&out.stdout).expect("leaks --json is JSON")
+    stack_names(entry).iter().any(|n| n == function)
 }
 
 #[test]
@@ -55,28 +30,25 @@ fn the_leak_ranks_first_by_growth_and_its_bytes_match() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pprof_path = dir.path().join("leak.pb.gz");
     let svg_path = dir.path().join("leak.svg");
-    let report = leaks_json(
-        &agent,
-        &[
-            "--cgroup",
-            &cgroup.path,
-            "--since",
-            "60s",
-            "--top",
-            "20",
-            "--pprof",
-            pprof_path.to_str().expect("path"),
-            "--flamegraph",
-            svg_path.to_str().expect("path"),
-        ],
-    );
+    let report = agent.leaks(&[
+        "--cgroup",
+        &cgroup.path,
+        "--since",
+        "60s",
+        "--top",
+        "20",
+        "--pprof",
+        pprof_path.to_str().expect("path"),
+        "--flamegraph",
+        svg_path.to_str().expect("path"),
+    ]);
     let by_growth = report["by_growth"].as_array().expect("by_growth");
     let first = by_growth
         .first()
         .unwrap_or_else(|| panic!("no stacks: {report}"));
     eprintln!(
         "top stack by growth: {:?} (+{} bytes)",
-        names(first),
+        stack_names(first),
         first["growth_bytes"]
     );
     assert!(
@@ -177,7 +149,7 @@ fn the_leak_ranks_first_by_growth_and_its_bytes_match() {
 }
 
 #[test]
-fn exited_processes_and_replaced_binaries_never_get_wrong_names() {
+fn exited_processes_and_replaced_binaries_never_get_wrong_stack_names() {
     let agent = Agent::start(&[]);
     let cgroup = TestCgroup::new("gone");
     let mut leak = Workload::start_program(&cgroup, &leak_bin(), &["40", "80"]);
@@ -201,7 +173,7 @@ fn exited_processes_and_replaced_binaries_never_get_wrong_names() {
     std::fs::copy(leak_bin(), &copy).expect("replace binary");
     agent.wait_censuses(2);
 
-    let report = leaks_json(&agent, &["--cgroup", &cgroup.path, "--top", "50"]);
+    let report = agent.leaks(&["--cgroup", &cgroup.path, "--top", "50"]);
     let entries = report["by_held"].as_array().expect("by_held");
     assert!(
         entries.iter().any(|e| has(e, "leak_slowly")),
@@ -217,7 +189,7 @@ fn exited_processes_and_replaced_binaries_never_get_wrong_names() {
     );
     for entry in short_entries {
         assert_eq!(entry["process_alive"].as_bool(), Some(false), "{entry}");
-        for name in names(entry) {
+        for name in stack_names(entry) {
             assert!(
                 name != "leak_slowly" && name != "churn_fast",
                 "frame named from the replacement binary: {entry}"
@@ -226,7 +198,7 @@ fn exited_processes_and_replaced_binaries_never_get_wrong_names() {
         eprintln!(
             "exited writer: {} bytes, {:?}",
             entry["held_bytes"],
-            names(entry)
+            stack_names(entry)
         );
     }
     leak.send("exit");
@@ -276,7 +248,7 @@ fn go_frameless_leaves_name_the_function_that_called_them() {
         let line = leak.read_line();
         assert!(line.starts_with("leaked "), "the Go workload said {line:?}");
         agent.wait_censuses(2);
-        let report = leaks_json(&agent, &["--cgroup", &cgroup.path, "--top", "5"]);
+        let report = agent.leaks(&["--cgroup", &cgroup.path, "--top", "5"]);
         let first = &report["by_growth"][0];
         let frames = first["user_stack"].as_array().expect("user stack");
         let caller = frames

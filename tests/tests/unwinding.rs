@@ -4,27 +4,16 @@
 //! binary's unwind tables.
 
 use memlens_tests::{
-    deep_leak_bin, plugin_bins, vector_leak_bin, workload_bin, Agent, TestCgroup, Workload, MIB,
+    deep_leak_bin, plugin_bins, stack_names, vector_leak_bin, workload_bin, Agent, TestCgroup,
+    Workload, MIB,
 };
 use serde_json::Value;
-
-fn names(entry: &Value) -> Vec<String> {
-    entry["user_stack"]
-        .as_array()
-        .map(|frames| {
-            frames
-                .iter()
-                .map(|f| f["function"].as_str().unwrap_or("[unknown]").to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 /// Whether `entry`'s user stack holds `chain` in this order (innermost first), allowing other
 /// frames between (inlined helpers, the allocator's own).
 fn has_chain(entry: &Value, chain: &[&str]) -> bool {
     // C++ names carry their parameters (`record_event(long)`), Rust and C++ their paths.
-    let names: Vec<String> = names(entry)
+    let names: Vec<String> = stack_names(entry)
         .into_iter()
         .map(|n| n.split('(').next().unwrap_or_default().to_string())
         .collect();
@@ -44,29 +33,13 @@ fn has_chain(entry: &Value, chain: &[&str]) -> bool {
 }
 
 fn leaks(agent: &Agent, cgroup: &TestCgroup) -> Value {
-    let out = agent.cli(&[
-        "leaks",
-        "--json",
-        "--cgroup",
-        &cgroup.path,
-        "--since",
-        "60s",
-        "--top",
-        "50",
-    ]);
-    assert!(
-        out.status.success(),
-        "memlens leaks failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        agent.log()
-    );
-    serde_json::from_slice(&out.stdout).expect("leaks --json is JSON")
+    agent.leaks(&["--cgroup", &cgroup.path, "--since", "60s", "--top", "50"])
 }
 
 fn show(entry: &Value) -> String {
     format!(
         "{} ({} bytes, unwound by {}, stop {})",
-        names(entry).join(" < "),
+        stack_names(entry).join(" < "),
         entry["held_bytes"],
         entry["unwound_by"],
         entry["stack_stop"]
@@ -118,7 +91,7 @@ fn c_without_frame_pointers_names_the_whole_chain_to_main() {
     let by_held = report["by_held"].as_array().expect("by_held");
     let leak_entries: Vec<&Value> = by_held
         .iter()
-        .filter(|e| names(e).iter().any(|n| n == "alloc_node"))
+        .filter(|e| stack_names(e).iter().any(|n| n == "alloc_node"))
         .collect();
     let held = |entries: &[&Value]| -> u64 {
         entries
@@ -152,7 +125,7 @@ fn c_without_frame_pointers_names_the_whole_chain_to_main() {
     let glibc: Vec<&Value> = by_held
         .iter()
         .filter(|e| {
-            names(e)
+            stack_names(e)
                 .iter()
                 .any(|n| n.contains("sysmalloc") || n.contains("_int_malloc"))
         })
@@ -173,7 +146,7 @@ fn c_without_frame_pointers_names_the_whole_chain_to_main() {
     // The churn beside it is not a leak.
     let leak_growth = first["growth_bytes"].as_i64().expect("growth");
     for e in report["by_growth"].as_array().expect("by_growth") {
-        if names(e).iter().any(|n| n == "scratch_pass") {
+        if stack_names(e).iter().any(|n| n == "scratch_pass") {
             let growth = e["growth_bytes"].as_i64().expect("growth");
             assert!(growth * 20 < leak_growth, "the churn grows: {}", show(e));
         }
@@ -218,7 +191,7 @@ fn cpp_vector_growth_names_the_chain_through_libstdcxx_and_glibc() {
         .collect();
     assert!(!through_libraries.is_empty(), "{report:#}");
     for e in through_libraries {
-        if names(e).iter().any(|n| n.contains("record_event")) {
+        if stack_names(e).iter().any(|n| n.contains("record_event")) {
             assert!(has_chain(e, &chain), "{}", show(e));
         }
     }

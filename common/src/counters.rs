@@ -46,8 +46,9 @@ pub enum Counter {
     /// Stack copies lost: the unwinding ring buffer was full (the sample keeps its frame-pointer
     /// stack).
     StackCopyDropped = 17,
-    /// Stack copies that failed: the user registers or the first bytes at the stack pointer could
-    /// not be read.
+    /// Stack copies that failed: the first bytes at the user stack pointer could not be read (a
+    /// task in the middle of an exec, whose registers still point into the old stack). The
+    /// sample gets the frame-pointer walk instead.
     StackCopyErrors = 18,
     /// Nanoseconds the kernel program spent copying stacks (`bpf_ktime_get_ns` around it).
     StackCopyNs = 19,
@@ -96,7 +97,6 @@ impl Counter {
                 | Counter::FilemapReadErrors
                 | Counter::LifecycleDropped
                 | Counter::StackCopyDropped
-                | Counter::StackCopyErrors
         )
     }
 

@@ -49,7 +49,7 @@ use crate::{
         engine::{self, CheckRequest, Engine, EngineStats},
         lifecycle::{self, Drain},
         refresh::Refresher,
-        unwind,
+        unwind::{self, Unwinding},
     },
 };
 
@@ -109,9 +109,14 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         }
     };
     let lifecycle_ring = probes.lifecycle.take();
-    let stack_copies = probes.stack_copies.take();
-    let unwound = Arc::new(Mutex::new(UnwoundTable::new(probes.report.sample_entries)));
     let unwind_stats = Arc::new(UnwindStats::default());
+    let unwinding = probes.stack_copies.take().map(|ring| {
+        Arc::new(Mutex::new(Unwinding::new(
+            ring,
+            Unwinder::new(Arc::clone(&unwind_stats)),
+            UnwoundTable::new(probes.report.sample_entries),
+        )))
+    });
     let lifecycle_stats = Arc::new(LifecycleStats::default());
     let engine_stats = Arc::new(EngineStats::default());
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -137,7 +142,7 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         census_unavailable: census.as_ref().err().cloned(),
         lifecycle: Arc::clone(&lifecycle_stats),
         engine: Arc::clone(&engine_stats),
-        unwind: stack_copies.is_some().then(|| Arc::clone(&unwind_stats)),
+        unwind: unwinding.is_some().then(|| Arc::clone(&unwind_stats)),
         schedule: config.schedule(),
         pods: pods.clone(),
         leaks: leaks.clone(),
@@ -155,7 +160,7 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         probes,
         census: census.ok(),
         attribution: Attribution::new(max_stacks),
-        unwound: Arc::clone(&unwound),
+        unwinding: unwinding.clone(),
         leaks: leaks.clone(),
         store,
         history_interval: args.history_interval,
@@ -187,12 +192,10 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         )?),
         None => None,
     };
-    let unwind_worker = match stack_copies {
-        Some(ring) => Some(
+    let unwind_worker = match unwinding {
+        Some(unwinding) => Some(
             unwind::spawn(
-                ring,
-                Unwinder::new(Arc::clone(&unwind_stats)),
-                unwound,
+                unwinding,
                 health.worker("unwind", UNWIND_BOUND),
                 Arc::clone(&stop),
             )

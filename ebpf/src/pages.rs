@@ -172,11 +172,11 @@ static KERNEL_STACK_MEMO: PerCpuArray<KernelStackMemo> =
     PerCpuArray::with_max_entries(MEMO_SLOTS, 0);
 
 #[inline(always)]
-fn kernel_stack_for<C: StackIdContext>(ctx: &C, user_key: Option<u64>, now: u64) -> i32 {
+fn kernel_stack_for<C: StackIdContext>(ctx: &C, user_key: u64, now: u64) -> i32 {
     let reuse_ns = KERNEL_STACK_REUSE_NS.load();
-    let Some(user_key) = user_key.filter(|_| reuse_ns != 0) else {
+    if user_key == 0 || reuse_ns == 0 {
         return walk_kernel_stack(ctx);
-    };
+    }
     let Some(memo) = KERNEL_STACK_MEMO.get_ptr_mut((user_key % u64::from(MEMO_SLOTS)) as u32)
     else {
         return walk_kernel_stack(ctx);
@@ -253,32 +253,41 @@ fn record<C: StackIdContext>(ctx: &C, frames: SampledFrames, order: u32, gfp: u6
     // A copy of the user stack, unwound in userspace with the binaries' unwind tables, replaces
     // the frame-pointer walk; the walk (and the words a frameless leaf's caller is read from)
     // only where there is no copy: copying off, the ring full, the stack unreadable.
-    let regs = task::user_regs().ok().filter(|r| r.sp != 0);
-    let copied = match regs {
-        Some(regs) => stack_copy::capture(now, pid_tgid, regs, frames),
-        None => false,
+    // Plain values rather than options here and below: an option's unset payload is an
+    // uninitialized register to the 6.1 verifier, which refuses to spill it. A zero stack
+    // pointer is no user context.
+    let regs = task::user_regs().unwrap_or(task::UserRegs {
+        ip: 0,
+        sp: 0,
+        bp: 0,
+    });
+    let has_user = regs.sp != 0;
+    // The kernel-stack memo's key for this user context; 0: none (always walk).
+    let copied_key = if has_user && stack_copy::capture(now, pid_tgid, regs, frames) {
+        (regs.ip ^ regs.sp.rotate_left(32)) | 1
+    } else {
+        0
     };
+    let copied = copied_key != 0;
     let (user_stack, user_key) = if copied {
-        let key = regs.map(|r| r.ip ^ r.sp.rotate_left(32));
-        (USER_STACK_COPIED, key)
+        (USER_STACK_COPIED, copied_key)
     } else {
         let id = walk_user_stack(ctx);
-        (id, u64::try_from(id).ok())
+        (id, if id >= 0 { id as u64 + 1 } else { 0 })
     };
     let kernel_stack = kernel_stack_for(ctx, user_key, now);
     let task_memcg = task::current_memcg_id().unwrap_or_else(|_| {
         counters::add(Counter::TaskMemcgErrors, 1);
         0
     });
-    let (user_sp, user_stack_top) = match regs {
-        Some(regs) if !copied && user_stack >= 0 => {
-            let top = task::user_stack_top(regs.sp).unwrap_or_else(|_| {
-                counters::add(Counter::UserStackTopErrors, 1);
-                [0; LEAF_STACK_WORDS]
-            });
-            (regs.sp, top)
-        }
-        _ => (0, [0; LEAF_STACK_WORDS]),
+    let (user_sp, user_stack_top) = if has_user && !copied && user_stack >= 0 {
+        let top = task::user_stack_top(regs.sp).unwrap_or_else(|_| {
+            counters::add(Counter::UserStackTopErrors, 1);
+            [0; LEAF_STACK_WORDS]
+        });
+        (regs.sp, top)
+    } else {
+        (0, [0; LEAF_STACK_WORDS])
     };
     let entry = PageAlloc {
         ts_ns: now,

@@ -83,7 +83,12 @@ pub fn capture(ts_ns: u64, pid_tgid: u64, regs: UserRegs, frames: SampledFrames)
         }
         let addr = regs.sp.wrapping_add(done as u64);
         let to_page_end = STACK_COPY_CHUNK - (addr as usize & (STACK_COPY_CHUNK - 1));
-        let chunk = to_page_end.min(limit - done);
+        let mut chunk = to_page_end.min(limit - done);
+        // Older verifiers (6.1) do not carry the bound of a minimum of two registers, and LLVM
+        // drops a check it can prove: a register move it cannot see through hides the value,
+        // so the check against the constant stays, and every verifier follows that.
+        // SAFETY: `rN = rN` changes nothing.
+        unsafe { core::arch::asm!("{0} = {0}", inout(reg) chunk) };
         if chunk > STACK_COPY_CHUNK {
             break;
         }

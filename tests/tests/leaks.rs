@@ -149,7 +149,7 @@ fn the_leak_ranks_first_by_growth_and_its_bytes_match() {
 }
 
 #[test]
-fn exited_processes_and_replaced_binaries_never_get_wrong_stack_names() {
+fn exited_processes_and_replaced_binaries_never_get_wrong_names() {
     let agent = Agent::start(&[]);
     let cgroup = TestCgroup::new("gone");
     let mut leak = Workload::start_program(&cgroup, &leak_bin(), &["40", "80"]);

@@ -22,11 +22,16 @@ use memlens_store::Store;
 use memlens_types::{selector::MountPoint, unix_ms, PageSize};
 use memlens_unwind::table::UnwoundTable;
 
+use super::unwind::Unwinding;
+
 /// Stack collection runs at most this often; a kernel stack reused from the per-CPU memo is at
 /// most `settings::MAX_KERNEL_STACK_REUSE` old, far less than two collections apart.
 const STACK_GC_INTERVAL: Duration = Duration::from_secs(10);
 /// Files kept per cgroup in the file-cache view.
 const TOP_FILES: usize = 50;
+/// Most stack copies the refresh unwinds itself before attributing a census (about 1 µs each):
+/// those the unwinder thread has not read yet.
+const CATCH_UP: usize = 65_536;
 /// New stacks of live processes symbolized in the background per refresh.
 const PREFETCH_PER_REFRESH: usize = 256;
 
@@ -37,8 +42,8 @@ pub struct Refresher {
     pub probes: Probes,
     pub census: Option<PageCensus>,
     pub attribution: Attribution,
-    /// Stacks unwound from copies by the unwinder thread.
-    pub unwound: Arc<Mutex<UnwoundTable>>,
+    /// Stack copies and their unwound stacks, when stacks are copied.
+    pub unwinding: Option<Arc<Mutex<Unwinding>>>,
     pub leaks: LeakSources,
     pub store: Store,
     pub history_interval: Duration,
@@ -73,22 +78,25 @@ impl Refresher {
             }
         }
         let leaks = census.as_ref().map(|census| {
-            let view = match self.unwound.lock() {
-                Ok(mut unwound) => {
+            // The copies of the allocations this census sees are unwound first.
+            let mut unwinding = self.unwinding.as_ref().and_then(|u| u.lock().ok());
+            let view = match unwinding.as_deref_mut() {
+                Some(u) => {
+                    u.drain(CATCH_UP);
                     let view =
                         self.attribution
-                            .update(census, &self.probes.stacks, &*unwound, unix_ms());
-                    unwound.collect();
+                            .update(census, &self.probes.stacks, &u.table, unix_ms());
+                    u.table.collect();
                     view
                 }
-                // The unwinder panicked: frame-pointer stacks only.
-                Err(_) => self.attribution.update(
+                None => self.attribution.update(
                     census,
                     &self.probes.stacks,
                     &UnwoundTable::new(0),
                     unix_ms(),
                 ),
             };
+            drop(unwinding);
             if let Ok(mut history) = self.leaks.history.write() {
                 history.record(&view.table);
             }

@@ -1,6 +1,7 @@
 //! The unwinder: stack copies from the kernel's ring buffer, unwound as they arrive (while their
 //! processes still run) into the table the refresh reads; each copy's bytes are released as soon
-//! as it is unwound.
+//! as it is unwound. The refresh drains the ring too, just before its census, so no allocation
+//! the census sees is waiting for its stack.
 
 use std::{
     sync::{
@@ -11,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use memlens_kernel::collectors::stack_copies::StackCopyRing;
+use memlens_kernel::collectors::stack_copies::{StackCopyRing, StackCopyWaiter};
 use memlens_unwind::{table::UnwoundTable, Unwinder};
 
 use crate::health::{EndOnDrop, Heartbeat};
@@ -20,43 +21,65 @@ use crate::health::{EndOnDrop, Heartbeat};
 /// full (a wake-up per copy costs the allocating task microseconds), so this is the usual
 /// latency between an allocation and its unwinding; the heartbeat beats at least this often.
 const WAIT: Duration = Duration::from_millis(50);
-/// Copies unwound per round before their stacks are published to the table.
-const BATCH: usize = 1024;
+/// Copies unwound per drain before the lock is let go.
+const BATCH: usize = 4096;
 
-/// Starts the thread unwinding the copies of `ring` into `table`.
+/// The ring, the unwinder and the table of unwound stacks, shared by the unwinder thread and
+/// the refresh.
+pub struct Unwinding {
+    ring: StackCopyRing,
+    unwinder: Unwinder,
+    pub table: UnwoundTable,
+}
+
+impl Unwinding {
+    #[must_use]
+    pub fn new(ring: StackCopyRing, unwinder: Unwinder, table: UnwoundTable) -> Unwinding {
+        Unwinding {
+            ring,
+            unwinder,
+            table,
+        }
+    }
+
+    /// Unwinds up to `max` waiting copies into the table; returns how many.
+    pub fn drain(&mut self, max: usize) -> usize {
+        let Unwinding {
+            ring,
+            unwinder,
+            table,
+        } = self;
+        ring.drain(max, |sample| {
+            let stack = unwinder.unwind(sample);
+            table.insert(
+                sample.first_superblock,
+                sample.superblocks,
+                sample.pid,
+                sample.ts_ns,
+                stack,
+            );
+        })
+    }
+}
+
+/// Starts the thread unwinding the copies as they come.
 pub fn spawn(
-    mut ring: StackCopyRing,
-    mut unwinder: Unwinder,
-    table: Arc<Mutex<UnwoundTable>>,
+    unwinding: Arc<Mutex<Unwinding>>,
     heartbeat: Arc<Heartbeat>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
+    let waiter: Option<StackCopyWaiter> = unwinding.lock().ok().map(|u| u.ring.waiter());
     std::thread::Builder::new()
         .name("unwind".into())
         .spawn(move || {
             let _ended = EndOnDrop(Arc::clone(&heartbeat));
-            let mut batch = Vec::with_capacity(BATCH);
+            let Some(waiter) = waiter else { return };
             while !stop.load(Ordering::Relaxed) {
-                ring.wait(WAIT);
+                waiter.wait(WAIT);
                 loop {
-                    let n = ring.drain(BATCH, |sample| {
-                        let stack = unwinder.unwind(sample);
-                        batch.push((
-                            sample.first_superblock,
-                            sample.superblocks,
-                            sample.pid,
-                            sample.ts_ns,
-                            stack,
-                        ));
-                    });
-                    if !batch.is_empty() {
-                        if let Ok(mut table) = table.lock() {
-                            for (first, count, pid, ts_ns, stack) in batch.drain(..) {
-                                table.insert(first, count, pid, ts_ns, stack);
-                            }
-                        }
-                        batch.clear();
-                    }
+                    let Ok(mut u) = unwinding.lock() else { return };
+                    let n = u.drain(BATCH);
+                    drop(u);
                     heartbeat.beat();
                     if n < BATCH {
                         break;

@@ -3,7 +3,7 @@
 //! on, so no copy outlives its unwinding.
 
 use std::{
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, RawFd},
     time::Duration,
 };
 
@@ -14,17 +14,30 @@ use memlens_model::user_stack::StackSample;
 /// The ring buffer of stack copies.
 pub struct StackCopyRing(pub(crate) RingBuf<MapData>);
 
-impl StackCopyRing {
+/// Waits for copies without holding the ring, so that another thread may drain it meanwhile.
+/// Valid as long as the ring it came from lives.
+pub struct StackCopyWaiter(RawFd);
+
+impl StackCopyWaiter {
     /// Waits up to `timeout` for copies to arrive; true when some are waiting.
     pub fn wait(&self, timeout: Duration) -> bool {
         let mut fds = libc::pollfd {
-            fd: self.0.as_fd().as_raw_fd(),
+            fd: self.0,
             events: libc::POLLIN,
             revents: 0,
         };
         let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: one valid pollfd for the duration of the call.
+        // SAFETY: one pollfd for the duration of the call; a closed descriptor makes poll
+        // report POLLNVAL, not undefined behaviour.
         unsafe { libc::poll(&mut fds, 1, ms) > 0 }
+    }
+}
+
+impl StackCopyRing {
+    /// A waiter on this ring's descriptor.
+    #[must_use]
+    pub fn waiter(&self) -> StackCopyWaiter {
+        StackCopyWaiter(self.0.as_fd().as_raw_fd())
     }
 
     /// Hands every waiting copy to `unwind`, at most `max` of them; returns how many.

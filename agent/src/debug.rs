@@ -48,6 +48,7 @@ pub fn bench_symbolize(args: &BenchSymbolizeArgs) -> Result<()> {
             named += symbolizer
                 .user_stack(pid, true, &maps, stack)
                 .iter()
+                .flatten()
                 .filter(|f| f.function.is_some())
                 .count();
         }

@@ -17,7 +17,7 @@ pub mod view;
 
 use std::{
     collections::{HashMap, HashSet},
-    hash::{DefaultHasher, Hash as _, Hasher as _},
+    hash::{DefaultHasher, Hash, Hasher as _},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -27,7 +27,7 @@ use memlens_procfs::{maps, Mapping};
 use memlens_symbolize::leaf::{LeafResolver, LeafRule};
 pub use memlens_types::stack::{LeafCaller, StackStop, UnwindMethod};
 use memlens_types::{MemcgId, PageKind};
-pub use user_stacks::UserStack;
+pub use user_stacks::{CodeLocation, UserFrame, UserStack};
 pub use view::{View, Views};
 
 /// Signature of the stacks merged into a cgroup's "other" entry once the table is full.
@@ -52,7 +52,8 @@ pub struct LeakKey {
     pub kind: PageKind,
     /// Signature of the kernel stack (`OTHER`, `NONE` or a hash of its addresses).
     pub kernel: u64,
-    /// Signature of the user stack, after leaf recovery.
+    /// Signature of the user stack, after leaf recovery, by where its code is in its files:
+    /// the same for the same code path in every process of one binary.
     pub user: u64,
 }
 
@@ -93,6 +94,9 @@ pub struct ProcessInfo {
 pub struct LeakView {
     pub table: LeakTable,
     pub user_stacks: HashMap<u64, Arc<UserStack>>,
+    /// For each user stack, a process that has it (one still running, if any), to symbolize
+    /// it through: processes of one binary share their stacks.
+    pub symbolize_via: HashMap<u64, ProcessKey>,
     pub kernel_stacks: HashMap<u64, Arc<[u64]>>,
     pub processes: HashMap<ProcessKey, Arc<ProcessInfo>>,
     /// Processes still running at this census.
@@ -109,6 +113,8 @@ pub struct Attribution {
     leaf: LeafResolver,
     leaf_rules: HashMap<(ProcessKey, u64), LeafRule>,
     user_stacks: HashMap<u64, Arc<UserStack>>,
+    /// The signature each process's stacks (by address signature) were interned under.
+    located: HashMap<(ProcessKey, u64), u64>,
     kernel_stacks: HashMap<u64, Arc<[u64]>>,
     /// When each process's mappings were last re-read for an address outside them.
     remapped: HashMap<ProcessKey, Instant>,
@@ -128,6 +134,7 @@ impl Attribution {
             leaf: LeafResolver::default(),
             leaf_rules: HashMap::new(),
             user_stacks: HashMap::new(),
+            located: HashMap::new(),
             kernel_stacks: HashMap::new(),
             remapped: HashMap::new(),
         }
@@ -153,6 +160,7 @@ impl Attribution {
         let mut view = LeakView::default();
         let mut checked: HashMap<u32, (Arc<ProcessInfo>, bool)> = HashMap::new();
         let mut entries: HashMap<LeakKey, Held> = HashMap::new();
+        let mut via: HashMap<u64, ProcessKey> = HashMap::new();
         for frame in &census.tracked {
             let record = &frame.record;
             let (mut process, alive) = checked
@@ -163,23 +171,40 @@ impl Attribution {
                 view.alive.insert(process.key);
             }
             let kernel = self.stack(stacks, record.kernel_stack).map_or(NONE, |ips| {
-                let sig = signature(&ips, |a| (*a, false));
+                let sig = signature(ips.iter().map(|a| (*a, false)));
                 self.kernel_stacks.entry(sig).or_insert(ips);
                 sig
             });
-            let user = match unwound.unwound(frame.superblock, record.pid, record.ts_ns) {
-                Some(stack) => self.unwound_stack(&stack),
-                None => match self.stack(stacks, record.user_stack) {
-                    None => NONE,
-                    Some(ips) => self.user_stack(&process, alive, &ips, frame),
-                },
+            let raw = match unwound.unwound(frame.superblock, record.pid, record.ts_ns) {
+                Some(stack) => Some(Attribution::unwound_stack(&stack)),
+                None => self
+                    .stack(stacks, record.user_stack)
+                    .map(|ips| self.walked_stack(&process, alive, &ips, frame)),
             };
-            if alive && self.outside_maps(&process, user) {
-                if let Some(fresh) = self.remap(&process) {
-                    checked.insert(record.tgid, (Arc::clone(&fresh), true));
-                    view.processes.insert(fresh.key, Arc::clone(&fresh));
-                    process = fresh;
+            let user = match raw {
+                None => NONE,
+                Some(raw) => {
+                    let by_address = raw.address_signature();
+                    match self.placed(process.key, by_address) {
+                        Some(sig) => sig,
+                        None => {
+                            if alive && raw.outside(&process.maps) {
+                                if let Some(fresh) = self.remap(&process) {
+                                    checked.insert(record.tgid, (Arc::clone(&fresh), true));
+                                    view.processes.insert(fresh.key, Arc::clone(&fresh));
+                                    process = fresh;
+                                }
+                            }
+                            self.intern(&process, by_address, raw)
+                        }
+                    }
                 }
+            };
+            // Symbolized through a process that still runs, if one has the stack.
+            if alive {
+                via.insert(user, process.key);
+            } else {
+                via.entry(user).or_insert(process.key);
             }
             let key = LeakKey {
                 memcg: frame.memcg,
@@ -200,6 +225,9 @@ impl Attribution {
         for key in entries.keys() {
             if let Some(s) = self.user_stacks.get(&key.user) {
                 view.user_stacks.insert(key.user, Arc::clone(s));
+                if let Some(&p) = via.get(&key.user) {
+                    view.symbolize_via.insert(key.user, p);
+                }
             }
             if let Some(s) = self.kernel_stacks.get(&key.kernel) {
                 view.kernel_stacks.insert(key.kernel, Arc::clone(s));
@@ -212,6 +240,9 @@ impl Attribution {
             .retain(|sig, _| view.kernel_stacks.contains_key(sig));
         self.leaf_rules
             .retain(|(p, _), _| view.processes.contains_key(p));
+        self.located.retain(|(p, _), sig| {
+            view.processes.contains_key(p) && view.user_stacks.contains_key(sig)
+        });
         self.processes
             .retain(|_, p| view.processes.contains_key(&p.key));
         self.remapped.retain(|p, _| view.processes.contains_key(p));
@@ -277,16 +308,6 @@ impl Attribution {
         }
     }
 
-    /// Whether user stack `sig` has an address outside `process`'s known mappings.
-    fn outside_maps(&self, process: &ProcessInfo, sig: u64) -> bool {
-        self.user_stacks.get(&sig).is_some_and(|stack| {
-            stack
-                .addrs
-                .iter()
-                .any(|a| maps::find(&process.maps, a.addr).is_none())
-        })
-    }
-
     /// `process` with its mappings read again, unless that was done within `REMAP_INTERVAL`.
     fn remap(&mut self, process: &ProcessInfo) -> Option<Arc<ProcessInfo>> {
         if self
@@ -335,10 +356,10 @@ fn cap(entries: &mut HashMap<LeakKey, Held>, max_keys: usize) -> u64 {
 }
 
 /// A stack's signature; `OTHER` and `NONE` are never produced.
-fn signature<T>(items: &[T], key: impl Fn(&T) -> (u64, bool)) -> u64 {
+fn signature<K: Hash>(keys: impl IntoIterator<Item = K>) -> u64 {
     let mut hasher = DefaultHasher::new();
-    for item in items {
-        key(item).hash(&mut hasher);
+    for key in keys {
+        key.hash(&mut hasher);
     }
     hasher.finish().max(NONE + 1)
 }
@@ -407,8 +428,8 @@ mod tests {
             recovered: true,
         }];
         let (sa, sb) = (
-            signature(&a, |x| (x.addr, x.recovered)),
-            signature(&b, |x| (x.addr, x.recovered)),
+            signature(a.iter().map(|x| (x.addr, x.recovered))),
+            signature(b.iter().map(|x| (x.addr, x.recovered))),
         );
         assert!(sa > NONE && sb > NONE);
         assert_ne!(sa, sb);

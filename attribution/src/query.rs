@@ -8,7 +8,9 @@ use std::{
 };
 
 use memlens_types::{
-    leaks::{CgroupStack, LeakEntry, LeaksQuery, LeaksResponse, STACK_LABEL_FRAMES},
+    leaks::{
+        CgroupStack, LeakEntry, LeaksQuery, LeaksResponse, MAX_ENTRY_PROCESSES, STACK_LABEL_FRAMES,
+    },
     lifecycle::MemoryAt,
     CgroupSelector, MemcgId, Workload,
 };
@@ -105,6 +107,7 @@ fn parse(view: &View, query: &LeaksQuery) -> Result<Parsed, String> {
         filter: LeakFilter {
             memcgs,
             pid: query.pid,
+            per_process: query.per_process,
         },
         since,
         top,
@@ -152,9 +155,9 @@ pub fn run(
         .map(|r| (r.id, r.path.clone()))
         .collect();
     let mut by_held = matched.rows.clone();
-    by_held.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    by_held.sort_by(|a, b| b.pages.total_cmp(&a.pages).then(a.key.cmp(&b.key)));
     let mut by_growth = matched.rows.clone();
-    by_growth.sort_by(|a, b| b.3.total_cmp(&a.3).then(a.0.cmp(&b.0)));
+    by_growth.sort_by(|a, b| b.growth.total_cmp(&a.growth).then(a.key.cmp(&b.key)));
     let page_size = snapshot.snapshot.page_size;
     let window = matched.window;
     // Stacks that differ only in addresses within the same lines (a loop's instructions) merge
@@ -182,17 +185,22 @@ pub fn run(
         .map_err(|e| QueryError::Unavailable(e.to_string()))?
         .into_iter();
     let mut next = || lists.next().unwrap_or_default();
+    let per_process = parsed.filter.per_process;
     let (by_growth, by_held, exported) = if export {
-        (Vec::new(), Vec::new(), next())
+        let mut exported = next();
+        for entry in &mut exported {
+            entry.processes.truncate(MAX_ENTRY_PROCESSES);
+        }
+        (Vec::new(), Vec::new(), exported)
     } else {
-        let mut growth = report::merge(next());
+        let mut growth = report::merge(next(), per_process);
         growth.sort_by(|a, b| {
             b.growth_bytes
                 .cmp(&a.growth_bytes)
                 .then(b.held_bytes.cmp(&a.held_bytes))
         });
         growth.truncate(parsed.top);
-        let mut held = report::merge(next());
+        let mut held = report::merge(next(), per_process);
         held.sort_by(|a, b| {
             b.held_bytes
                 .cmp(&a.held_bytes)
@@ -206,7 +214,7 @@ pub fn run(
         sample_shift: view.table.shift,
         requested_window_seconds: parsed.since.as_secs_f64(),
         window_seconds: matched.window.as_secs_f64(),
-        held_bytes: (matched.rows.iter().map(|r| r.1).sum::<f64>() * page_size as f64) as u64,
+        held_bytes: (matched.rows.iter().map(|r| r.pages).sum::<f64>() * page_size as f64) as u64,
         matching_stacks: matched.rows.len(),
         overflow_stacks: view.table.overflow_keys,
         by_growth,
@@ -308,10 +316,9 @@ pub fn top_stacks(
             .into_iter()
             .map(|(path, (key, pages))| {
                 let names: Vec<String> = symbols
-                    .user(&view, key.process, key.user)
+                    .user(&view, key.user)
                     .map(|s| {
-                        s.frames
-                            .iter()
+                        s.frames()
                             .filter_map(|f| f.function.clone())
                             .take(STACK_LABEL_FRAMES)
                             .collect()

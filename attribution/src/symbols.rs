@@ -1,6 +1,7 @@
-//! Symbolized stacks, cached: by (process, user stack) and by kernel stack. Filled in the
-//! background for new stacks of live processes (so a process that exits later keeps its names)
-//! and on demand when a query needs a stack not seen yet.
+//! Symbolized stacks, cached by user stack and by kernel stack. A user stack is the same in every
+//! process of one binary (it is kept by file and offset), so it is symbolized once, through a
+//! process that has it. Filled in the background for new stacks of live processes (so a process
+//! that exits later keeps its names) and on demand when a query needs a stack not seen yet.
 
 use std::{
     collections::HashSet,
@@ -15,7 +16,7 @@ use lru::LruCache;
 use memlens_symbolize::Symbolizer;
 use memlens_types::stack::Frame;
 
-use crate::{LeakView, ProcessKey};
+use crate::{LeakView, ProcessInfo, ProcessKey, UserStack};
 
 /// Most cached stacks, user and kernel each (the least recently used go first).
 const MAX_STACKS: NonZeroUsize = NonZeroUsize::new(50_000).expect("non-zero");
@@ -40,9 +41,35 @@ const STACK_BOTTOMS: [&str; 12] = [
 /// A symbolized user stack.
 #[derive(Clone, Debug)]
 pub struct SymbolizedStack {
-    pub frames: Vec<Frame>,
-    /// The frame-pointer walk stopped before the program's entry.
+    /// For each of the stack's frames, the functions inlined at it (innermost first) and the one
+    /// it is in.
+    pub per_frame: Vec<Vec<Frame>>,
+    /// The stack ends before the program's or thread's entry.
     pub truncated: bool,
+}
+
+impl SymbolizedStack {
+    /// Every frame, innermost first.
+    pub fn frames(&self) -> impl Iterator<Item = &Frame> {
+        self.per_frame.iter().flatten()
+    }
+
+    /// Every frame, innermost first, at its address in `process` (the stack is shared by the
+    /// processes of one binary, each with its code at other addresses).
+    #[must_use]
+    pub fn frames_in(&self, stack: &UserStack, process: Option<&ProcessInfo>) -> Vec<Frame> {
+        self.per_frame
+            .iter()
+            .zip(&stack.frames)
+            .flat_map(|(frames, at)| {
+                let addr = process.and_then(|p| at.location.address_in(p));
+                frames.iter().map(move |f| Frame {
+                    addr: addr.unwrap_or(f.addr),
+                    ..f.clone()
+                })
+            })
+            .collect()
+    }
 }
 
 /// What the symbolizer has done, readable from any thread without waiting for it.
@@ -56,8 +83,10 @@ pub struct SymbolStats {
 
 pub struct SymbolCache {
     symbolizer: Symbolizer,
-    user: LruCache<(ProcessKey, u64), Arc<SymbolizedStack>>,
+    user: LruCache<u64, Arc<SymbolizedStack>>,
     kernel: LruCache<u64, Arc<Vec<Frame>>>,
+    /// Live processes the symbolizer may have looked at, to forget them once gone.
+    seen: HashSet<ProcessKey>,
     stats: Arc<SymbolStats>,
 }
 
@@ -67,6 +96,7 @@ impl Default for SymbolCache {
             symbolizer: Symbolizer::default(),
             user: LruCache::new(MAX_STACKS),
             kernel: LruCache::new(MAX_STACKS),
+            seen: HashSet::new(),
             stats: Arc::default(),
         }
     }
@@ -82,31 +112,34 @@ impl SymbolCache {
         }
     }
 
-    /// The symbolized user stack `sig` of `process` in `view`.
-    pub fn user(
-        &mut self,
-        view: &LeakView,
-        process: ProcessKey,
-        sig: u64,
-    ) -> Option<Arc<SymbolizedStack>> {
-        if let Some(s) = self.user.get(&(process, sig)) {
+    /// The symbolized user stack `sig` in `view`.
+    pub fn user(&mut self, view: &LeakView, sig: u64) -> Option<Arc<SymbolizedStack>> {
+        if let Some(s) = self.user.get(&sig) {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
             return Some(Arc::clone(s));
         }
         let stack = view.user_stacks.get(&sig)?;
-        let info = view.processes.get(&process)?;
-        let alive = view.alive.contains(&process);
-        let frames = self
-            .symbolizer
-            .user_stack(process.tgid, alive, &info.maps, &stack.addrs);
-        let truncated = frames.last().is_none_or(|f| {
+        let process = view.symbolize_via.get(&sig)?;
+        let info = view.processes.get(process)?;
+        let alive = view.alive.contains(process);
+        let per_frame =
+            self.symbolizer
+                .user_stack(process.tgid, alive, &info.maps, &stack.addresses_in(info));
+        let truncated = per_frame.iter().flatten().last().is_none_or(|f| {
             f.function
                 .as_deref()
                 .is_none_or(|name| !STACK_BOTTOMS.contains(&name))
         });
         self.stats.symbolized.fetch_add(1, Ordering::Relaxed);
-        let stack = Arc::new(SymbolizedStack { frames, truncated });
-        self.user.put((process, sig), Arc::clone(&stack));
+        let stack = Arc::new(SymbolizedStack {
+            per_frame,
+            truncated,
+        });
+        // Names missing because the only process with the stack is gone may be found through a
+        // process of the same binary later: not remembered.
+        if alive || stack.frames().all(|f| f.function.is_some()) {
+            self.user.put(sig, Arc::clone(&stack));
+        }
         Some(stack)
     }
 
@@ -125,44 +158,32 @@ impl SymbolCache {
 
     /// Symbolizes up to `budget` user stacks of live processes not cached yet; returns how many.
     pub fn prefetch(&mut self, view: &LeakView, budget: usize) -> usize {
-        let todo: Vec<(ProcessKey, u64)> = view
-            .table
-            .entries
-            .keys()
-            .filter(|k| {
-                view.alive.contains(&k.process) && !self.user.contains(&(k.process, k.user))
-            })
-            .map(|k| (k.process, k.user))
+        let todo: Vec<u64> = view
+            .symbolize_via
+            .iter()
+            .filter(|(sig, p)| view.alive.contains(p) && !self.user.contains(sig))
+            .map(|(sig, _)| *sig)
             .take(budget)
             .collect();
-        for &(process, sig) in &todo {
-            let _ = self.user(view, process, sig);
+        for &sig in &todo {
+            let _ = self.user(view, sig);
         }
         todo.len()
     }
 
-    /// Drops cached data of processes that are gone from `view`.
+    /// Drops what the symbolizer keeps of processes that are gone from `view` (their stacks'
+    /// names stay: other processes of the same binaries may have them).
     pub fn forget_gone(&mut self, view: &LeakView) {
-        let gone: HashSet<ProcessKey> = self
-            .user
+        let gone: Vec<ProcessKey> = self
+            .seen
             .iter()
-            .map(|((p, _), _)| *p)
             .filter(|p| !view.processes.contains_key(p))
+            .copied()
             .collect();
-        if gone.is_empty() {
-            return;
-        }
-        let stale: Vec<(ProcessKey, u64)> = self
-            .user
-            .iter()
-            .map(|(k, _)| *k)
-            .filter(|(p, _)| gone.contains(p))
-            .collect();
-        for key in stale {
-            self.user.pop(&key);
-        }
         for process in gone {
+            self.seen.remove(&process);
             self.symbolizer.forget_process(process.tgid);
         }
+        self.seen.extend(view.alive.iter().copied());
     }
 }

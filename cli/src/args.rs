@@ -120,6 +120,10 @@ pub struct LeaksArgs {
     /// Only this process.
     #[arg(long)]
     pub pid: Option<u32>,
+    /// Show each process's stacks apart (by default the same stack in several processes of one
+    /// binary, such as a pool of workers, is one entry naming them all).
+    #[arg(long)]
+    pub per_process: bool,
     /// Growth window (e.g. 30s, 10m, 2h).
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub since: Duration,

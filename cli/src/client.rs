@@ -149,6 +149,7 @@ mod tests {
     fn queries_encode_as_the_server_decodes_them() {
         let query = LeaksQuery {
             cgroup: Some("/kubepods/pod a&b".parse().expect("selector")),
+            per_process: true,
             since: Some(Duration::from_secs(600)),
             top: Some(3),
             ..LeaksQuery::default()
@@ -156,7 +157,7 @@ mod tests {
         let text = uri("/v1/leaks", &query).expect("uri");
         assert_eq!(
             text,
-            "/v1/leaks?cgroup=%2Fkubepods%2Fpod+a%26b&since=10m&top=3"
+            "/v1/leaks?cgroup=%2Fkubepods%2Fpod+a%26b&per_process=true&since=10m&top=3"
         );
         let back: LeaksQuery =
             serde_urlencoded::from_str(text.split_once('?').expect("query").1).expect("decode");

@@ -34,6 +34,7 @@ async fn fetch(client: &Client, args: &LeaksArgs) -> Result<()> {
         cgroup: args.cgroup.clone(),
         pod: args.pod.clone(),
         pid: args.pid,
+        per_process: args.per_process,
         since: Some(args.since),
         top: usize::try_from(args.top).ok(),
         at: None,
@@ -93,6 +94,25 @@ fn render(r: &LeaksResponse) -> String {
     out
 }
 
+/// `comm [pid]`, `comm [pid, exited]`, or for a stack several processes hold,
+/// `comm [pid and 5 more processes]` (the largest holder named).
+fn process(e: &LeakEntry) -> String {
+    if e.pid == 0 {
+        return String::new();
+    }
+    let more = match e.process_count.saturating_sub(1) {
+        0 => String::new(),
+        1 => " and 1 more process".to_string(),
+        n => format!(" and {n} more processes"),
+    };
+    format!(
+        "{} [{}{}{more}]",
+        printable(&e.comm),
+        e.pid,
+        if e.process_alive { "" } else { ", exited" }
+    )
+}
+
 pub(super) fn entry(out: &mut String, rank: usize, e: &LeakEntry) {
     let growth = if e.growth_bytes >= 0 {
         format!("+{}", Bytes(e.growth_bytes.unsigned_abs()))
@@ -110,16 +130,7 @@ pub(super) fn entry(out: &mut String, rank: usize, e: &LeakEntry) {
             PageKind::Kernel => "kernel",
         },
         e.objects,
-        if e.pid == 0 {
-            String::new()
-        } else {
-            format!(
-                "{} [{}{}]",
-                printable(&e.comm),
-                e.pid,
-                if e.process_alive { "" } else { ", exited" }
-            )
-        },
+        process(e),
         printable(&e.cgroup)
     );
     if e.other {

@@ -1,5 +1,5 @@
 //! Leak entries as a flame graph SVG, drawn by inferno: one tower per stack, width = held bytes,
-//! root = the process, then its stack outermost first (the user stack; the kernel stack for
+//! root = the process (the largest holder, with how many more hold the same stack), then its stack outermost first (the user stack; the kernel stack for
 //! kernel threads, as in the pprof profile).
 
 use inferno::flamegraph::{self, Options};
@@ -15,7 +15,11 @@ pub fn folded(entries: &[LeakEntry]) -> Vec<String> {
         .iter()
         .filter(|e| e.held_bytes > 0)
         .map(|e| {
-            let mut frames = vec![clean(&format!("{} [{}]", e.comm, e.pid))];
+            let root = match e.process_count {
+                0 | 1 => format!("{} [{}]", e.comm, e.pid),
+                n => format!("{} [{} +{} processes]", e.comm, e.pid, n - 1),
+            };
+            let mut frames = vec![clean(&root)];
             if e.other {
                 frames.push("[other stacks]".into());
             }

@@ -1,6 +1,7 @@
 //! Leak entries as a gzip'd pprof profile: sample types `inuse_objects`/count and
 //! `inuse_space`/bytes, with function, location and mapping tables filled so readers need no
-//! binaries of their own. Labels carry the cgroup, process name and pid.
+//! binaries of their own. Labels carry the cgroup, process name and pid (the largest holder's, with
+//! `processes` when several hold the same stack).
 //!
 //! Stacks from many processes share one profile, so each module gets a synthetic address range
 //! (`mapping i` covers `[i << 40, (i + 1) << 40)`) and a location's address is its module range
@@ -208,7 +209,7 @@ pub fn encode(
         } else {
             stack_locations(&mut b, entry)
         };
-        let label = vec![
+        let mut label = vec![
             b.label("cgroup", &entry.cgroup),
             b.label("comm", &entry.comm),
             Label {
@@ -218,6 +219,14 @@ pub fn encode(
                 num_unit: 0,
             },
         ];
+        if entry.process_count > 1 {
+            label.push(Label {
+                key: b.string("processes"),
+                str: 0,
+                num: i64::try_from(entry.process_count).unwrap_or(i64::MAX),
+                num_unit: 0,
+            });
+        }
         b.profile.sample.push(Sample {
             location_id,
             value: vec![

@@ -75,14 +75,15 @@ impl Symbolizer {
     }
 
     /// Symbolizes a user stack of process `pid`, whose mappings (read while it ran) are `maps`.
-    /// `alive` says whether `pid` still is that process.
+    /// `alive` says whether `pid` still is that process. One list per address: the functions
+    /// inlined at it, innermost first, then the function it is in.
     pub fn user_stack(
         &mut self,
         pid: u32,
         alive: bool,
         maps: &[Mapping],
         stack: &[StackAddr],
-    ) -> Vec<Frame> {
+    ) -> Vec<Vec<Frame>> {
         let lookups: Vec<u64> = stack
             .iter()
             .map(|a| {
@@ -108,7 +109,7 @@ impl Symbolizer {
                     .and_then(|s| self.sym_frames(s, entry, mapping)),
                 None => mapping.and_then(|m| self.exited_frames(m, lookups[i], entry)),
             };
-            frames.extend(
+            frames.push(
                 found.unwrap_or_else(|| vec![unknown_frame(entry.addr, mapping, entry.recovered)]),
             );
         }
@@ -266,7 +267,7 @@ mod tests {
                 recovered: false,
             }],
         );
-        let names: Vec<String> = frames.iter().map(Frame::display_name).collect();
+        let names: Vec<String> = frames.iter().flatten().map(Frame::display_name).collect();
         assert!(
             names.iter().any(|n| n.contains("a_named_function")),
             "{names:?}"

@@ -99,6 +99,22 @@ pub fn rel_diff(a: u64, b: u64) -> f64 {
 
 pub const MIB: u64 = 1 << 20;
 
+/// Prints `what`: `attributed` against `truth` in MiB, and asserts they are within `tolerance`
+/// (a fraction of `truth`).
+pub fn assert_near(what: &str, attributed: u64, truth: u64, tolerance: f64) {
+    let mib = |b: u64| b as f64 / MIB as f64;
+    eprintln!(
+        "{what}: {:.1} MiB attributed, {:.1} MiB true",
+        mib(attributed),
+        mib(truth)
+    );
+    assert!(
+        (attributed as f64 - truth as f64).abs() <= tolerance * truth as f64,
+        "{what}: attributed {attributed} vs {truth} (tolerance {:.0}%)",
+        tolerance * 100.0
+    );
+}
+
 /// The function names of a leak entry's user stack, innermost first (`[unknown]` where none).
 #[must_use]
 pub fn stack_names(entry: &Value) -> Vec<String> {

@@ -4,7 +4,8 @@
 use std::{io::Read as _, process::Command};
 
 use memlens_tests::{
-    go_function, go_leak_bin, leak_bin, stack_names, workload_bin, Agent, TestCgroup, Workload, MIB,
+    assert_near, go_function, go_leak_bin, leak_bin, stack_names, workload_bin, Agent, TestCgroup,
+    Workload, MIB,
 };
 use pprof::protos::{Message as _, Profile};
 use serde_json::Value;
@@ -92,15 +93,7 @@ fn the_leak_ranks_first_by_growth_and_its_bytes_match() {
         .filter(|e| has(e, "leak_slowly"))
         .map(|e| e["held_bytes"].as_u64().expect("held"))
         .sum();
-    eprintln!(
-        "leak_slowly: {:.1} MiB attributed, {:.1} MiB leaked",
-        attributed as f64 / MIB as f64,
-        leaked as f64 / MIB as f64
-    );
-    assert!(
-        (attributed as f64 - leaked as f64).abs() <= 0.15 * leaked as f64,
-        "attributed {attributed} vs leaked {leaked}"
-    );
+    assert_near("leak_slowly", attributed, leaked, 0.15);
 
     // The pprof profile decodes and sums to what the CLI reported.
     let mut raw = Vec::new();

@@ -15,10 +15,18 @@ use crate::{
 pub struct LeakEntry {
     pub cgroup_id: MemcgId,
     pub cgroup: String,
-    /// 0 for a cgroup's "other stacks" entry.
+    /// The process holding the most of this stack; 0 for a cgroup's "other stacks" entry.
     pub pid: u32,
     pub comm: String,
     pub process_alive: bool,
+    /// How many processes hold this stack: the same code path in several processes of one
+    /// binary is one entry (unless the query asks for `per_process`).
+    #[serde(default = "one")]
+    pub process_count: usize,
+    /// The processes holding it, the largest holders first (at most [`MAX_ENTRY_PROCESSES`]);
+    /// empty when only one does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<ProcessHeld>,
     /// Anonymous memory (leak candidate), file (page cache) or kernel.
     pub kind: PageKind,
     pub held_bytes: u64,
@@ -44,6 +52,22 @@ pub struct LeakEntry {
     pub kernel_stack: Vec<Frame>,
 }
 
+fn one() -> usize {
+    1
+}
+
+/// Most processes listed in one entry.
+pub const MAX_ENTRY_PROCESSES: usize = 16;
+
+/// A process's share of a stack held by several.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessHeld {
+    pub pid: u32,
+    pub comm: String,
+    pub alive: bool,
+    pub held_bytes: u64,
+}
+
 /// Query of `GET /v1/leaks` (and its `/pprof` and `/flamegraph` forms).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,6 +80,10 @@ pub struct LeaksQuery {
     pub pod: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// Keep each process's stacks apart (by default the same stack in several processes of one
+    /// binary is one entry).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub per_process: bool,
     /// Growth window, e.g. `10m` (default 10m, at most 24h).
     #[serde(
         default,

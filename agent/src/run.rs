@@ -211,7 +211,7 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         store: Store::open(&args.db, args.retention)?,
         views: Arc::clone(&views),
         leaks: leaks.clone(),
-        memory_root,
+        memory_root: memory_root.clone(),
         stats: Arc::clone(&engine_stats),
         pods: pods.clone(),
         heartbeat: health.worker("engine", ENGINE_BOUND),
@@ -246,6 +246,8 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
             pods,
         },
         health,
+        memory_root,
+        go_heap: Arc::default(),
     };
     let served = runtime.block_on(api::serve(&socket, args.metrics_addr, state));
     let _ = stop_tx.send(());

@@ -5,6 +5,7 @@
 //! `2^(shift - o)` objects (its Horvitz-Thompson weight), so `objects` estimates how many
 //! allocations are live, whatever their size.
 
+pub mod allocations;
 pub mod file_cache;
 pub mod file_names;
 pub mod growth;

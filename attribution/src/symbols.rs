@@ -13,7 +13,8 @@ use std::{
 };
 
 use lru::LruCache;
-use memlens_symbolize::Symbolizer;
+use memlens_procfs::Mapping;
+use memlens_symbolize::{StackAddr, Symbolizer};
 use memlens_types::stack::Frame;
 
 use crate::{LeakView, ProcessInfo, ProcessKey, UserStack};
@@ -141,6 +142,17 @@ impl SymbolCache {
             self.user.put(sig, Arc::clone(&stack));
         }
         Some(stack)
+    }
+
+    /// Symbolizes `addrs`, a stack of the live process `pid` whose mappings are `maps`, without
+    /// caching it (profiles read on demand).
+    pub fn process_stack(&mut self, pid: u32, maps: &[Mapping], addrs: &[StackAddr]) -> Vec<Frame> {
+        self.stats.symbolized.fetch_add(1, Ordering::Relaxed);
+        self.symbolizer
+            .user_stack(pid, true, maps, addrs)
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// The symbolized kernel stack `sig` in `view`.

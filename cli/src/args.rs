@@ -124,6 +124,10 @@ pub struct LeaksArgs {
     /// binary, such as a pool of workers, is one entry naming them all).
     #[arg(long)]
     pub per_process: bool,
+    /// Which code holds memory according to the allocations themselves (the Go runtime's heap
+    /// profile), beside the page-level answer; needs --pid, --cgroup or --pod.
+    #[arg(long)]
+    pub allocations: bool,
     /// Growth window (e.g. 30s, 10m, 2h).
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub since: Duration,

@@ -17,6 +17,9 @@ use crate::{args::LeaksArgs, Client, ClientError};
 const KERNEL_FRAMES_SHOWN: usize = 4;
 
 pub async fn run(client: &Client, args: &LeaksArgs) -> Result<()> {
+    if args.allocations {
+        return crate::allocations::run(client, args).await;
+    }
     // A pinned census can expire while a slow first symbolization runs: ask again once.
     match fetch(client, args).await {
         Err(e)

@@ -3,6 +3,7 @@
 //! through [`client::Client`], and the terminal rendering of the answer. Knows the API's types
 //! and nothing of the agent's insides.
 
+pub mod allocations;
 pub mod args;
 pub mod cache;
 pub mod chart;

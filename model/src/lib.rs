@@ -1,8 +1,10 @@
 //! What the collectors hand on: plain data about one instant of the host, with no kernel handle
 //! in it. A census of the sampled page frames, the page cache per (cgroup, file), and the
-//! snapshot of every memory cgroup that joins the kernel's counters with the census.
-//! Attribution and the agent's API read these; only the kernel crate produces them.
+//! snapshot of every memory cgroup that joins the kernel's counters with the census, user stacks
+//! unwound from copies, and processes' own allocation profiles. Attribution and the agent's API
+//! read these; the kernel crate, the unwinder and the runtime readers produce them.
 
+pub mod allocations;
 pub mod census;
 pub mod page_cache;
 pub mod snapshot;

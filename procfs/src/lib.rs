@@ -4,6 +4,7 @@
 //! never a panic).
 
 pub mod maps;
+pub mod mem;
 pub mod open_files;
 pub mod process;
 pub mod system;

@@ -46,6 +46,16 @@ fn parse_status(pid: u32, text: &str) -> ProcessMemory {
 /// memory, at most `top` (at most [`MAX_PIDS`] processes are looked at).
 #[must_use]
 pub fn top_by_memory(dir: &Path, top: usize) -> Vec<ProcessMemory> {
+    let mut processes: Vec<ProcessMemory> = pids_in(dir).into_iter().filter_map(memory).collect();
+    processes.sort_by(|a, b| b.rss_bytes.cmp(&a.rss_bytes).then(a.pid.cmp(&b.pid)));
+    processes.truncate(top);
+    processes
+}
+
+/// The processes of the cgroup at directory `dir` and its descendants (at most about
+/// [`MAX_PIDS`]).
+#[must_use]
+pub fn pids_in(dir: &Path) -> Vec<u32> {
     let mut pids = Vec::new();
     let mut dirs = vec![dir.to_path_buf()];
     while let Some(dir) = dirs.pop() {
@@ -64,10 +74,7 @@ pub fn top_by_memory(dir: &Path, top: usize) -> Vec<ProcessMemory> {
             );
         }
     }
-    let mut processes: Vec<ProcessMemory> = pids.into_iter().filter_map(memory).collect();
-    processes.sort_by(|a, b| b.rss_bytes.cmp(&a.rss_bytes).then(a.pid.cmp(&b.pid)));
-    processes.truncate(top);
-    processes
+    pids
 }
 
 #[cfg(test)]

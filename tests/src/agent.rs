@@ -101,14 +101,22 @@ impl Agent {
     pub fn leaks(&self, args: &[&str]) -> Value {
         let mut all = vec!["leaks", "--json"];
         all.extend_from_slice(args);
-        let out = self.cli(&all);
+        self.json(&all)
+    }
+
+    /// `memlens <args>` (which asks for JSON), which must succeed, parsed.
+    #[must_use]
+    pub fn json(&self, args: &[&str]) -> Value {
+        let out = self.cli(args);
         assert!(
             out.status.success(),
-            "memlens leaks failed: {}\n{}",
+            "memlens {} failed: {}\n{}",
+            args.join(" "),
             String::from_utf8_lossy(&out.stderr),
             self.log()
         );
-        serde_json::from_slice(&out.stdout).expect("leaks --json is JSON")
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("memlens {} is not JSON: {e}", args.join(" ")))
     }
 
     /// The time of the census the agent serves now (`taken_at_unix_ms` of `top`).

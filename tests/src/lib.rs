@@ -129,39 +129,41 @@ pub fn stack_names(entry: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The Go leak workload (`tests/workloads/goleak`), built once per test process with Debian's
+/// The Go workload `tests/workloads/<name>`, built once per test process with Debian's
 /// golang-go and its default flags, and stripped (`-ldflags=-s -w`: no symbols, no DWARF) when
 /// asked.
 #[must_use]
-pub fn go_leak_bin(stripped: bool) -> PathBuf {
-    static BINS: [std::sync::OnceLock<PathBuf>; 2] =
-        [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
-    BINS[usize::from(stripped)]
-        .get_or_init(|| {
-            let source = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("workloads")
-                .join("goleak");
-            let dir = std::env::temp_dir().join(format!("memlens-goleak.{}", std::process::id()));
-            std::fs::create_dir_all(&dir).expect("a directory for the Go workload");
-            let out = dir.join(if stripped {
-                "goleak-stripped"
-            } else {
-                "goleak"
-            });
-            let mut go = Command::new("go");
-            go.current_dir(&source).arg("build").arg("-o").arg(&out);
-            if stripped {
-                go.arg("-ldflags=-s -w");
-            }
-            let status = go
-                .env("GOFLAGS", "-mod=mod")
-                .env("GOCACHE", std::env::temp_dir().join("memlens-go-cache"))
-                .status()
-                .expect("run go build (golang-go)");
-            assert!(status.success(), "go build failed in {}", source.display());
-            out
-        })
-        .clone()
+pub fn go_bin(name: &str, stripped: bool) -> PathBuf {
+    static BINS: std::sync::Mutex<Vec<(String, bool, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BINS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, _, path)) = built.iter().find(|b| b.0 == name && b.1 == stripped) {
+        return path.clone();
+    }
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("workloads")
+        .join(name);
+    let dir = std::env::temp_dir().join(format!("memlens-go.{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory for the Go workloads");
+    let out = dir.join(if stripped {
+        format!("{name}-stripped")
+    } else {
+        name.to_string()
+    });
+    let mut go = Command::new("go");
+    go.current_dir(&source).arg("build").arg("-o").arg(&out);
+    if stripped {
+        go.arg("-ldflags=-s -w");
+    }
+    let status = go
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOCACHE", std::env::temp_dir().join("memlens-go-cache"))
+        .status()
+        .expect("run go build (golang-go)");
+    assert!(status.success(), "go build failed in {}", source.display());
+    built.push((name.to_string(), stripped, out.clone()));
+    out
 }
 
 /// The address range of function `name` in a Go binary with symbols, from `go tool nm`.

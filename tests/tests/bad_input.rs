@@ -158,6 +158,10 @@ fn malformed_api_requests_get_http_errors() {
         b"GET /v1/lifecycle?since=yesterday HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         b"GET /v1/leaks?since=soon HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         b"GET /v1/top?cgroup= HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /v1/allocations?pid=abc HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /v1/allocations HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /v1/allocations?pid=1&pod=x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /v1/allocations?pid=1&top=0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     ] {
         let answer = raw_request(&agent.socket, request);
         assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
@@ -167,6 +171,11 @@ fn malformed_api_requests_get_http_errors() {
         b"GET /v1/events/999999 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
     assert!(no_event.starts_with("HTTP/1.1 404"), "{no_event}");
+    let no_process = raw_request(
+        &agent.socket,
+        b"GET /v1/allocations?pid=4294967295 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(no_process.starts_with("HTTP/1.1 404"), "{no_process}");
     // Still serving after all that.
     assert!(agent.cli(&["status"]).status.success(), "{}", agent.log());
     assert_clean_failure(&agent.cli(&["events", "show", "999999"]), "no event 999999");

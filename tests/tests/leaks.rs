@@ -4,7 +4,7 @@
 use std::{io::Read as _, process::Command};
 
 use memlens_tests::{
-    assert_near, go_function, go_leak_bin, leak_bin, stack_names, workload_bin, Agent, TestCgroup,
+    assert_near, go_bin, go_function, leak_bin, stack_names, workload_bin, Agent, TestCgroup,
     Workload, MIB,
 };
 use pprof::protos::{Message as _, Profile};
@@ -230,14 +230,14 @@ fn go_frameless_leaves_name_the_function_that_called_them() {
     let agent = Agent::start(&[]);
     // The same code with and without symbols: a stripped binary keeps only Go's own frame-size
     // table, and the same addresses.
-    let (start, end) = go_function(&go_leak_bin(false), "main.deepCopy");
+    let (start, end) = go_function(&go_bin("goleak", false), "main.deepCopy");
     for stripped in [false, true] {
         let cgroup = TestCgroup::new(if stripped {
             "goleak-stripped"
         } else {
             "goleak"
         });
-        let mut leak = Workload::start_program(&cgroup, &go_leak_bin(stripped), &["96"]);
+        let mut leak = Workload::start_program(&cgroup, &go_bin("goleak", stripped), &["96"]);
         let line = leak.read_line();
         assert!(line.starts_with("leaked "), "the Go workload said {line:?}");
         agent.wait_censuses(2);

@@ -4,6 +4,7 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{
+    allocations::{AllocationsQuery, AllocationsResponse},
     cgroups::{TopQuery, TopResponse},
     event::{CheckReport, Event, EventsQuery, EventsResponse},
     files::{CacheQuery, CacheResponse},
@@ -79,6 +80,10 @@ endpoint!(
     LeaksFlamegraph, Get, "/v1/leaks/flamegraph", LeaksQuery, Vec<u8>
 );
 endpoint!(
+    /// Stacks by bytes held according to the allocations themselves (a process's own profile).
+    Allocations, Get, "/v1/allocations", AllocationsQuery, AllocationsResponse
+);
+endpoint!(
     /// The working set explained; page cache by file.
     Cache, Get, "/v1/cache", CacheQuery, CacheResponse
 );
@@ -104,10 +109,11 @@ endpoint!(
 );
 
 /// The routes of the Unix-socket API, for "no such endpoint" answers.
-pub const ROUTES: [&str; 9] = [
+pub const ROUTES: [&str; 10] = [
     Status::ROUTE,
     Top::ROUTE,
     Leaks::ROUTE,
+    Allocations::ROUTE,
     Cache::ROUTE,
     History::ROUTE,
     Lifecycle::ROUTE,

@@ -3,6 +3,7 @@
 //! name cgroups, what a cgroup path says about its workload, and every record the agent serves,
 //! stores and the CLI shows. Serde only: no I/O, no kernel, so it builds and tests anywhere.
 
+pub mod allocations;
 pub mod api;
 pub mod cgroups;
 pub mod event;

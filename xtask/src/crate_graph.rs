@@ -33,6 +33,7 @@ mod tests {
             "memlens-unwind",
             &["memlens-model", "memlens-procfs", "memlens-symbolize"],
         ),
+        ("memlens-runtimes", &["memlens-model", "memlens-procfs"]),
         (
             "memlens-kernel",
             &[
@@ -68,6 +69,7 @@ mod tests {
                 "memlens-symbolize",
                 "memlens-kernel",
                 "memlens-unwind",
+                "memlens-runtimes",
                 "memlens-attribution",
             ],
         ),

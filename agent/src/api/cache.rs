@@ -14,7 +14,7 @@ use memlens_types::{
 };
 
 use super::{
-    server::{accept_query, error},
+    server::{accept_query, error, top_asked},
     AppState,
 };
 
@@ -31,13 +31,10 @@ pub async fn cache(
         Ok(q) => q,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    let top = query.top.unwrap_or(DEFAULT_TOP);
-    if top == 0 || top > MAX_TOP {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("top must be between 1 and {MAX_TOP}"),
-        );
-    }
+    let top = match top_asked(query.top, DEFAULT_TOP, MAX_TOP) {
+        Ok(n) => n,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
     let view = state.views.latest();
     let snapshot = &view.snapshot;
     if view.files.by_memcg.is_empty()

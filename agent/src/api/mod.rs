@@ -2,6 +2,7 @@
 //! optional TCP listener. Routes, queries and answers are the types of [`memlens_types::api`],
 //! which the CLI's client sends.
 
+mod allocations;
 mod cache;
 mod events;
 mod leaks;
@@ -11,11 +12,12 @@ pub mod server;
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{mpsc, Arc},
+    sync::{mpsc, Arc, Mutex},
 };
 
 use anyhow::{Context as _, Result};
 use memlens_attribution::{query::LeakSources, Views};
+use memlens_runtimes::go_heap::GoHeapReader;
 
 use crate::{health::Health, status::StatusSource, workers::engine::CheckRequest};
 
@@ -31,6 +33,10 @@ pub struct AppState {
     pub checks: mpsc::Sender<CheckRequest>,
     pub metrics: metrics::MetricsSources,
     pub health: Health,
+    /// Where the memory cgroups are mounted (`/sys/fs/cgroup/memory` on v1).
+    pub memory_root: PathBuf,
+    /// Go processes' heap profiles, read on demand.
+    pub go_heap: Arc<Mutex<GoHeapReader>>,
 }
 
 /// Serves the API on `socket` (and `/metrics` on `metrics_addr`) until SIGTERM or SIGINT.

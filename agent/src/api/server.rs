@@ -23,7 +23,7 @@ use memlens_types::{
     status::StatusResponse,
 };
 
-use super::{cache, events, leaks, AppState};
+use super::{allocations, cache, events, leaks, AppState};
 use crate::health::Health;
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +115,7 @@ pub fn router(state: AppState) -> Router {
         .route(api::Leaks::ROUTE, get(leaks::leaks))
         .route(api::LeaksPprof::ROUTE, get(leaks::pprof))
         .route(api::LeaksFlamegraph::ROUTE, get(leaks::flamegraph))
+        .route(api::Allocations::ROUTE, get(allocations::allocations))
         .route(api::Lifecycle::ROUTE, get(events::lifecycle))
         .route(api::Events::ROUTE, get(events::list))
         .route(api::EventsCheck::ROUTE, post(events::check))
@@ -149,6 +150,14 @@ pub(super) fn accept_query<Q>(query: Result<Query<Q>, QueryRejection>) -> Result
     query
         .map(|Query(q)| q)
         .map_err(|e| format!("bad query: {}", e.body_text()))
+}
+
+/// The `top` a query asks for (`default` when it does not), or why it is outside 1..=`max`.
+pub(super) fn top_asked(asked: Option<usize>, default: usize, max: usize) -> Result<usize, String> {
+    match asked.unwrap_or(default) {
+        n if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("top must be between 1 and {max}")),
+    }
 }
 
 pub(super) fn error(code: StatusCode, message: String) -> Response {

@@ -1,0 +1,128 @@
+//! `/v1/allocations`: which code holds memory according to the processes' own allocation
+//! profiles (the Go runtime's heap profile, read from the process's memory), for one process or
+//! the processes of a cgroup or pod.
+
+use std::{path::Path, sync::Mutex};
+
+use axum::{
+    extract::{rejection::QueryRejection, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    Json,
+};
+use memlens_attribution::allocations::{self, ProcessInput};
+use memlens_runtimes::go_heap::GoHeapReader;
+use memlens_types::{allocations::AllocationsQuery, Workload};
+
+use super::{
+    server::{accept_query, error, top_asked},
+    AppState,
+};
+
+const DEFAULT_TOP: usize = 10;
+const MAX_TOP: usize = 1000;
+/// Most processes read for one query (each profile read walks the process's bucket list).
+const MAX_PROCESSES: usize = 64;
+
+type Failure = (StatusCode, String);
+
+/// The processes `query` names.
+fn processes(state: &AppState, query: &AllocationsQuery) -> Result<Vec<u32>, Failure> {
+    let bad = |m: String| (StatusCode::BAD_REQUEST, m);
+    let missing = |m: String| (StatusCode::NOT_FOUND, m);
+    let view = state.views.latest();
+    let paths: Vec<String> = match (query.pid, &query.cgroup, &query.pod) {
+        (Some(pid), None, None) => {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                return Err(missing(format!("no process {pid} on this host")));
+            }
+            return Ok(vec![pid]);
+        }
+        (None, Some(wanted), None) => {
+            let rows = view.select(wanted);
+            if rows.is_empty() {
+                return Err(missing(format!(
+                    "no memory cgroup matches {:?}",
+                    wanted.to_string()
+                )));
+            }
+            rows.iter().map(|r| r.path.clone()).collect()
+        }
+        (None, None, Some(uid)) => {
+            let paths: Vec<String> = view
+                .snapshot
+                .cgroups
+                .iter()
+                .filter(|r| matches!(&r.workload, Workload::Pod { pod_uid, container_id: None, .. } if pod_uid.starts_with(uid.as_str())))
+                .map(|r| r.path.clone())
+                .collect();
+            if paths.is_empty() {
+                return Err(missing(format!("no pod with UID {uid:?} on this node")));
+            }
+            paths
+        }
+        _ => return Err(bad("ask for exactly one of pid, cgroup or pod".to_string())),
+    };
+    let mut pids: Vec<u32> = paths
+        .iter()
+        .flat_map(|p| {
+            memlens_procfs::process::pids_in(&state.memory_root.join(p.trim_start_matches('/')))
+        })
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids.truncate(MAX_PROCESSES);
+    Ok(pids)
+}
+
+/// Reads each process's profile (or why there is none).
+fn read(reader: &Mutex<GoHeapReader>, pids: &[u32]) -> Result<Vec<ProcessInput>, Failure> {
+    let mut reader = reader.lock().map_err(|_| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the profile reader failed earlier".to_string(),
+        )
+    })?;
+    Ok(pids
+        .iter()
+        .map(|&pid| ProcessInput {
+            pid,
+            comm: memlens_procfs::process::comm(pid).unwrap_or_default(),
+            maps: memlens_procfs::read_maps(pid).unwrap_or_default(),
+            profile: reader.read(pid).map_err(|e| e.to_string()),
+        })
+        .collect())
+}
+
+pub async fn allocations(
+    State(state): State<AppState>,
+    query: Result<Query<AllocationsQuery>, QueryRejection>,
+) -> Response {
+    let query = match accept_query(query) {
+        Ok(q) => q,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let top = match top_asked(query.top, DEFAULT_TOP, MAX_TOP) {
+        Ok(n) => n,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let answer = move || -> Result<Response, Failure> {
+        let pids = processes(&state, &query)?;
+        let inputs = read(&state.go_heap, &pids)?;
+        let taken_at = memlens_types::unix_ms();
+        let response = state
+            .leaks
+            .symbols
+            .call(move |symbols| allocations::answer(&inputs, top, symbols, taken_at))
+            .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        Ok(Json(response).into_response())
+    };
+    match tokio::task::spawn_blocking(answer).await {
+        Ok(Ok(response)) => response,
+        Ok(Err((code, message))) => error(code, message),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("query failed: {e}"),
+        ),
+    }
+}

@@ -4,10 +4,10 @@
 
 use std::fmt::Write as _;
 
-use anyhow::{bail, Result};
+use anyhow::{Context as _, Result};
 use memlens_types::{
     allocations::{AllocationSource, AllocationsQuery, AllocationsResponse},
-    api::{Allocations, Leaks},
+    api::{Allocations, AllocationsFlamegraph, AllocationsPprof, Leaks},
     leaks::{LeaksQuery, LeaksResponse},
     text::printable,
     Bytes,
@@ -21,16 +21,23 @@ const PAGE_STACKS_SHOWN: usize = 3;
 const PAGE_FRAMES_SHOWN: usize = 4;
 
 pub async fn run(client: &Client, args: &LeaksArgs) -> Result<()> {
-    if args.pprof.is_some() || args.flamegraph.is_some() {
-        bail!("--pprof and --flamegraph are not available with --allocations yet");
-    }
-    let query = AllocationsQuery {
+    let mut query = AllocationsQuery {
         pid: args.pid,
         cgroup: args.cgroup.clone(),
         pod: args.pod.clone(),
         top: usize::try_from(args.top).ok(),
     };
     let allocations = client.request::<Allocations>(&query).await?;
+    // Exports carry every stack of the profiles.
+    query.top = None;
+    if let Some(path) = &args.pprof {
+        let bytes = client.bytes::<AllocationsPprof>(&query).await?;
+        std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.flamegraph {
+        let bytes = client.bytes::<AllocationsFlamegraph>(&query).await?;
+        std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    }
     // The page-level answer is context: without it the allocations still stand.
     let pages = client
         .request::<Leaks>(&LeaksQuery {

@@ -4,7 +4,7 @@
 
 use inferno::flamegraph::{self, Options};
 
-use memlens_types::leaks::LeakEntry;
+use memlens_types::{allocations::AllocationEntry, leaks::LeakEntry};
 
 use crate::pprof::profile_frames;
 
@@ -42,9 +42,31 @@ fn clean(name: &str) -> String {
     name.replace(';', ":").replace(' ', "\u{a0}")
 }
 
+/// Folded stacks of allocation-profile entries: root = the process, width = bytes in use.
+#[must_use]
+pub fn folded_allocations(entries: &[AllocationEntry]) -> Vec<String> {
+    entries
+        .iter()
+        .filter(|e| e.inuse_bytes > 0)
+        .map(|e| {
+            let mut frames = vec![clean(&format!("{} [{}]", e.comm, e.pid))];
+            frames.extend(e.user_stack.iter().rev().map(|f| clean(&f.display_name())));
+            format!("{} {}", frames.join(";"), e.inuse_bytes)
+        })
+        .collect()
+}
+
 /// Renders `entries` as an SVG flame graph.
 pub fn svg(entries: &[LeakEntry], title: &str) -> Result<Vec<u8>, String> {
-    let lines = folded(entries);
+    render(&folded(entries), title)
+}
+
+/// Renders allocation-profile entries as an SVG flame graph of bytes in use.
+pub fn allocations_svg(entries: &[AllocationEntry], title: &str) -> Result<Vec<u8>, String> {
+    render(&folded_allocations(entries), title)
+}
+
+fn render(lines: &[String], title: &str) -> Result<Vec<u8>, String> {
     let mut options = Options::default();
     options.title = title.to_string();
     options.count_name = "bytes".into();

@@ -1,5 +1,5 @@
 //! Leak entries as a gzip'd pprof profile: sample types `inuse_objects`/count and
-//! `inuse_space`/bytes, with function, location and mapping tables filled so readers need no
+//! `inuse_space`/bytes (allocation-profile entries: Go's four, `alloc_*` and `inuse_*`), with function, location and mapping tables filled so readers need no
 //! binaries of their own. Labels carry the cgroup, process name and pid (the largest holder's, with
 //! `processes` when several hold the same stack).
 //!
@@ -15,7 +15,7 @@ use pprof::protos::{
     Function, Label, Line, Location, Mapping, Message as _, Profile, Sample, ValueType,
 };
 
-use memlens_types::{leaks::LeakEntry, stack::Frame};
+use memlens_types::{allocations::AllocationEntry, leaks::LeakEntry, stack::Frame};
 
 const MODULE_SPAN_SHIFT: u32 = 40;
 
@@ -143,11 +143,10 @@ pub fn profile_frames(entry: &LeakEntry) -> Vec<&Frame> {
 }
 
 /// Location ids of a stack, innermost first.
-fn stack_locations(builder: &mut Builder, entry: &LeakEntry) -> Vec<u64> {
-    let frames = profile_frames(entry);
+fn stack_locations(builder: &mut Builder, frames: &[&Frame]) -> Vec<u64> {
     let mut ids = Vec::new();
     let mut group: Vec<&Frame> = Vec::new();
-    for frame in frames {
+    for &frame in frames {
         group.push(frame);
         if !frame.inlined {
             ids.push(builder.location(&group));
@@ -160,40 +159,75 @@ fn stack_locations(builder: &mut Builder, entry: &LeakEntry) -> Vec<u64> {
     ids
 }
 
+impl Builder {
+    /// A profile of `sample_types` (`(type, unit)`; the last is the default) taken at
+    /// `taken_at_unix_ms` over `duration_ns`, with the modules of `stacks` registered first
+    /// (pprof reads mapping 1 as the main binary).
+    fn start<'a>(
+        sample_types: &[(&str, &str)],
+        taken_at_unix_ms: u64,
+        duration_ns: i64,
+        stacks: impl Iterator<Item = &'a [Frame]>,
+    ) -> Builder {
+        let mut b = Builder::default();
+        b.string("");
+        b.profile.sample_type = sample_types
+            .iter()
+            .map(|(ty, unit)| ValueType {
+                ty: b.string(ty),
+                unit: b.string(unit),
+            })
+            .collect();
+        b.profile.default_sample_type = b.profile.sample_type.last().map_or(0, |t| t.ty);
+        b.profile.period_type = Some(ValueType {
+            ty: b.string("space"),
+            unit: b.string("bytes"),
+        });
+        b.profile.time_nanos = i64::try_from(taken_at_unix_ms)
+            .unwrap_or(0)
+            .saturating_mul(1_000_000);
+        b.profile.duration_nanos = duration_ns;
+        for frame in stacks.flatten() {
+            if let Some(module) = &frame.module {
+                b.mapping(module);
+            }
+        }
+        b
+    }
+
+    fn num_label(&mut self, key: &str, num: i64) -> Label {
+        Label {
+            key: self.string(key),
+            str: 0,
+            num,
+            num_unit: 0,
+        }
+    }
+
+    /// The profile, encoded and gzip'd.
+    fn finish(self) -> std::io::Result<Vec<u8>> {
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(&self.profile.encode_to_vec())?;
+        gz.finish()
+    }
+}
+
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// Encodes `entries` as a gzip'd pprof profile.
 pub fn encode(
     entries: &[LeakEntry],
     taken_at_unix_ms: u64,
     window_ns: i64,
 ) -> std::io::Result<Vec<u8>> {
-    let mut b = Builder::default();
-    b.string("");
-    let sample_type = vec![
-        ValueType {
-            ty: b.string("inuse_objects"),
-            unit: b.string("count"),
-        },
-        ValueType {
-            ty: b.string("inuse_space"),
-            unit: b.string("bytes"),
-        },
-    ];
-    b.profile.sample_type = sample_type;
-    b.profile.default_sample_type = b.string("inuse_space");
-    b.profile.period_type = Some(ValueType {
-        ty: b.string("space"),
-        unit: b.string("bytes"),
-    });
-    b.profile.time_nanos = i64::try_from(taken_at_unix_ms)
-        .unwrap_or(0)
-        .saturating_mul(1_000_000);
-    b.profile.duration_nanos = window_ns;
-    // pprof reads mapping 1 as the main binary: register user-space modules first.
-    for frame in entries.iter().flat_map(|e| &e.user_stack) {
-        if let Some(module) = &frame.module {
-            b.mapping(module);
-        }
-    }
+    let mut b = Builder::start(
+        &[("inuse_objects", "count"), ("inuse_space", "bytes")],
+        taken_at_unix_ms,
+        window_ns,
+        entries.iter().map(|e| e.user_stack.as_slice()),
+    );
     for entry in entries {
         let location_id = if entry.other {
             vec![b.location(&[&Frame {
@@ -207,36 +241,59 @@ pub fn encode(
                 recovered: false,
             }])]
         } else {
-            stack_locations(&mut b, entry)
+            stack_locations(&mut b, &profile_frames(entry))
         };
         let mut label = vec![
             b.label("cgroup", &entry.cgroup),
             b.label("comm", &entry.comm),
-            Label {
-                key: b.string("pid"),
-                str: 0,
-                num: i64::from(entry.pid),
-                num_unit: 0,
-            },
+            b.num_label("pid", i64::from(entry.pid)),
         ];
         if entry.process_count > 1 {
-            label.push(Label {
-                key: b.string("processes"),
-                str: 0,
-                num: i64::try_from(entry.process_count).unwrap_or(i64::MAX),
-                num_unit: 0,
-            });
+            label.push(b.num_label("processes", count(entry.process_count as u64)));
         }
         b.profile.sample.push(Sample {
             location_id,
+            value: vec![count(entry.objects), count(entry.held_bytes)],
+            label,
+        });
+    }
+    b.finish()
+}
+
+/// Encodes allocation-profile entries as a gzip'd pprof profile with Go's heap-profile sample
+/// types: `alloc_objects`, `alloc_space`, `inuse_objects`, `inuse_space` (the default).
+pub fn encode_allocations(
+    entries: &[AllocationEntry],
+    taken_at_unix_ms: u64,
+) -> std::io::Result<Vec<u8>> {
+    let mut b = Builder::start(
+        &[
+            ("alloc_objects", "count"),
+            ("alloc_space", "bytes"),
+            ("inuse_objects", "count"),
+            ("inuse_space", "bytes"),
+        ],
+        taken_at_unix_ms,
+        0,
+        entries.iter().map(|e| e.user_stack.as_slice()),
+    );
+    for entry in entries {
+        let frames: Vec<&Frame> = entry.user_stack.iter().collect();
+        let location_id = stack_locations(&mut b, &frames);
+        let label = vec![
+            b.label("comm", &entry.comm),
+            b.num_label("pid", i64::from(entry.pid)),
+        ];
+        b.profile.sample.push(Sample {
+            location_id,
             value: vec![
-                i64::try_from(entry.objects).unwrap_or(i64::MAX),
-                i64::try_from(entry.held_bytes).unwrap_or(i64::MAX),
+                count(entry.alloc_objects),
+                count(entry.alloc_bytes),
+                count(entry.inuse_objects),
+                count(entry.inuse_bytes),
             ],
             label,
         });
     }
-    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
-    gz.write_all(&b.profile.encode_to_vec())?;
-    gz.finish()
+    b.finish()
 }

@@ -46,11 +46,20 @@ fn own_pprof_inuse(port: u16, function: &str) -> u64 {
         .position(|w| w == b"\r\n\r\n")
         .expect("an HTTP answer")
         + 4;
+    inuse_in(&decode(&response[body_at..]), function)
+}
+
+/// A gzip'd pprof profile, decoded.
+fn decode(gzipped: &[u8]) -> Profile {
     let mut raw = Vec::new();
-    flate2::read::GzDecoder::new(&response[body_at..])
+    flate2::read::GzDecoder::new(gzipped)
         .read_to_end(&mut raw)
         .expect("gunzip");
-    let profile = Profile::decode(raw.as_slice()).expect("protobuf decodes");
+    Profile::decode(raw.as_slice()).expect("protobuf decodes")
+}
+
+/// In-use bytes (`inuse_space`) of the samples of `profile` whose stack has `function`.
+fn inuse_in(profile: &Profile, function: &str) -> u64 {
     let name = |i: i64| profile.string_table[i as usize].as_str();
     let inuse = profile
         .sample_type
@@ -150,8 +159,43 @@ fn a_go_services_own_heap_profile_names_the_function_holding_the_memory() {
     eprintln!("main.churn: {:.1} MiB in use", churn as f64 / MIB as f64);
     assert!(churn * 10 < leaked, "the churn holds {churn} bytes");
 
-    // By cgroup, as the shell names it, in the terminal.
-    let text = agent.cli(&["leaks", "--allocations", "--cgroup", &cgroup.path]);
+    // By cgroup, as the shell names it, in the terminal, with a pprof profile (Go's four sample
+    // types) and a flame graph.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pprof_path, svg_path) = (dir.path().join("heap.pb.gz"), dir.path().join("heap.svg"));
+    let text = agent.cli(&[
+        "leaks",
+        "--allocations",
+        "--cgroup",
+        &cgroup.path,
+        "--pprof",
+        pprof_path.to_str().expect("path"),
+        "--flamegraph",
+        svg_path.to_str().expect("path"),
+    ]);
+    let profile = decode(&std::fs::read(&pprof_path).expect("the profile"));
+    let types: Vec<&str> = profile
+        .sample_type
+        .iter()
+        .map(|t| profile.string_table[t.ty as usize].as_str())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "alloc_objects",
+            "alloc_space",
+            "inuse_objects",
+            "inuse_space"
+        ]
+    );
+    assert_near(
+        "main.serveSession in the exported profile",
+        inuse_in(&profile, "main.serveSession"),
+        ours,
+        0.10,
+    );
+    let svg = std::fs::read_to_string(&svg_path).expect("the flame graph");
+    assert!(svg.contains("main.serveSession"), "{svg:.300}");
     let text = String::from_utf8_lossy(&text.stdout);
     eprintln!("{text}");
     assert!(

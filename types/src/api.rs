@@ -84,6 +84,14 @@ endpoint!(
     Allocations, Get, "/v1/allocations", AllocationsQuery, AllocationsResponse
 );
 endpoint!(
+    /// The processes' allocation profiles as one gzip'd pprof profile.
+    AllocationsPprof, Get, "/v1/allocations/pprof", AllocationsQuery, Vec<u8>
+);
+endpoint!(
+    /// The processes' allocation profiles as a flame graph of bytes in use (SVG).
+    AllocationsFlamegraph, Get, "/v1/allocations/flamegraph", AllocationsQuery, Vec<u8>
+);
+endpoint!(
     /// The working set explained; page cache by file.
     Cache, Get, "/v1/cache", CacheQuery, CacheResponse
 );

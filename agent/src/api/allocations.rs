@@ -6,13 +6,17 @@ use std::{path::Path, sync::Mutex};
 
 use axum::{
     extract::{rejection::QueryRejection, Query, State},
-    http::StatusCode,
+    http::{header, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
 use memlens_attribution::allocations::{self, ProcessInput};
+use memlens_exporters as exporters;
 use memlens_runtimes::go_heap::GoHeapReader;
-use memlens_types::{allocations::AllocationsQuery, Workload};
+use memlens_types::{
+    allocations::{AllocationsQuery, AllocationsResponse},
+    Workload,
+};
 
 use super::{
     server::{accept_query, error, top_asked},
@@ -94,15 +98,20 @@ fn read(reader: &Mutex<GoHeapReader>, pids: &[u32]) -> Result<Vec<ProcessInput>,
         .collect())
 }
 
-pub async fn allocations(
-    State(state): State<AppState>,
+/// Answers `query` off the async threads (reading profiles and symbolizing take a while) and
+/// turns the answer into a response with `render`; an export's `top` defaults to every stack.
+async fn respond(
+    state: AppState,
     query: Result<Query<AllocationsQuery>, QueryRejection>,
+    export: bool,
+    render: impl FnOnce(AllocationsResponse) -> Result<Response, Failure> + Send + 'static,
 ) -> Response {
     let query = match accept_query(query) {
         Ok(q) => q,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    let top = match top_asked(query.top, DEFAULT_TOP, MAX_TOP) {
+    let default = if export { MAX_TOP } else { DEFAULT_TOP };
+    let top = match top_asked(query.top, default, MAX_TOP) {
         Ok(n) => n,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
@@ -115,7 +124,7 @@ pub async fn allocations(
             .symbols
             .call(move |symbols| allocations::answer(&inputs, top, symbols, taken_at))
             .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-        Ok(Json(response).into_response())
+        render(response)
     };
     match tokio::task::spawn_blocking(answer).await {
         Ok(Ok(response)) => response,
@@ -125,4 +134,43 @@ pub async fn allocations(
             format!("query failed: {e}"),
         ),
     }
+}
+
+pub async fn allocations(
+    State(state): State<AppState>,
+    query: Result<Query<AllocationsQuery>, QueryRejection>,
+) -> Response {
+    respond(state, query, false, |r| Ok(Json(r).into_response())).await
+}
+
+pub async fn pprof(
+    State(state): State<AppState>,
+    query: Result<Query<AllocationsQuery>, QueryRejection>,
+) -> Response {
+    respond(state, query, true, |r| {
+        let bytes =
+            exporters::pprof::encode_allocations(&r.by_inuse, r.taken_at_unix_ms).map_err(|e| {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("encoding the profile: {e}"),
+                )
+            })?;
+        Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+    })
+    .await
+}
+
+pub async fn flamegraph(
+    State(state): State<AppState>,
+    query: Result<Query<AllocationsQuery>, QueryRejection>,
+) -> Response {
+    respond(state, query, true, |r| {
+        let svg = exporters::flamegraph::allocations_svg(
+            &r.by_inuse,
+            "memlens: bytes in use by allocating stack",
+        )
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e))?;
+        Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
+    })
+    .await
 }

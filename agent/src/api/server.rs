@@ -116,6 +116,11 @@ pub fn router(state: AppState) -> Router {
         .route(api::LeaksPprof::ROUTE, get(leaks::pprof))
         .route(api::LeaksFlamegraph::ROUTE, get(leaks::flamegraph))
         .route(api::Allocations::ROUTE, get(allocations::allocations))
+        .route(api::AllocationsPprof::ROUTE, get(allocations::pprof))
+        .route(
+            api::AllocationsFlamegraph::ROUTE,
+            get(allocations::flamegraph),
+        )
         .route(api::Lifecycle::ROUTE, get(events::lifecycle))
         .route(api::Events::ROUTE, get(events::list))
         .route(api::EventsCheck::ROUTE, post(events::check))

@@ -4,6 +4,7 @@ mod api;
 mod cli;
 mod debug;
 mod health;
+mod profiles;
 mod run;
 mod settings;
 mod status;

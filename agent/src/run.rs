@@ -32,6 +32,7 @@ use memlens_kernel::{
     LoadError, LoadOptions, Probes,
 };
 use memlens_pods::{LogDirs, PodDirectory};
+use memlens_runtimes::go_heap::GoHeapReader;
 use memlens_store::Store;
 use memlens_unwind::{table::UnwoundTable, UnwindStats, Unwinder};
 
@@ -154,6 +155,7 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
     let refresh_beat = health.worker("refresh", refresh_bound);
     let memory_hierarchy = memlens_cgroup::memory_hierarchy_id(layout.version);
     let memory_root = layout.memory_root.clone();
+    let go_heap = Arc::new(Mutex::new(GoHeapReader::default()));
     let mut refresher = Refresher {
         mounts: layout.mount_points().into(),
         layout,
@@ -212,6 +214,7 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         views: Arc::clone(&views),
         leaks: leaks.clone(),
         memory_root: memory_root.clone(),
+        go_heap: Arc::clone(&go_heap),
         stats: Arc::clone(&engine_stats),
         pods: pods.clone(),
         heartbeat: health.worker("engine", ENGINE_BOUND),
@@ -247,7 +250,7 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         },
         health,
         memory_root,
-        go_heap: Arc::default(),
+        go_heap,
     };
     let served = runtime.block_on(api::serve(&socket, args.metrics_addr, state));
     let _ = stop_tx.send(());

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use anyhow::{Context as _, Result};
 use memlens_types::{
-    allocations::{AllocationSource, AllocationsQuery, AllocationsResponse},
+    allocations::{AllocationEntry, AllocationSource, AllocationsQuery, AllocationsResponse},
     api::{Allocations, AllocationsFlamegraph, AllocationsPprof, Leaks},
     leaks::{LeaksQuery, LeaksResponse},
     text::printable,
@@ -59,6 +59,32 @@ pub async fn run(client: &Client, args: &LeaksArgs) -> Result<()> {
     Ok(())
 }
 
+/// One stack of an allocation profile, with its frames.
+pub(super) fn entry(out: &mut String, rank: usize, e: &AllocationEntry) {
+    let _ = writeln!(
+        out,
+        "#{rank:<2} in use {}  {} objects  ({} allocated)  {} [{}]",
+        Bytes(e.inuse_bytes),
+        e.inuse_objects,
+        Bytes(e.alloc_bytes),
+        printable(&e.comm),
+        e.pid
+    );
+    for frame in &e.user_stack {
+        let location = match (&frame.file, frame.line) {
+            (Some(f), Some(l)) => format!("  {}:{l}", f.rsplit('/').next().unwrap_or(f)),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "      {}{}{}",
+            printable(&frame.display_name()),
+            printable(&location),
+            if frame.inlined { "  [inlined]" } else { "" }
+        );
+    }
+}
+
 fn render(r: &AllocationsResponse, pages: Option<&LeaksResponse>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Allocation profiles:");
@@ -86,29 +112,7 @@ fn render(r: &AllocationsResponse, pages: Option<&LeaksResponse>) -> String {
     }
     let _ = writeln!(out, "\nTop stacks by bytes in use (from the allocations):");
     for (i, e) in r.by_inuse.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "#{:<2} in use {}  {} objects  ({} allocated)  {} [{}]",
-            i + 1,
-            Bytes(e.inuse_bytes),
-            e.inuse_objects,
-            Bytes(e.alloc_bytes),
-            printable(&e.comm),
-            e.pid
-        );
-        for frame in &e.user_stack {
-            let location = match (&frame.file, frame.line) {
-                (Some(f), Some(l)) => format!("  {}:{l}", f.rsplit('/').next().unwrap_or(f)),
-                _ => String::new(),
-            };
-            let _ = writeln!(
-                out,
-                "      {}{}{}",
-                printable(&frame.display_name()),
-                printable(&location),
-                if frame.inlined { "  [inlined]" } else { "" }
-            );
-        }
+        entry(&mut out, i + 1, e);
     }
     if let Some(pages) = pages {
         let _ = writeln!(

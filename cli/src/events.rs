@@ -14,6 +14,7 @@ use memlens_types::{
 };
 
 use crate::{
+    allocations,
     args::EventsCommand,
     chart::{self, ChartInput},
     history::clock,
@@ -240,6 +241,15 @@ fn growth(out: &mut String, g: &GrowthEvidence) {
         let _ = writeln!(out, "\nTop growing stacks:");
         for (i, s) in g.top_stacks.iter().take(STACKS_SHOWN).enumerate() {
             entry(out, i + 1, s);
+        }
+    }
+    if !g.allocation_stacks.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nStacks holding the most, from the processes' own allocation profiles:"
+        );
+        for (i, s) in g.allocation_stacks.iter().take(STACKS_SHOWN).enumerate() {
+            allocations::entry(out, i + 1, s);
         }
     }
     if !g.top_files.is_empty() {

@@ -70,6 +70,7 @@ pub fn detect(cx: &Context<'_>) -> Vec<Finding> {
                 EventKind::LeakSuspected => {
                     c.evidence.top_stacks =
                         cx.sources.growing_stacks(&path, leak.lookback, TOP_STACKS);
+                    c.evidence.allocation_stacks = cx.sources.allocation_stacks(&path, TOP_STACKS);
                 }
                 _ => {
                     c.evidence.top_files = cx
@@ -234,6 +235,7 @@ fn evaluate<'a>(cx: &Context<'_>, row: &'a CgroupRow) -> Option<Candidate<'a>> {
             forecast: [at(now), at(now + horizon)],
             top_processes: Vec::new(),
             top_stacks: Vec::new(),
+            allocation_stacks: Vec::new(),
             top_files: Vec::new(),
         },
     })

@@ -13,6 +13,7 @@ use std::{collections::HashSet, time::Duration};
 
 pub use config::Config;
 use memlens_types::{
+    allocations::AllocationEntry,
     cgroups::CgroupRow,
     event::{Dimensions, EventKind, Finding},
     evidence::ProcessMemory,
@@ -36,6 +37,9 @@ pub trait Sources {
     /// The stacks of the cgroup at `path` (and its descendants) growing most over `window`,
     /// symbolized, at most `top`.
     fn growing_stacks(&self, path: &str, window: Duration, top: usize) -> Vec<LeakEntry>;
+    /// The stacks holding the most in the processes of the cgroup at `path` according to their
+    /// own allocation profiles (the Go runtime's), at most `top`; empty when none can be read.
+    fn allocation_stacks(&self, path: &str, top: usize) -> Vec<AllocationEntry>;
     /// The files with the most page cache charged to the cgroup, at most `top`.
     fn top_files(&self, memcg: MemcgId, top: usize) -> Vec<CachedFile>;
     /// The cgroup's processes with the most resident memory, at most `top`.

@@ -274,6 +274,7 @@ mod tests {
                 forecast: [(1, 1), (2, 2)],
                 top_processes: Vec::new(),
                 top_stacks: Vec::new(),
+                allocation_stacks: Vec::new(),
                 top_files: Vec::new(),
             })),
         }

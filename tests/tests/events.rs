@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use memlens_tests::{leak_bin, patience, workload_bin, Agent, TestCgroup, Workload, MIB};
+use memlens_tests::{go_bin, leak_bin, patience, workload_bin, Agent, TestCgroup, Workload, MIB};
 use serde_json::Value;
 
 /// One workload at a time: the forecasts are timed against real OOM kills.
@@ -246,6 +246,46 @@ fn a_steady_leak_is_forecast_before_its_oom_kill_across_an_agent_restart() {
     let export = agent.cli(&["events", "export", &id.to_string()]);
     let exported: Value = serde_json::from_slice(&export.stdout).expect("export is JSON");
     assert_eq!(exported["id"].as_u64(), Some(id));
+}
+
+#[test]
+fn a_go_leak_event_names_the_function_from_the_runtimes_own_profile() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let setup = setup();
+    let cgroup = TestCgroup::new("go-leak-event");
+    cgroup.set_limit(512 * MIB);
+    let agent = setup.agent();
+    // 8 sessions of 256 KiB a second (2 MiB/s) beside a churn: the page-level answer names the
+    // churn for much of it, the runtime's profile the sessions.
+    let mut service =
+        Workload::start_program(&cgroup, &go_bin("goheap", false), &["400", "256", "8"]);
+    let event = poll(
+        Duration::from_secs(90),
+        "a leak event naming the sessions",
+        || {
+            events(&agent, "leak_suspected", &cgroup.path)
+                .pop()
+                .filter(|e| {
+                    names_function(&e["evidence"]["allocation_stacks"], "main.serveSession")
+                })
+        },
+    );
+    let first = &event["evidence"]["allocation_stacks"][0];
+    eprintln!(
+        "first allocation stack: {} bytes in use, {}",
+        first["inuse_bytes"], first["user_stack"][0]["function"]
+    );
+    assert!(names_function(first, "main.serveSession"), "{first:#}");
+    assert_eq!(first["pid"], service.pid(), "{first:#}");
+    let shown = agent.cli(&["events", "show", &event["id"].to_string()]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("own allocation profiles") && shown.contains("main.serveSession"),
+        "{shown}"
+    );
+    service.send("exit");
 }
 
 #[test]

@@ -4,7 +4,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{files::CachedFile, leaks::LeakEntry, lifecycle::MemoryAt};
+use crate::{
+    allocations::AllocationEntry, files::CachedFile, leaks::LeakEntry, lifecycle::MemoryAt,
+};
 
 /// Where the limit a forecast is compared with comes from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +59,10 @@ pub struct GrowthEvidence {
     /// Leak: the stacks growing most over the window.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub top_stacks: Vec<LeakEntry>,
+    /// Leak: the stacks holding the most according to the processes' own allocation profiles
+    /// (the Go runtime's heap profile), where one could be read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allocation_stacks: Vec<AllocationEntry>,
     /// File-cache pressure: the files with the most page cache.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub top_files: Vec<CachedFile>,

@@ -2,7 +2,7 @@
 //! profiles (the Go runtime's heap profile, read from the process's memory), for one process or
 //! the processes of a cgroup or pod.
 
-use std::{path::Path, sync::Mutex};
+use std::path::Path;
 
 use axum::{
     extract::{rejection::QueryRejection, Query, State},
@@ -10,9 +10,8 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use memlens_attribution::allocations::{self, ProcessInput};
+use memlens_attribution::allocations;
 use memlens_exporters as exporters;
-use memlens_runtimes::go_heap::GoHeapReader;
 use memlens_types::{
     allocations::{AllocationsQuery, AllocationsResponse},
     Workload,
@@ -79,25 +78,6 @@ fn processes(state: &AppState, query: &AllocationsQuery) -> Result<Vec<u32>, Fai
     Ok(pids)
 }
 
-/// Reads each process's profile (or why there is none).
-fn read(reader: &Mutex<GoHeapReader>, pids: &[u32]) -> Result<Vec<ProcessInput>, Failure> {
-    let mut reader = reader.lock().map_err(|_| {
-        (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the profile reader failed earlier".to_string(),
-        )
-    })?;
-    Ok(pids
-        .iter()
-        .map(|&pid| ProcessInput {
-            pid,
-            comm: memlens_procfs::process::comm(pid).unwrap_or_default(),
-            maps: memlens_procfs::read_maps(pid).unwrap_or_default(),
-            profile: reader.read(pid).map_err(|e| e.to_string()),
-        })
-        .collect())
-}
-
 /// Answers `query` off the async threads (reading profiles and symbolizing take a while) and
 /// turns the answer into a response with `render`; an export's `top` defaults to every stack.
 async fn respond(
@@ -117,7 +97,8 @@ async fn respond(
     };
     let answer = move || -> Result<Response, Failure> {
         let pids = processes(&state, &query)?;
-        let inputs = read(&state.go_heap, &pids)?;
+        let inputs = crate::profiles::read(&state.go_heap, &pids)
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e))?;
         let taken_at = memlens_types::unix_ms();
         let response = state
             .leaks

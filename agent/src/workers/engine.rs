@@ -7,20 +7,23 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc, Arc,
+        mpsc, Arc, Mutex,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use memlens_attribution::{
+    allocations::{self, ProcessInput},
     query::{self, LeakSources},
     View, Views,
 };
 use memlens_engine::{Config, Context, Due, SourceError, Sources};
 use memlens_pods::PodDirectory;
+use memlens_runtimes::go_heap::GoHeapReader;
 use memlens_store::{Reader, Store, StoreError};
 use memlens_types::{
+    allocations::AllocationEntry,
     event::{CheckReport, Event, EventKind, Status},
     evidence::ProcessMemory,
     files::CachedFile,
@@ -57,11 +60,15 @@ pub struct Engine {
     pub views: Arc<Views>,
     pub leaks: LeakSources,
     pub memory_root: PathBuf,
+    /// Go processes' heap profiles, for leak evidence.
+    pub go_heap: Arc<Mutex<GoHeapReader>>,
     pub stats: Arc<EngineStats>,
     pub pods: PodDirectory,
     pub heartbeat: Arc<Heartbeat>,
 }
 
+/// Processes (the largest by resident memory) whose allocation profiles a leak's evidence reads.
+const PROFILED_PROCESSES: usize = 8;
 /// Longest growth window asked of the leak history.
 const MAX_STACK_WINDOW: Duration = Duration::from_secs(6 * 3600);
 /// Most open events of a kind considered at once.
@@ -76,6 +83,7 @@ struct EngineSources<'a> {
     leaks: &'a LeakSources,
     view: &'a View,
     memory_root: &'a Path,
+    go_heap: &'a Mutex<GoHeapReader>,
     pods: &'a PodDirectory,
 }
 
@@ -102,6 +110,29 @@ impl Sources for EngineSources<'_> {
                 tracing::debug!("no stacks for {path}: {e}");
                 Vec::new()
             })
+    }
+
+    fn allocation_stacks(&self, path: &str, top: usize) -> Vec<AllocationEntry> {
+        let dir = self.memory_root.join(path.trim_start_matches('/'));
+        let pids: Vec<u32> = memlens_procfs::process::top_by_memory(&dir, PROFILED_PROCESSES)
+            .iter()
+            .map(|p| p.pid)
+            .collect();
+        let inputs: Vec<ProcessInput> = match crate::profiles::read(self.go_heap, &pids) {
+            Ok(inputs) => inputs.into_iter().filter(|i| i.profile.is_ok()).collect(),
+            Err(e) => {
+                tracing::debug!("no allocation profiles for {path}: {e}");
+                return Vec::new();
+            }
+        };
+        if inputs.is_empty() {
+            return Vec::new();
+        }
+        let taken_at = unix_ms();
+        self.leaks
+            .symbols
+            .call(move |symbols| allocations::answer(&inputs, top, symbols, taken_at).by_inuse)
+            .unwrap_or_default()
     }
 
     fn top_files(&self, memcg: MemcgId, top: usize) -> Vec<CachedFile> {
@@ -153,6 +184,7 @@ impl Engine {
             leaks: &self.leaks,
             view: &view,
             memory_root: &self.memory_root,
+            go_heap: &self.go_heap,
             pods: &self.pods,
         };
         let cx = Context {

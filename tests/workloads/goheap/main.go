@@ -1,7 +1,7 @@
 // A Go service whose sessions never end, beside a function that churns through buffers
 // (memlens integration tests):
 //
-//	goheap <sessions> <KiB per session>
+//	goheap <sessions> <KiB per session> [<sessions per second>]
 //
 // openSession starts a goroutine that allocates its session buffer in serveSession and then
 // waits forever for a message that never comes: the buffers stay reachable, the leak. All the
@@ -54,14 +54,24 @@ func churn() {
 }
 
 func main() {
-	if len(os.Args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: goheap <sessions> <KiB per session>")
+	usage := "usage: goheap <sessions> <KiB per session> [<sessions per second>]"
+	if len(os.Args) != 3 && len(os.Args) != 4 {
+		fmt.Fprintln(os.Stderr, usage)
 		os.Exit(2)
 	}
 	sessions, err1 := strconv.Atoi(os.Args[1])
 	kib, err2 := strconv.Atoi(os.Args[2])
+	pause := time.Millisecond
+	if len(os.Args) == 4 {
+		rate, err := strconv.Atoi(os.Args[3])
+		if err != nil || rate <= 0 {
+			fmt.Fprintln(os.Stderr, usage)
+			os.Exit(2)
+		}
+		pause = time.Second / time.Duration(rate)
+	}
 	if err1 != nil || err2 != nil || sessions <= 0 || kib <= 0 {
-		fmt.Fprintln(os.Stderr, "usage: goheap <sessions> <KiB per session>")
+		fmt.Fprintln(os.Stderr, usage)
 		os.Exit(2)
 	}
 	listener, err := net.Listen("tcp", "127.0.0.1:0")
@@ -76,7 +86,7 @@ func main() {
 	for i := 0; i < sessions; i++ {
 		openSession(kib<<10, opened, never)
 		<-opened
-		time.Sleep(time.Millisecond)
+		time.Sleep(pause)
 	}
 	fmt.Printf("ready %d leaked %d\n", listener.Addr().(*net.TCPAddr).Port, sessions*kib<<10)
 	in := bufio.NewScanner(os.Stdin)

@@ -1,7 +1,7 @@
 //! Processes' own allocation profiles (the Go runtime's heap profile), read on demand for the
 //! API and for the event engine's evidence.
 
-use std::sync::Mutex;
+use std::{sync::Mutex, time::Instant};
 
 use memlens_attribution::allocations::ProcessInput;
 use memlens_runtimes::go_heap::GoHeapReader;
@@ -13,11 +13,16 @@ pub fn read(reader: &Mutex<GoHeapReader>, pids: &[u32]) -> Result<Vec<ProcessInp
         .map_err(|_| "the profile reader failed earlier".to_string())?;
     Ok(pids
         .iter()
-        .map(|&pid| ProcessInput {
-            pid,
-            comm: memlens_procfs::process::comm(pid).unwrap_or_default(),
-            maps: memlens_procfs::read_maps(pid).unwrap_or_default(),
-            profile: reader.read(pid).map_err(|e| e.to_string()),
+        .map(|&pid| {
+            let started = Instant::now();
+            let profile = reader.read(pid).map_err(|e| e.to_string());
+            ProcessInput {
+                pid,
+                comm: memlens_procfs::process::comm(pid).unwrap_or_default(),
+                maps: memlens_procfs::read_maps(pid).unwrap_or_default(),
+                profile,
+                read_time: started.elapsed(),
+            }
         })
         .collect())
 }

@@ -1,6 +1,8 @@
 //! Allocation-level answers: processes' own allocation profiles (the Go runtime's heap profile),
 //! unsampled, ranked by bytes in use over the processes asked about, and symbolized.
 
+use std::time::Duration;
+
 use memlens_model::allocations::{unsample, AllocationProfile, SampledStack};
 use memlens_procfs::Mapping;
 use memlens_symbolize::StackAddr;
@@ -18,6 +20,8 @@ pub struct ProcessInput {
     pub maps: Vec<Mapping>,
     /// Its profile, or why there is none.
     pub profile: Result<AllocationProfile, String>,
+    /// How long reading the profile took.
+    pub read_time: Duration,
 }
 
 /// Estimated (objects, bytes) in use and allocated of one stack.
@@ -67,6 +71,7 @@ pub fn answer(
                     alloc_bytes: totals[3].round() as u64,
                     stacks: profile.stacks.len(),
                     dropped_stacks: profile.dropped_stacks,
+                    read_seconds: input.read_time.as_secs_f64(),
                 });
             }
             Err(why) => processes.push(ProcessProfile {
@@ -81,6 +86,7 @@ pub fn answer(
                 alloc_objects: 0,
                 stacks: 0,
                 dropped_stacks: 0,
+                read_seconds: input.read_time.as_secs_f64(),
             }),
         }
     }

@@ -95,11 +95,14 @@ fn render(r: &AllocationsResponse, pages: Option<&LeaksResponse>) -> String {
                 let _ = writeln!(
                     out,
                     "  {who}  Go runtime heap profile (one sample per {} allocated, as of the last \
-                     garbage collection): {} in use in {} objects, {} allocated since start",
+                     garbage collection): {} in use in {} objects, {} allocated since start; {} \
+                     stacks read in {:.1} ms",
                     Bytes(p.sample_rate_bytes),
                     Bytes(p.inuse_bytes),
                     p.inuse_objects,
-                    Bytes(p.alloc_bytes)
+                    Bytes(p.alloc_bytes),
+                    p.stacks,
+                    p.read_seconds * 1000.0
                 );
             }
             (_, Some(why)) => {

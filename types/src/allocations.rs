@@ -53,6 +53,10 @@ pub struct ProcessProfile {
     /// Distinct stacks in the profile, and stacks left out by the reader's bound.
     pub stacks: usize,
     pub dropped_stacks: u64,
+    /// How long the agent took to read the profile from the process's memory (the process is
+    /// not stopped or slowed: the agent only reads).
+    #[serde(default)]
+    pub read_seconds: f64,
 }
 
 /// One stack of one process.

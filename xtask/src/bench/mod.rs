@@ -17,6 +17,7 @@ use crate::util;
 mod build;
 mod exits;
 mod filecache;
+mod goprofile;
 mod stacks;
 mod storm;
 
@@ -84,6 +85,13 @@ pub enum Bench {
         #[arg(long, default_value_t = 3)]
         edits: usize,
     },
+    /// How long reading a Go process's heap profile takes, for profiles of 2^bits distinct
+    /// stacks (every allocation sampled).
+    GoProfile {
+        /// Repeat to compare several sizes.
+        #[arg(long, default_values_t = [0, 8, 12])]
+        bits: Vec<u32>,
+    },
     /// The agent with one page held under each of 2^depth distinct stacks: its RSS, and how long
     /// a leaks query takes cold and warm.
     Stacks {
@@ -138,6 +146,7 @@ pub fn run(root: &Path, which: Bench) -> Result<()> {
             ]))
         }
         Bench::Stacks { depth } => stacks::many_stacks(root, depth),
+        Bench::GoProfile { bits } => goprofile::go_profile(root, &bits),
         Bench::Filecache { rounds, mib } => filecache::file_cache(root, rounds, mib),
         Bench::Exits { rounds, processes } => exits::exits(root, rounds, processes),
         Bench::Build { edits } => build::build(root, edits.max(1)),

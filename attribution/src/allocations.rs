@@ -119,6 +119,7 @@ pub fn answer(
     AllocationsResponse {
         taken_at_unix_ms,
         processes,
+        processes_left_out: 0,
         by_inuse,
     }
 }

@@ -113,6 +113,13 @@ fn render(r: &AllocationsResponse, pages: Option<&LeaksResponse>) -> String {
             }
         }
     }
+    if r.processes_left_out > 0 {
+        let _ = writeln!(
+            out,
+            "  ({} more processes not read: the largest are read first)",
+            r.processes_left_out
+        );
+    }
     let _ = writeln!(out, "\nTop stacks by bytes in use (from the allocations):");
     for (i, e) in r.by_inuse.iter().enumerate() {
         entry(&mut out, i + 1, e);

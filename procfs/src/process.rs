@@ -52,6 +52,19 @@ pub fn top_by_memory(dir: &Path, top: usize) -> Vec<ProcessMemory> {
     processes
 }
 
+/// The `n` of `pids` with the most resident memory (all of them when there are no more than
+/// `n`, in their order); a process gone counts as none.
+#[must_use]
+pub fn largest(pids: Vec<u32>, n: usize) -> Vec<u32> {
+    if pids.len() <= n {
+        return pids;
+    }
+    let rss = |pid: u32| memory(pid).map_or(0, |m| m.rss_bytes);
+    let mut by_rss: Vec<(u64, u32)> = pids.into_iter().map(|p| (rss(p), p)).collect();
+    by_rss.sort_unstable_by(|a, b| b.cmp(a));
+    by_rss.into_iter().take(n).map(|(_, p)| p).collect()
+}
+
 /// The processes of the cgroup at directory `dir` and its descendants (at most about
 /// [`MAX_PIDS`]).
 #[must_use]
@@ -80,6 +93,14 @@ pub fn pids_in(dir: &Path) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_largest_processes_are_kept() {
+        let me = std::process::id();
+        // u32::MAX is no process: it holds nothing.
+        assert_eq!(largest(vec![u32::MAX, me], 1), [me]);
+        assert_eq!(largest(vec![u32::MAX, me], 2), [u32::MAX, me]);
+    }
 
     #[test]
     fn status_gives_name_and_resident_memory() {

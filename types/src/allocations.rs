@@ -79,6 +79,9 @@ pub struct AllocationEntry {
 pub struct AllocationsResponse {
     pub taken_at_unix_ms: u64,
     pub processes: Vec<ProcessProfile>,
+    /// Processes the query named beyond the most read at once (the largest are read).
+    #[serde(default)]
+    pub processes_left_out: usize,
     /// The stacks holding the most (in-use bytes) over the processes, most first.
     pub by_inuse: Vec<AllocationEntry>,
 }

@@ -29,8 +29,9 @@ const MAX_PROCESSES: usize = 64;
 
 type Failure = (StatusCode, String);
 
-/// The processes `query` names.
-fn processes(state: &AppState, query: &AllocationsQuery) -> Result<Vec<u32>, Failure> {
+/// The processes `query` names (the `MAX_PROCESSES` largest by resident memory), and how many
+/// more it names.
+fn processes(state: &AppState, query: &AllocationsQuery) -> Result<(Vec<u32>, usize), Failure> {
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
     let missing = |m: String| (StatusCode::NOT_FOUND, m);
     let view = state.views.latest();
@@ -39,7 +40,7 @@ fn processes(state: &AppState, query: &AllocationsQuery) -> Result<Vec<u32>, Fai
             if !Path::new(&format!("/proc/{pid}")).exists() {
                 return Err(missing(format!("no process {pid} on this host")));
             }
-            return Ok(vec![pid]);
+            return Ok((vec![pid], 0));
         }
         (None, Some(wanted), None) => {
             let rows = view.select(wanted);
@@ -74,8 +75,11 @@ fn processes(state: &AppState, query: &AllocationsQuery) -> Result<Vec<u32>, Fai
         .collect();
     pids.sort_unstable();
     pids.dedup();
-    pids.truncate(MAX_PROCESSES);
-    Ok(pids)
+    let left_out = pids.len().saturating_sub(MAX_PROCESSES);
+    Ok((
+        memlens_procfs::process::largest(pids, MAX_PROCESSES),
+        left_out,
+    ))
 }
 
 /// Answers `query` off the async threads (reading profiles and symbolizing take a while) and
@@ -96,15 +100,16 @@ async fn respond(
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let answer = move || -> Result<Response, Failure> {
-        let pids = processes(&state, &query)?;
+        let (pids, left_out) = processes(&state, &query)?;
         let inputs = crate::profiles::read(&state.go_heap, &pids)
             .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e))?;
         let taken_at = memlens_types::unix_ms();
-        let response = state
+        let mut response = state
             .leaks
             .symbols
             .call(move |symbols| allocations::answer(&inputs, top, symbols, taken_at))
             .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        response.processes_left_out = left_out;
         render(response)
     };
     match tokio::task::spawn_blocking(answer).await {

@@ -31,8 +31,9 @@ const MAX_BUCKETS: usize = 100_000;
 const MAX_DEPTH: u64 = 1024;
 /// `memProfile`, the bucket type of the heap profile.
 const MEM_PROFILE: u64 = 1;
-/// Words of a bucket's header and of its `memRecord`.
+/// Words of a bucket's header and of its `memRecord`, and the stack depth read with them.
 const HEADER_WORDS: usize = 6;
+const USUAL_DEPTH: usize = 32;
 const RECORD_WORDS: usize = 16;
 /// Binaries whose symbols are remembered.
 const MAX_BINARIES: NonZeroUsize = NonZeroUsize::new(256).expect("non-zero");
@@ -178,14 +179,14 @@ fn read_buckets(
             }
             continue;
         }
-        let header = mem
-            .words(bucket, HEADER_WORDS)
-            .map_err(|source| GoHeapError::Io {
-                pid,
-                what: "a profile bucket",
-                source,
-            })?;
-        let (allnext, typ, nstk) = (header[1], header[2], header[5]);
+        // One read for the common case (a stack of up to 32 frames, Go's default before 1.23);
+        // a bucket that ends near the end of its mapping, or a deeper stack, takes a second.
+        let io = |what| move |source| GoHeapError::Io { pid, what, source };
+        let first = mem
+            .words(bucket, HEADER_WORDS + USUAL_DEPTH + RECORD_WORDS)
+            .or_else(|_| mem.words(bucket, HEADER_WORDS))
+            .map_err(io("a profile bucket"))?;
+        let (allnext, typ, nstk) = (first[1], first[2], first[5]);
         if typ != MEM_PROFILE {
             return Err(layout(format!(
                 "bucket at {bucket:#x} has type {typ}, not the heap profile's"
@@ -197,13 +198,12 @@ fn read_buckets(
             )));
         }
         let depth = nstk as usize;
-        let rest = mem
-            .words(bucket + 8 * HEADER_WORDS as u64, depth + RECORD_WORDS)
-            .map_err(|source| GoHeapError::Io {
-                pid,
-                what: "a profile bucket's stack",
-                source,
-            })?;
+        let rest = match first.get(HEADER_WORDS..HEADER_WORDS + depth + RECORD_WORDS) {
+            Some(rest) => rest.to_vec(),
+            None => mem
+                .words(bucket + 8 * HEADER_WORDS as u64, depth + RECORD_WORDS)
+                .map_err(io("a profile bucket's stack"))?,
+        };
         let (pcs, record) = rest.split_at(depth);
         let cycle_at = |i: usize| -> [u64; 4] {
             let at = 4 + 4 * i;

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use axum::{
     extract::{rejection::QueryRejection, Query, State},
-    http::{header, StatusCode},
+    http::StatusCode,
     response::{IntoResponse, Response},
     Json,
 };
@@ -18,7 +18,7 @@ use memlens_types::{
 };
 
 use super::{
-    server::{accept_query, error, top_asked},
+    server::{blocking, pprof_answer, svg_answer, top_asked, Failure},
     AppState,
 };
 
@@ -26,8 +26,6 @@ const DEFAULT_TOP: usize = 10;
 const MAX_TOP: usize = 1000;
 /// Most processes read for one query (each profile read walks the process's bucket list).
 const MAX_PROCESSES: usize = 64;
-
-type Failure = (StatusCode, String);
 
 /// The processes `query` names (the `MAX_PROCESSES` largest by resident memory), and how many
 /// more it names.
@@ -82,24 +80,18 @@ fn processes(state: &AppState, query: &AllocationsQuery) -> Result<(Vec<u32>, us
     ))
 }
 
-/// Answers `query` off the async threads (reading profiles and symbolizing take a while) and
-/// turns the answer into a response with `render`; an export's `top` defaults to every stack.
+/// Answers `query` off the async threads and turns the answer into a response with `render`;
+/// an export's `top` defaults to every stack.
 async fn respond(
     state: AppState,
     query: Result<Query<AllocationsQuery>, QueryRejection>,
     export: bool,
     render: impl FnOnce(AllocationsResponse) -> Result<Response, Failure> + Send + 'static,
 ) -> Response {
-    let query = match accept_query(query) {
-        Ok(q) => q,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
-    };
-    let default = if export { MAX_TOP } else { DEFAULT_TOP };
-    let top = match top_asked(query.top, default, MAX_TOP) {
-        Ok(n) => n,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
-    };
-    let answer = move || -> Result<Response, Failure> {
+    blocking(query, move |query| {
+        let default = if export { MAX_TOP } else { DEFAULT_TOP };
+        let top =
+            top_asked(query.top, default, MAX_TOP).map_err(|m| (StatusCode::BAD_REQUEST, m))?;
         let (pids, left_out) = processes(&state, &query)?;
         let inputs = crate::profiles::read(&state.go_heap, &pids)
             .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e))?;
@@ -111,15 +103,8 @@ async fn respond(
             .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
         response.processes_left_out = left_out;
         render(response)
-    };
-    match tokio::task::spawn_blocking(answer).await {
-        Ok(Ok(response)) => response,
-        Ok(Err((code, message))) => error(code, message),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("query failed: {e}"),
-        ),
-    }
+    })
+    .await
 }
 
 pub async fn allocations(
@@ -134,14 +119,10 @@ pub async fn pprof(
     query: Result<Query<AllocationsQuery>, QueryRejection>,
 ) -> Response {
     respond(state, query, true, |r| {
-        let bytes =
-            exporters::pprof::encode_allocations(&r.by_inuse, r.taken_at_unix_ms).map_err(|e| {
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("encoding the profile: {e}"),
-                )
-            })?;
-        Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+        pprof_answer(exporters::pprof::encode_allocations(
+            &r.by_inuse,
+            r.taken_at_unix_ms,
+        ))
     })
     .await
 }
@@ -151,12 +132,10 @@ pub async fn flamegraph(
     query: Result<Query<AllocationsQuery>, QueryRejection>,
 ) -> Response {
     respond(state, query, true, |r| {
-        let svg = exporters::flamegraph::allocations_svg(
+        svg_answer(exporters::flamegraph::allocations_svg(
             &r.by_inuse,
             "memlens: bytes in use by allocating stack",
-        )
-        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e))?;
-        Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
+        ))
     })
     .await
 }

@@ -2,7 +2,7 @@
 
 use axum::{
     extract::{rejection::QueryRejection, Query, State},
-    http::{header, StatusCode},
+    http::StatusCode,
     response::{IntoResponse, Response},
     Json,
 };
@@ -12,11 +12,9 @@ use memlens_exporters as exporters;
 use memlens_types::leaks::{LeakEntry, LeaksQuery, LeaksResponse};
 
 use super::{
-    server::{accept_query, error},
+    server::{blocking, pprof_answer, svg_answer, Failure},
     AppState,
 };
-
-type Failure = (StatusCode, String);
 
 fn run(
     state: &AppState,
@@ -34,30 +32,11 @@ fn run(
     })
 }
 
-/// Runs `answer` off the async threads (queries symbolize) and turns its outcome into a response.
-async fn answer(
-    query: Result<Query<LeaksQuery>, QueryRejection>,
-    answer: impl FnOnce(LeaksQuery) -> Result<Response, Failure> + Send + 'static,
-) -> Response {
-    let query = match accept_query(query) {
-        Ok(q) => q,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
-    };
-    match tokio::task::spawn_blocking(move || answer(query)).await {
-        Ok(Ok(response)) => response,
-        Ok(Err((code, message))) => error(code, message),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("query failed: {e}"),
-        ),
-    }
-}
-
 pub async fn leaks(
     State(state): State<AppState>,
     query: Result<Query<LeaksQuery>, QueryRejection>,
 ) -> Response {
-    answer(query, move |q| {
+    blocking(query, move |q| {
         Ok(Json(run(&state, &q, false)?.0).into_response())
     })
     .await
@@ -67,17 +46,14 @@ pub async fn pprof(
     State(state): State<AppState>,
     query: Result<Query<LeaksQuery>, QueryRejection>,
 ) -> Response {
-    answer(query, move |q| {
+    blocking(query, move |q| {
         let (response, entries) = run(&state, &q, true)?;
         let window_ns = (response.window_seconds * 1e9) as i64;
-        let bytes = exporters::pprof::encode(&entries, response.taken_at_unix_ms, window_ns)
-            .map_err(|e| {
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("encoding the profile: {e}"),
-                )
-            })?;
-        Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+        pprof_answer(exporters::pprof::encode(
+            &entries,
+            response.taken_at_unix_ms,
+            window_ns,
+        ))
     })
     .await
 }
@@ -86,16 +62,12 @@ pub async fn flamegraph(
     State(state): State<AppState>,
     query: Result<Query<LeaksQuery>, QueryRejection>,
 ) -> Response {
-    answer(query, move |q| {
+    blocking(query, move |q| {
         let (_, entries) = run(&state, &q, true)?;
-        let svg =
-            exporters::flamegraph::svg(&entries, "memlens: held memory by stack").map_err(|e| {
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("drawing the flame graph: {e}"),
-                )
-            })?;
-        Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
+        svg_answer(exporters::flamegraph::svg(
+            &entries,
+            "memlens: held memory by stack",
+        ))
     })
     .await
 }

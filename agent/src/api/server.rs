@@ -9,7 +9,7 @@ use std::{
 
 use axum::{
     extract::{rejection::QueryRejection, Query, State},
-    http::StatusCode,
+    http::{header, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
@@ -155,6 +155,51 @@ pub(super) fn accept_query<Q>(query: Result<Query<Q>, QueryRejection>) -> Result
     query
         .map(|Query(q)| q)
         .map_err(|e| format!("bad query: {}", e.body_text()))
+}
+
+/// An answer that could not be given: its status and message.
+pub(super) type Failure = (StatusCode, String);
+
+/// Accepts `query` and runs `answer` with it off the async threads (queries that read process
+/// memory or symbolize take a while), turning its outcome into a response.
+pub(super) async fn blocking<Q: Send + 'static>(
+    query: Result<Query<Q>, QueryRejection>,
+    answer: impl FnOnce(Q) -> Result<Response, Failure> + Send + 'static,
+) -> Response {
+    let query = match accept_query(query) {
+        Ok(q) => q,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    match tokio::task::spawn_blocking(move || answer(query)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err((code, message))) => error(code, message),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("query failed: {e}"),
+        ),
+    }
+}
+
+/// A gzip'd pprof profile as an answer, or why it could not be encoded.
+pub(super) fn pprof_answer(encoded: std::io::Result<Vec<u8>>) -> Result<Response, Failure> {
+    let bytes = encoded.map_err(|e| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the profile: {e}"),
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+/// An SVG flame graph as an answer, or why it could not be drawn.
+pub(super) fn svg_answer(drawn: Result<Vec<u8>, String>) -> Result<Response, Failure> {
+    let svg = drawn.map_err(|e| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("drawing the flame graph: {e}"),
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
 }
 
 /// The `top` a query asks for (`default` when it does not), or why it is outside 1..=`max`.

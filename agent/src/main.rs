@@ -8,6 +8,7 @@ mod profiles;
 mod run;
 mod settings;
 mod status;
+mod traces;
 mod workers;
 
 use std::process::ExitCode;

@@ -5,6 +5,7 @@ use std::{sync::Mutex, time::Instant};
 
 use memlens_attribution::allocations::ProcessInput;
 use memlens_runtimes::go_heap::GoHeapReader;
+use memlens_types::allocations::AllocationSource;
 
 /// Reads each process's profile (or why there is none).
 pub fn read(reader: &Mutex<GoHeapReader>, pids: &[u32]) -> Result<Vec<ProcessInput>, String> {
@@ -21,6 +22,7 @@ pub fn read(reader: &Mutex<GoHeapReader>, pids: &[u32]) -> Result<Vec<ProcessInp
                 comm: memlens_procfs::process::comm(pid).unwrap_or_default(),
                 maps: memlens_procfs::read_maps(pid).unwrap_or_default(),
                 profile,
+                source: AllocationSource::GoRuntime,
                 read_time: started.elapsed(),
             }
         })

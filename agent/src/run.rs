@@ -234,6 +234,7 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         })
         .context("cannot start the refresh thread")?;
 
+    let traces = Arc::new(crate::traces::Traces::default());
     let state = AppState {
         views,
         db: args.db.clone(),
@@ -251,8 +252,11 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         health,
         memory_root,
         go_heap,
+        traces: Arc::clone(&traces),
+        stack_copy_bytes: args.stack_copy,
     };
     let served = runtime.block_on(api::serve(&socket, args.metrics_addr, state));
+    traces.stop_all();
     let _ = stop_tx.send(());
     let _ = worker.join();
     stop.store(true, Ordering::Relaxed);

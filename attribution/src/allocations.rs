@@ -13,6 +13,7 @@ use memlens_types::allocations::{
 use crate::symbols::SymbolCache;
 
 /// One process asked about, as read.
+#[derive(Clone, Debug)]
 pub struct ProcessInput {
     pub pid: u32,
     pub comm: String,
@@ -20,6 +21,8 @@ pub struct ProcessInput {
     pub maps: Vec<Mapping>,
     /// Its profile, or why there is none.
     pub profile: Result<AllocationProfile, String>,
+    /// Where the profile came from.
+    pub source: AllocationSource,
     /// How long reading the profile took.
     pub read_time: Duration,
 }
@@ -62,7 +65,7 @@ pub fn answer(
                 processes.push(ProcessProfile {
                     pid: input.pid,
                     comm: input.comm.clone(),
-                    source: Some(AllocationSource::GoRuntime),
+                    source: Some(input.source),
                     error: None,
                     sample_rate_bytes: profile.sample_rate_bytes,
                     inuse_objects: totals[0].round() as u64,
@@ -95,13 +98,15 @@ pub fn answer(
     let by_inuse = ranked
         .into_iter()
         .map(|(input, stack, e)| {
-            // Every address is a return address (the runtime records callers).
+            // Return addresses, but for a probe's own instruction pointer at the leaf.
+            let leaf_is_ip = input.profile.as_ref().is_ok_and(|p| p.leaf_is_ip);
             let addrs: Vec<StackAddr> = stack
                 .pcs
                 .iter()
-                .map(|&addr| StackAddr {
+                .enumerate()
+                .map(|(i, &addr)| StackAddr {
                     addr,
-                    return_address: true,
+                    return_address: !(leaf_is_ip && i == 0),
                     recovered: false,
                 })
                 .collect();

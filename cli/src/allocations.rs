@@ -1,13 +1,19 @@
 //! `memlens leaks --allocations`: the processes' own allocation profiles (the Go runtime's heap
-//! profile), beside the page-level answer for the same processes, so that where an allocator's
-//! reuse of freed memory makes them disagree, both are in view.
+//! profile), or with `--for` a trace of their allocator, beside the page-level answer for the
+//! same processes, so that where an allocator's reuse of freed memory makes them disagree, both
+//! are in view.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, time::Duration};
 
 use anyhow::{Context as _, Result};
 use memlens_types::{
-    allocations::{AllocationEntry, AllocationSource, AllocationsQuery, AllocationsResponse},
-    api::{Allocations, AllocationsFlamegraph, AllocationsPprof, Leaks},
+    allocations::{
+        AllocationEntry, AllocationSource, AllocationsQuery, AllocationsResponse, TraceEnd,
+        TraceRequest, TraceState, TraceStatus,
+    },
+    api::{
+        Allocations, AllocationsFlamegraph, AllocationsPprof, Leaks, TraceById, TraceStop, Traces,
+    },
     leaks::{LeaksQuery, LeaksResponse},
     text::printable,
     Bytes,
@@ -21,11 +27,23 @@ const PAGE_STACKS_SHOWN: usize = 3;
 const PAGE_FRAMES_SHOWN: usize = 4;
 
 pub async fn run(client: &Client, args: &LeaksArgs) -> Result<()> {
-    let mut query = AllocationsQuery {
-        pid: args.pid,
-        cgroup: args.cgroup.clone(),
-        pod: args.pod.clone(),
-        top: usize::try_from(args.top).ok(),
+    let trace = match args.trace_for {
+        Some(window) => Some(trace(client, args, window).await?),
+        None => None,
+    };
+    let mut query = match &trace {
+        Some(status) => AllocationsQuery {
+            trace: Some(status.id),
+            top: usize::try_from(args.top).ok(),
+            ..AllocationsQuery::default()
+        },
+        None => AllocationsQuery {
+            pid: args.pid,
+            cgroup: args.cgroup.clone(),
+            pod: args.pod.clone(),
+            trace: None,
+            top: usize::try_from(args.top).ok(),
+        },
     };
     let allocations = client.request::<Allocations>(&query).await?;
     // Exports carry every stack of the profiles.
@@ -51,12 +69,126 @@ pub async fn run(client: &Client, args: &LeaksArgs) -> Result<()> {
         .await
         .ok();
     if args.json {
-        let both = serde_json::json!({ "allocations": allocations, "pages": pages });
+        let both =
+            serde_json::json!({ "allocations": allocations, "pages": pages, "trace": trace });
         println!("{}", serde_json::to_string_pretty(&both)?);
     } else {
+        if let Some(status) = &trace {
+            print!("{}", trace_summary(status));
+        }
         print!("{}", render(&allocations, pages.as_ref()));
     }
     Ok(())
+}
+
+/// Runs a trace for `window`, showing its cost on stderr once a second; Ctrl-C stops it early
+/// (its results are kept).
+async fn trace(client: &Client, args: &LeaksArgs, window: Duration) -> Result<TraceStatus> {
+    let mut status = client
+        .request::<Traces>(&TraceRequest {
+            pid: args.pid,
+            cgroup: args.cgroup.clone(),
+            pod: args.pod.clone(),
+            seconds: Some(window.as_secs_f64()),
+            sample_bytes: Some(args.sample_bytes),
+            budget_cpus: Some(args.budget),
+        })
+        .await
+        .context("cannot start the trace")?;
+    eprintln!(
+        "trace {}: {} for {:.0} s; each allocating call costs {:.2} us more while traced, each          free {:.2} us (measured now); stops itself past {:.2} CPUs",
+        status.id,
+        traced_processes(&status),
+        status.seconds,
+        status.alloc_call_cost_us,
+        status.free_call_cost_us,
+        status.budget_cpus
+    );
+    let mut interrupted = false;
+    while status.state == TraceState::Running {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::signal::ctrl_c(), if !interrupted => {
+                interrupted = true;
+                eprintln!("stopping the trace");
+                client.by_id::<TraceStop>(status.id).await?;
+            }
+        }
+        status = client.by_id::<TraceById>(status.id).await?;
+        eprintln!(
+            "  {:>5.1} s of {:.0}: {:.0} calls/s x cost = {:.2} CPUs; {} samples",
+            status.elapsed_seconds,
+            status.seconds,
+            status.calls_per_second,
+            status.cost_cpus,
+            status.samples
+        );
+    }
+    Ok(status)
+}
+
+fn traced_processes(status: &TraceStatus) -> String {
+    let traced: Vec<String> = status
+        .processes
+        .iter()
+        .filter(|p| p.error.is_none())
+        .map(|p| {
+            format!(
+                "{} [{}] ({})",
+                printable(&p.comm),
+                p.pid,
+                p.allocator.as_deref().unwrap_or("?")
+            )
+        })
+        .collect();
+    traced.join(", ")
+}
+
+/// What a finished trace did and cost.
+fn trace_summary(s: &TraceStatus) -> String {
+    let mut out = String::new();
+    let end = match s.end {
+        Some(TraceEnd::Completed) | None => "its window ended",
+        Some(TraceEnd::Stopped) => "stopped on request",
+        Some(TraceEnd::ProcessesExited) => "every traced process exited",
+        Some(TraceEnd::OverBudget) => "its cost went past the budget",
+        Some(TraceEnd::AgentStopping) => "the agent stopped",
+    };
+    let _ = writeln!(
+        out,
+        "Trace {}: {:.1} s of {:.0} ({end}); {} allocating and {} freeing calls; cost {:.2} CPUs          on average ({:.2} us per allocating call, {:.2} us per free); {} samples (1 per {}          allocated on average), {} of them freed",
+        s.id,
+        s.elapsed_seconds,
+        s.seconds,
+        s.alloc_calls,
+        s.free_calls,
+        s.mean_cost_cpus,
+        s.alloc_call_cost_us,
+        s.free_call_cost_us,
+        s.samples,
+        Bytes(s.sample_bytes),
+        s.sampled_frees
+    );
+    for p in &s.processes {
+        if let Some(why) = &p.error {
+            let _ = writeln!(
+                out,
+                "  {} [{}] not traced: {}",
+                printable(&p.comm),
+                p.pid,
+                printable(why)
+            );
+        }
+    }
+    let lost = s.lost_ring_full + s.lost_live_full + s.dropped_samples;
+    if lost > 0 || s.stack_copy_errors > 0 {
+        let _ = writeln!(
+            out,
+            "  samples lost: {} (event buffer full), {} (block table full), {} (agent bounds); {}              without a stack",
+            s.lost_ring_full, s.lost_live_full, s.dropped_samples, s.stack_copy_errors
+        );
+    }
+    out
 }
 
 /// One stack of an allocation profile, with its frames.
@@ -103,6 +235,17 @@ fn render(r: &AllocationsResponse, pages: Option<&LeaksResponse>) -> String {
                     Bytes(p.alloc_bytes),
                     p.stacks,
                     p.read_seconds * 1000.0
+                );
+            }
+            (Some(AllocationSource::AllocatorTrace), _) => {
+                let _ = writeln!(
+                    out,
+                    "  {who}  allocator trace (one sample per {} allocated): {} allocated in                      the window in {} objects, {} of it still held in {} objects",
+                    Bytes(p.sample_rate_bytes),
+                    Bytes(p.alloc_bytes),
+                    p.alloc_objects,
+                    Bytes(p.inuse_bytes),
+                    p.inuse_objects
                 );
             }
             (_, Some(why)) => {

@@ -124,10 +124,23 @@ pub struct LeaksArgs {
     /// binary, such as a pool of workers, is one entry naming them all).
     #[arg(long)]
     pub per_process: bool,
-    /// Which code holds memory according to the allocations themselves (the Go runtime's heap
-    /// profile), beside the page-level answer; needs --pid, --cgroup or --pod.
+    /// Which code holds memory according to the allocations themselves, beside the page-level
+    /// answer; needs --pid, --cgroup or --pod. Go programs: their runtime's heap profile, at
+    /// once. Native programs: trace their allocator with --for.
     #[arg(long)]
     pub allocations: bool,
+    /// With --allocations: trace the processes' allocator (malloc, free, ...) for this long
+    /// (e.g. 30s; at most 10m). Every allocator call traps into the kernel while traced: the
+    /// measured cost is shown as it runs, and the trace stops itself past --budget.
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_trace_window, requires = "allocations")]
+    pub trace_for: Option<Duration>,
+    /// Mean bytes allocated between two samples of a trace.
+    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1..), requires = "trace_for")]
+    pub sample_bytes: u64,
+    /// CPUs a trace may cost the traced processes (calls per second x cost per call, over all
+    /// their threads) before it stops itself, e.g. 0.5 or 50%.
+    #[arg(long, default_value = "0.5", value_parser = parse_cpus, requires = "trace_for")]
+    pub budget: f64,
     /// Growth window (e.g. 30s, 10m, 2h).
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub since: Duration,
@@ -170,6 +183,29 @@ pub struct TopArgs {
     /// end of its path.
     #[arg(long)]
     pub cgroup: Option<CgroupSelector>,
+}
+
+/// A trace window between 1 s and 10 min.
+fn parse_trace_window(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(600) {
+        return Err("a trace lasts between 1s and 10m".into());
+    }
+    Ok(d)
+}
+
+/// CPUs as a number (0.5) or a percentage of one CPU (50%).
+fn parse_cpus(text: &str) -> Result<f64, String> {
+    let (number, scale) = match text.strip_suffix('%') {
+        Some(n) => (n, 0.01),
+        None => (text, 1.0),
+    };
+    match number.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v * scale),
+        _ => Err(format!(
+            "{text:?} is not a positive number of CPUs (e.g. 0.5 or 50%)"
+        )),
+    }
 }
 
 /// A redraw interval between 100 ms and 1 h.

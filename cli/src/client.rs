@@ -67,10 +67,17 @@ impl Client {
 
     /// One event by id.
     pub async fn event(&self, id: u64) -> Result<<EventById as Endpoint>::Response, ClientError> {
-        let route = EventById::ROUTE.replace("{id}", &id.to_string());
-        let body = self
-            .send(EventById::METHOD, &uri(&route, &NoQuery {})?)
-            .await?;
+        self.by_id::<EventById>(id).await
+    }
+
+    /// Asks endpoint `E`, whose route has an `{id}`, about `id`.
+    pub async fn by_id<E>(&self, id: u64) -> Result<E::Response, ClientError>
+    where
+        E: Endpoint<Query = NoQuery>,
+        E::Response: DeserializeOwned,
+    {
+        let route = E::ROUTE.replace("{id}", &id.to_string());
+        let body = self.send(E::METHOD, &uri(&route, &NoQuery {})?).await?;
         serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 

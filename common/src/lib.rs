@@ -5,6 +5,7 @@
 //! reads it back, so a layout or formula that differs between the two is a silent wrong answer.
 #![no_std]
 
+pub mod allocator;
 pub mod counters;
 pub mod filemap;
 pub mod lifecycle;

@@ -9,6 +9,7 @@
 // RUSTC_BOOTSTRAP=memlens (the crate's name is its binary's) like aya-ebpf itself.
 #![feature(asm_experimental_arch)]
 
+mod allocator;
 mod counters;
 mod filemap;
 mod lifecycle;

@@ -48,27 +48,11 @@ static STACK_COPIES: RingBuf = RingBuf::with_byte_size(4096, 0);
 
 const STEPS: usize = STACK_COPY_MAX / STACK_COPY_CHUNK + 1;
 
-/// Copies the registers and up to `STACK_COPY_BYTES` of the stack from `regs.sp` up, one page at
-/// a time so that the copy ends at the top of the stack with what it has. True when the copy is
-/// on its way to the agent; false when copying is off, the task has no user memory (a kernel
-/// thread), or the copy failed (counted).
+/// Copies the registers and up to `STACK_COPY_BYTES` of the stack from `regs.sp` up into the
+/// ring buffer. True when the copy is on its way to the agent; false when copying is off, the
+/// task has no user memory (a kernel thread), or the copy failed (counted).
 #[inline(always)]
 pub fn capture(ts_ns: u64, pid_tgid: u64, regs: UserRegs, frames: SampledFrames) -> bool {
-    let mut limit = STACK_COPY_BYTES.load() as usize;
-    if limit == 0 {
-        return false;
-    }
-    // The main thread's frames all lie below `mm->start_stack` (where `argc` was at exec);
-    // above it are the environment and the auxiliary vector, which unwinding never reads.
-    match main_stack_start() {
-        MainStack::NoUserMemory => return false,
-        MainStack::Start(start_stack) => {
-            if start_stack > regs.sp && start_stack - regs.sp < limit as u64 {
-                limit = (start_stack - regs.sp) as usize;
-            }
-        }
-        MainStack::Unknown => {}
-    }
     let Some(scratch) = STACK_COPY_SCRATCH.get_ptr_mut(0) else {
         return false;
     };
@@ -76,35 +60,14 @@ pub fn capture(ts_ns: u64, pid_tgid: u64, regs: UserRegs, frames: SampledFrames)
     let started = unsafe { bpf_ktime_get_ns() };
     // SAFETY: per-CPU map value; this program does not nest on one CPU.
     let scratch = unsafe { &mut *scratch };
-    let mut done: usize = 0;
-    for _ in 0..STEPS {
-        if done >= limit || done > STACK_COPY_MAX {
-            break;
+    let done = match copy_user_stack(&mut scratch.data, regs.sp) {
+        Copied::Bytes(done) => done,
+        Copied::Off => return false,
+        Copied::Failed => {
+            counters::add(Counter::StackCopyErrors, 1);
+            return false;
         }
-        let addr = regs.sp.wrapping_add(done as u64);
-        let to_page_end = STACK_COPY_CHUNK - (addr as usize & (STACK_COPY_CHUNK - 1));
-        let mut chunk = to_page_end.min(limit - done);
-        // Older verifiers (6.1) do not carry the bound of a minimum of two registers, and LLVM
-        // drops a check it can prove: a register move it cannot see through hides the value,
-        // so the check against the constant stays, and every verifier follows that.
-        // SAFETY: `rN = rN` changes nothing.
-        unsafe { core::arch::asm!("{0} = {0}", inout(reg) chunk) };
-        if chunk > STACK_COPY_CHUNK {
-            break;
-        }
-        let dst = scratch.data.as_mut_ptr().wrapping_add(done);
-        // SAFETY: `dst..dst + chunk` lies in `data` (done <= MAX, chunk <= CHUNK); the helper
-        // checks the user address and fails on an unmapped page.
-        let read = unsafe { bpf_probe_read_user(dst.cast(), chunk as u32, addr as *const c_void) };
-        if read != 0 {
-            break;
-        }
-        done += chunk;
-    }
-    if done == 0 || done > STACK_COPY_MAX {
-        counters::add(Counter::StackCopyErrors, 1);
-        return false;
-    }
+    };
     scratch.header = StackCopyHeader {
         ts_ns,
         tgid: (pid_tgid >> 32) as u32,
@@ -142,6 +105,66 @@ pub fn capture(ts_ns: u64, pid_tgid: u64, regs: UserRegs, frames: SampledFrames)
     let end = unsafe { bpf_ktime_get_ns() };
     counters::add(Counter::StackCopyNs, end.wrapping_sub(started));
     sent
+}
+
+/// What [`copy_user_stack`] did.
+pub enum Copied {
+    /// This many bytes (at least one, at most `STACK_COPY_MAX`) from the stack pointer up.
+    Bytes(usize),
+    /// Copying is off, or the task has no user memory (a kernel thread).
+    Off,
+    /// The first page at the stack pointer could not be read.
+    Failed,
+}
+
+/// Copies up to `STACK_COPY_BYTES` of the current task's user stack from `sp` up into `data`,
+/// one page at a time so that the copy ends at the top of the stack with what it has.
+#[inline(always)]
+pub fn copy_user_stack(data: &mut [u8; STACK_COPY_MAX + STACK_COPY_CHUNK], sp: u64) -> Copied {
+    let mut limit = STACK_COPY_BYTES.load() as usize;
+    if limit == 0 {
+        return Copied::Off;
+    }
+    // The main thread's frames all lie below `mm->start_stack` (where `argc` was at exec);
+    // above it are the environment and the auxiliary vector, which unwinding never reads.
+    match main_stack_start() {
+        MainStack::NoUserMemory => return Copied::Off,
+        MainStack::Start(start_stack) => {
+            if start_stack > sp && start_stack - sp < limit as u64 {
+                limit = (start_stack - sp) as usize;
+            }
+        }
+        MainStack::Unknown => {}
+    }
+    let mut done: usize = 0;
+    for _ in 0..STEPS {
+        if done >= limit || done > STACK_COPY_MAX {
+            break;
+        }
+        let addr = sp.wrapping_add(done as u64);
+        let to_page_end = STACK_COPY_CHUNK - (addr as usize & (STACK_COPY_CHUNK - 1));
+        let mut chunk = to_page_end.min(limit - done);
+        // Older verifiers (6.1) do not carry the bound of a minimum of two registers, and LLVM
+        // drops a check it can prove: a register move it cannot see through hides the value,
+        // so the check against the constant stays, and every verifier follows that.
+        // SAFETY: `rN = rN` changes nothing.
+        unsafe { core::arch::asm!("{0} = {0}", inout(reg) chunk) };
+        if chunk > STACK_COPY_CHUNK {
+            break;
+        }
+        let dst = data.as_mut_ptr().wrapping_add(done);
+        // SAFETY: `dst..dst + chunk` lies in `data` (done <= MAX, chunk <= CHUNK); the helper
+        // checks the user address and fails on an unmapped page.
+        let read = unsafe { bpf_probe_read_user(dst.cast(), chunk as u32, addr as *const c_void) };
+        if read != 0 {
+            break;
+        }
+        done += chunk;
+    }
+    if done == 0 || done > STACK_COPY_MAX {
+        return Copied::Failed;
+    }
+    Copied::Bytes(done)
 }
 
 enum MainStack {

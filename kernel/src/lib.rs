@@ -3,6 +3,7 @@
 //! and the kernel's page state into plain data ([`memlens_model`]). The only crate that needs
 //! the BPF toolchain; everything above it builds and tests without.
 
+pub mod alloc_trace;
 pub mod collectors;
 pub mod loader;
 pub mod physmem;

@@ -23,6 +23,9 @@ pub struct AllocationProfile {
     pub stacks: Vec<SampledStack>,
     /// Stacks left out by the reader's bound.
     pub dropped_stacks: u64,
+    /// The first address of each stack is where the allocator was entered (a probe's
+    /// instruction pointer), not a return address (the runtime's stacks hold only callers).
+    pub leaf_is_ip: bool,
 }
 
 /// Estimated allocations and bytes from samples taken on average every `rate` bytes, each

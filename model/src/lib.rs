@@ -4,6 +4,7 @@
 //! unwound from copies, and processes' own allocation profiles. Attribution and the agent's API
 //! read these; the kernel crate, the unwinder and the runtime readers produce them.
 
+pub mod alloc_trace;
 pub mod allocations;
 pub mod census;
 pub mod page_cache;

@@ -243,6 +243,7 @@ fn read_buckets(
         sample_rate_bytes: rate,
         stacks: published,
         dropped_stacks,
+        leaf_is_ip: false,
     })
 }
 

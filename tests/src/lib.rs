@@ -224,6 +224,15 @@ pub fn vector_leak_bin() -> PathBuf {
         .clone()
 }
 
+/// A leak beside a churn in one thread and one heap (`tests/workloads/heapreuse.c`), built as
+/// users build: `gcc -O2 -g`, no frame pointers.
+#[must_use]
+pub fn heap_reuse_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| native_bin("heapreuse.c", "gcc", &["-O2", "-g"]))
+        .clone()
+}
+
 /// A host that dlopens a plugin when told to (`tests/workloads/pluginhost.c`) and the plugin
 /// (`plugin.c`, a shared library), both `gcc -O2 -g`.
 #[must_use]

@@ -4,7 +4,7 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{
-    allocations::{AllocationsQuery, AllocationsResponse},
+    allocations::{AllocationsQuery, AllocationsResponse, TraceRequest, TraceStatus},
     cgroups::{TopQuery, TopResponse},
     event::{CheckReport, Event, EventsQuery, EventsResponse},
     files::{CacheQuery, CacheResponse},
@@ -92,6 +92,18 @@ endpoint!(
     AllocationsFlamegraph, Get, "/v1/allocations/flamegraph", AllocationsQuery, Vec<u8>
 );
 endpoint!(
+    /// Starts an allocator trace.
+    Traces, Post, "/v1/traces", TraceRequest, TraceStatus
+);
+endpoint!(
+    /// One allocator trace's state and cost.
+    TraceById, Get, "/v1/traces/{id}", NoQuery, TraceStatus
+);
+endpoint!(
+    /// Stops an allocator trace (its results stay).
+    TraceStop, Post, "/v1/traces/{id}/stop", NoQuery, TraceStatus
+);
+endpoint!(
     /// The working set explained; page cache by file.
     Cache, Get, "/v1/cache", CacheQuery, CacheResponse
 );
@@ -117,11 +129,13 @@ endpoint!(
 );
 
 /// The routes of the Unix-socket API, for "no such endpoint" answers.
-pub const ROUTES: [&str; 10] = [
+pub const ROUTES: [&str; 12] = [
     Status::ROUTE,
     Top::ROUTE,
     Leaks::ROUTE,
     Allocations::ROUTE,
+    Traces::ROUTE,
+    TraceById::ROUTE,
     Cache::ROUTE,
     History::ROUTE,
     Lifecycle::ROUTE,

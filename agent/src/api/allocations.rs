@@ -1,6 +1,6 @@
 //! `/v1/allocations`: which code holds memory according to the processes' own allocation
 //! profiles (the Go runtime's heap profile, read from the process's memory), for one process or
-//! the processes of a cgroup or pod.
+//! the processes of a cgroup or pod, or according to an allocator trace's samples.
 
 use std::path::Path;
 
@@ -14,6 +14,7 @@ use memlens_attribution::allocations;
 use memlens_exporters as exporters;
 use memlens_types::{
     allocations::{AllocationsQuery, AllocationsResponse},
+    selector::CgroupSelector,
     Workload,
 };
 
@@ -27,13 +28,18 @@ const MAX_TOP: usize = 1000;
 /// Most processes read for one query (each profile read walks the process's bucket list).
 const MAX_PROCESSES: usize = 64;
 
-/// The processes `query` names (the `MAX_PROCESSES` largest by resident memory), and how many
-/// more it names.
-fn processes(state: &AppState, query: &AllocationsQuery) -> Result<(Vec<u32>, usize), Failure> {
+/// The processes a pid, cgroup or pod names (the `MAX_PROCESSES` largest by resident memory),
+/// and how many more it names.
+pub(super) fn processes(
+    state: &AppState,
+    pid: Option<u32>,
+    cgroup: Option<&CgroupSelector>,
+    pod: Option<&String>,
+) -> Result<(Vec<u32>, usize), Failure> {
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
     let missing = |m: String| (StatusCode::NOT_FOUND, m);
     let view = state.views.latest();
-    let paths: Vec<String> = match (query.pid, &query.cgroup, &query.pod) {
+    let paths: Vec<String> = match (pid, cgroup, pod) {
         (Some(pid), None, None) => {
             if !Path::new(&format!("/proc/{pid}")).exists() {
                 return Err(missing(format!("no process {pid} on this host")));
@@ -92,9 +98,28 @@ async fn respond(
         let default = if export { MAX_TOP } else { DEFAULT_TOP };
         let top =
             top_asked(query.top, default, MAX_TOP).map_err(|m| (StatusCode::BAD_REQUEST, m))?;
-        let (pids, left_out) = processes(&state, &query)?;
-        let inputs = crate::profiles::read(&state.go_heap, &pids)
-            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e))?;
+        let (inputs, left_out) = match query.trace {
+            Some(id) => {
+                if query.pid.is_some() || query.cgroup.is_some() || query.pod.is_some() {
+                    return Err((
+                        StatusCode::BAD_REQUEST,
+                        "a trace's results are asked by trace alone".to_string(),
+                    ));
+                }
+                let (_, results) = state
+                    .traces
+                    .results(id)
+                    .map_err(|e| (StatusCode::NOT_FOUND, e.to_string()))?;
+                (results.unwrap_or_default(), 0)
+            }
+            None => {
+                let (pids, left_out) =
+                    processes(&state, query.pid, query.cgroup.as_ref(), query.pod.as_ref())?;
+                let inputs = crate::profiles::read(&state.go_heap, &pids)
+                    .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e))?;
+                (inputs, left_out)
+            }
+        };
         let taken_at = memlens_types::unix_ms();
         let mut response = state
             .leaks

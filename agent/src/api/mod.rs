@@ -8,6 +8,7 @@ mod events;
 mod leaks;
 pub mod metrics;
 pub mod server;
+mod traces;
 
 use std::{
     net::SocketAddr,
@@ -37,6 +38,10 @@ pub struct AppState {
     pub memory_root: PathBuf,
     /// Go processes' heap profiles, read on demand.
     pub go_heap: Arc<Mutex<GoHeapReader>>,
+    /// Allocator traces, started on demand.
+    pub traces: Arc<crate::traces::Traces>,
+    /// Bytes of stack a trace copies per sample.
+    pub stack_copy_bytes: u32,
 }
 
 /// Serves the API on `socket` (and `/metrics` on `metrics_addr`) until SIGTERM or SIGINT.

@@ -23,7 +23,7 @@ use memlens_types::{
     status::StatusResponse,
 };
 
-use super::{allocations, cache, events, leaks, AppState};
+use super::{allocations, cache, events, leaks, traces, AppState};
 use crate::health::Health;
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +121,9 @@ pub fn router(state: AppState) -> Router {
             api::AllocationsFlamegraph::ROUTE,
             get(allocations::flamegraph),
         )
+        .route(api::Traces::ROUTE, post(traces::start))
+        .route(api::TraceById::ROUTE, get(traces::show))
+        .route(api::TraceStop::ROUTE, post(traces::stop))
         .route(api::Lifecycle::ROUTE, get(events::lifecycle))
         .route(api::Events::ROUTE, get(events::list))
         .route(api::EventsCheck::ROUTE, post(events::check))

@@ -1,5 +1,6 @@
 //! Collectors: turn kernel maps and the kernel's page state into plain data for the model.
 
+pub mod alloc_events;
 pub mod census;
 pub mod lifecycle;
 pub mod page_cache;

@@ -34,7 +34,8 @@ use crate::{
 };
 
 /// The kernel programs, built by `cargo xtask build-ebpf` (via build.rs) for this very binary.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memlens.bpf.o"));
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memlens.bpf.o"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

@@ -1,0 +1,477 @@
+//! Allocator traces: one bounded window at a time of user probes on the allocators of chosen
+//! processes, with its cost measured before it starts and watched while it runs.
+//!
+//! A trace is started by the API (`POST /v1/traces`): the agent finds each process's allocator
+//! (`memlens_runtimes::allocator`), loads the trace's own programs, measures what a probe costs
+//! a call on this machine, attaches, and hands the window to a thread that unwinds the samples
+//! as they come (while the processes still run) and, once a second, reads the call counters:
+//! calls per second x cost per call is the CPU the trace costs the processes, and past the
+//! budget the trace stops itself. The probes go when the window ends, when every process has
+//! exited, on request, or with the agent. The results of the last few traces are kept for
+//! `GET /v1/allocations?trace=ID`.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use memlens_attribution::allocations::ProcessInput;
+use memlens_common::allocator::AllocCounter;
+use memlens_kernel::{
+    alloc_trace::{AllocCounts, AllocTrace, AllocTraceOptions, ProbeCost},
+    collectors::alloc_events::{AllocEventRing, AllocRecord},
+};
+use memlens_model::alloc_trace::{TraceEvent, TraceRecorder};
+use memlens_procfs::Mapping;
+use memlens_types::allocations::{
+    AllocationSource, TraceEnd, TraceState, TraceStatus, TracedProcess,
+};
+use memlens_unwind::{UnwindStats, Unwinder};
+
+/// Traces whose results are kept.
+const KEPT: usize = 8;
+/// Longest window.
+pub const MAX_SECONDS: f64 = 600.0;
+/// Records handled per drain before the counters are looked at again.
+const BATCH: usize = 4096;
+/// How often the ring is read (the kernel wakes the thread only when it is half full).
+const WAIT: Duration = Duration::from_millis(50);
+/// How often the cost is measured and the processes checked.
+const TICK: Duration = Duration::from_secs(1);
+
+/// What a trace is asked to do.
+#[derive(Clone, Debug)]
+pub struct TraceSpec {
+    pub pids: Vec<u32>,
+    pub seconds: f64,
+    pub sample_bytes: u64,
+    pub budget_cpus: f64,
+    pub stack_copy_bytes: u32,
+}
+
+/// One trace: its status while it runs, its results once it is done.
+struct Trace {
+    status: Mutex<TraceStatus>,
+    stop: AtomicBool,
+    /// Each traced process's profile and mappings, once finished.
+    results: Mutex<Option<Vec<ProcessInput>>>,
+}
+
+/// Every trace the agent has run (the last `KEPT`).
+#[derive(Default)]
+pub struct Traces {
+    traces: Mutex<VecDeque<Arc<Trace>>>,
+    next_id: Mutex<u64>,
+    /// Set at shutdown: running traces end.
+    stopping: AtomicBool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("trace {0} is running; one trace at a time (stop it, or wait {1:.0} s)")]
+    Busy(u64, f64),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("none of the processes can be traced: {0}")]
+    NothingToTrace(String),
+    #[error("{0}")]
+    Kernel(String),
+    #[error("no trace {0} (the last {KEPT} are kept)")]
+    NotFound(u64),
+}
+
+impl Traces {
+    fn find(&self, id: u64) -> Result<Arc<Trace>, TraceError> {
+        self.traces
+            .lock()
+            .map_err(|_| TraceError::Kernel("trace list poisoned".into()))?
+            .iter()
+            .find(|t| t.status.lock().is_ok_and(|s| s.id == id))
+            .cloned()
+            .ok_or(TraceError::NotFound(id))
+    }
+
+    /// The status of trace `id`.
+    pub fn status(&self, id: u64) -> Result<TraceStatus, TraceError> {
+        let trace = self.find(id)?;
+        let status = trace
+            .status
+            .lock()
+            .map_err(|_| TraceError::Kernel("trace status poisoned".into()))?
+            .clone();
+        Ok(status)
+    }
+
+    /// Asks trace `id` to stop; returns its status.
+    pub fn stop(&self, id: u64) -> Result<TraceStatus, TraceError> {
+        self.find(id)?.stop.store(true, Ordering::Relaxed);
+        self.status(id)
+    }
+
+    /// Ends every running trace (the agent is stopping).
+    pub fn stop_all(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// The results of trace `id`: each process's profile (what was sampled so far, while it
+    /// runs: the profile grows until the window ends).
+    pub fn results(&self, id: u64) -> Result<(TraceStatus, Option<Vec<ProcessInput>>), TraceError> {
+        let trace = self.find(id)?;
+        let status = self.status(id)?;
+        let results = trace.results.lock().map(|r| r.clone()).unwrap_or(None);
+        Ok((status, results))
+    }
+
+    /// Starts a trace of `spec.pids`: plans, loads, measures the probes' cost, attaches; the
+    /// window runs on its own thread.
+    pub fn start(self: &Arc<Self>, spec: TraceSpec) -> Result<TraceStatus, TraceError> {
+        if !(spec.seconds > 0.0 && spec.seconds <= MAX_SECONDS) {
+            return Err(TraceError::BadRequest(format!(
+                "seconds must be above 0 and at most {MAX_SECONDS}"
+            )));
+        }
+        if !(spec.budget_cpus > 0.0 && spec.budget_cpus.is_finite()) {
+            return Err(TraceError::BadRequest(
+                "budget_cpus must be a positive number of CPUs".into(),
+            ));
+        }
+        if spec.sample_bytes == 0 {
+            return Err(TraceError::BadRequest(
+                "sample_bytes must be at least 1".into(),
+            ));
+        }
+        let mut traces = self
+            .traces
+            .lock()
+            .map_err(|_| TraceError::Kernel("trace list poisoned".into()))?;
+        if let Some(running) = traces.iter().find_map(|t| {
+            t.status
+                .lock()
+                .ok()
+                .filter(|s| s.state == TraceState::Running)
+                .map(|s| (s.id, s.seconds - s.elapsed_seconds))
+        }) {
+            return Err(TraceError::Busy(running.0, running.1.max(0.0)));
+        }
+        let (mut trace, ring) = AllocTrace::load(&AllocTraceOptions {
+            sample_bytes: spec.sample_bytes,
+            stack_copy_bytes: spec.stack_copy_bytes,
+            live_entries: 1 << 18,
+            events_buffer: 8 << 20,
+        })
+        .map_err(|e| TraceError::Kernel(e.to_string()))?;
+        let cost = trace
+            .calibrate()
+            .map_err(|e| TraceError::Kernel(format!("measuring the probes' cost: {e}")))?;
+        let mut processes = Vec::new();
+        let mut maps = HashMap::new();
+        for &pid in &spec.pids {
+            let comm = memlens_procfs::process::comm(pid).unwrap_or_default();
+            let planned = memlens_runtimes::allocator::plan(pid)
+                .map_err(|e| e.to_string())
+                .and_then(|plan| {
+                    trace
+                        .attach(&plan)
+                        .map(|probes| (plan, probes))
+                        .map_err(|e| e.to_string())
+                });
+            processes.push(match planned {
+                Ok((plan, probes)) => {
+                    if let Ok(m) = memlens_procfs::read_maps(pid) {
+                        maps.insert(pid, (comm.clone(), m));
+                    }
+                    TracedProcess {
+                        pid,
+                        comm,
+                        allocator: Some(plan.allocator),
+                        object: Some(plan.path),
+                        probes,
+                        error: None,
+                        exited: false,
+                    }
+                }
+                Err(why) => TracedProcess {
+                    pid,
+                    comm,
+                    allocator: None,
+                    object: None,
+                    probes: 0,
+                    error: Some(why),
+                    exited: false,
+                },
+            });
+        }
+        if maps.is_empty() {
+            let why: Vec<String> = processes.iter().filter_map(|p| p.error.clone()).collect();
+            return Err(TraceError::NothingToTrace(why.join("; ")));
+        }
+        let mut next_id = self
+            .next_id
+            .lock()
+            .map_err(|_| TraceError::Kernel("trace ids poisoned".into()))?;
+        *next_id += 1;
+        let status = TraceStatus {
+            id: *next_id,
+            state: TraceState::Running,
+            end: None,
+            started_unix_ms: memlens_types::unix_ms(),
+            seconds: spec.seconds,
+            elapsed_seconds: 0.0,
+            sample_bytes: spec.sample_bytes,
+            budget_cpus: spec.budget_cpus,
+            alloc_call_cost_us: cost.entry_and_return_ns / 1000.0,
+            free_call_cost_us: cost.entry_ns / 1000.0,
+            processes,
+            alloc_calls: 0,
+            free_calls: 0,
+            calls_per_second: 0.0,
+            cost_cpus: 0.0,
+            mean_cost_cpus: 0.0,
+            samples: 0,
+            sampled_frees: 0,
+            lost_ring_full: 0,
+            lost_live_full: 0,
+            stack_copy_errors: 0,
+            dropped_samples: 0,
+        };
+        tracing::info!(
+            "trace {}: {} probes on {} processes, {:.2} us per allocating call, {:.2} us per free",
+            status.id,
+            trace.probes(),
+            maps.len(),
+            status.alloc_call_cost_us,
+            status.free_call_cost_us
+        );
+        let shared = Arc::new(Trace {
+            status: Mutex::new(status.clone()),
+            stop: AtomicBool::new(false),
+            results: Mutex::new(None),
+        });
+        traces.push_back(Arc::clone(&shared));
+        while traces.len() > KEPT {
+            traces.pop_front();
+        }
+        drop(traces);
+        let traces = Arc::clone(self);
+        let window = Window {
+            trace,
+            ring,
+            cost,
+            maps,
+            spec,
+        };
+        let spawned = std::thread::Builder::new()
+            .name("alloc-trace".into())
+            .spawn(move || window.run(&shared, &traces));
+        if let Err(e) = spawned {
+            return Err(TraceError::Kernel(format!(
+                "cannot start the trace thread: {e}"
+            )));
+        }
+        Ok(status)
+    }
+}
+
+/// A trace's window, owned by its thread.
+struct Window {
+    trace: AllocTrace,
+    ring: AllocEventRing,
+    cost: ProbeCost,
+    /// Each traced process's name and latest mappings.
+    maps: HashMap<u32, (String, Vec<Mapping>)>,
+    spec: TraceSpec,
+}
+
+impl Window {
+    /// CPUs the probes cost over `seconds` in which `calls` were made.
+    fn cost_cpus(&self, calls: &AllocCounts, seconds: f64) -> f64 {
+        if seconds <= 0.0 {
+            return 0.0;
+        }
+        let ns = calls.get(AllocCounter::AllocCalls) as f64 * self.cost.entry_and_return_ns
+            + calls.get(AllocCounter::FreeCalls) as f64 * self.cost.entry_ns;
+        ns / 1e9 / seconds
+    }
+
+    fn run(mut self, shared: &Trace, traces: &Traces) {
+        let mut unwinder = Unwinder::new(Arc::new(UnwindStats::default()));
+        let mut recorder = TraceRecorder::default();
+        let started = Instant::now();
+        let mut last_tick = started;
+        let mut last_counts = AllocCounts::default();
+        let end = loop {
+            self.ring.wait(WAIT);
+            while take(&mut self.ring, &mut unwinder, &mut recorder, BATCH) == BATCH {}
+            let elapsed = started.elapsed().as_secs_f64();
+            let mut end = None;
+            if last_tick.elapsed() >= TICK {
+                let counts = self.trace.counts();
+                let seconds = last_tick.elapsed().as_secs_f64();
+                let delta = counts.delta(&last_counts);
+                let cost_now = self.cost_cpus(&delta, seconds);
+                let calls_per_second = (delta.get(AllocCounter::AllocCalls)
+                    + delta.get(AllocCounter::FreeCalls))
+                    as f64
+                    / seconds;
+                last_counts = counts;
+                last_tick = Instant::now();
+                for (pid, (_, maps)) in &mut self.maps {
+                    // Kept fresh for symbolizing code loaded during the window; the last read
+                    // stays once the process is gone.
+                    if let Ok(m) = memlens_procfs::read_maps(*pid) {
+                        *maps = m;
+                    }
+                }
+                if cost_now > self.spec.budget_cpus {
+                    end = Some(TraceEnd::OverBudget);
+                } else if self
+                    .maps
+                    .keys()
+                    .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+                {
+                    end = Some(TraceEnd::ProcessesExited);
+                }
+                self.publish(shared, &recorder, elapsed, cost_now, calls_per_second);
+            }
+            if end.is_none() {
+                if shared.stop.load(Ordering::Relaxed) {
+                    end = Some(TraceEnd::Stopped);
+                } else if traces.stopping.load(Ordering::Relaxed) {
+                    end = Some(TraceEnd::AgentStopping);
+                } else if elapsed >= self.spec.seconds {
+                    end = Some(TraceEnd::Completed);
+                }
+            }
+            if let Some(end) = end {
+                break end;
+            }
+        };
+        let elapsed = started.elapsed().as_secs_f64();
+        // Detach first, then take what the probes sent before they went.
+        let counts = self.trace.counts();
+        let Window {
+            trace,
+            mut ring,
+            maps,
+            spec,
+            ..
+        } = self;
+        drop(trace);
+        while take(&mut ring, &mut unwinder, &mut recorder, BATCH) == BATCH {}
+        let results = results(&recorder, &maps, &spec, elapsed);
+        if let Ok(mut r) = shared.results.lock() {
+            *r = Some(results);
+        }
+        if let Ok(mut status) = shared.status.lock() {
+            status.state = TraceState::Finished;
+            status.end = Some(end);
+            status.elapsed_seconds = elapsed;
+            fill_counts(&mut status, &counts, &recorder);
+            for p in &mut status.processes {
+                p.exited = p.error.is_none() && !Path::new(&format!("/proc/{}", p.pid)).exists();
+            }
+            tracing::info!(
+                "trace {} ended ({end:?}) after {elapsed:.1} s: {} samples, {} calls",
+                status.id,
+                status.samples,
+                status.alloc_calls + status.free_calls
+            );
+        }
+    }
+
+    /// Updates the shared status while the trace runs.
+    fn publish(
+        &self,
+        shared: &Trace,
+        recorder: &TraceRecorder,
+        elapsed: f64,
+        cost_now: f64,
+        calls_per_second: f64,
+    ) {
+        let counts = self.trace.counts();
+        let mean = self.cost_cpus(&counts, elapsed);
+        if let Ok(mut status) = shared.status.lock() {
+            status.elapsed_seconds = elapsed;
+            status.cost_cpus = cost_now;
+            status.mean_cost_cpus = mean;
+            status.calls_per_second = calls_per_second;
+            fill_counts(&mut status, &counts, recorder);
+        }
+        let interim = results(recorder, &self.maps, &self.spec, elapsed);
+        if let Ok(mut r) = shared.results.lock() {
+            *r = Some(interim);
+        }
+    }
+}
+
+/// Hands up to `max` waiting records to `recorder`, unwinding samples' stacks; returns how
+/// many were read.
+fn take(
+    ring: &mut AllocEventRing,
+    unwinder: &mut Unwinder,
+    recorder: &mut TraceRecorder,
+    max: usize,
+) -> usize {
+    ring.drain(max, |record| match record {
+        AllocRecord::Sample { id, size, stack } => {
+            let frames = if stack.stack.is_empty() {
+                Vec::new()
+            } else {
+                unwinder
+                    .unwind(&stack)
+                    .frames
+                    .iter()
+                    .map(|f| f.addr)
+                    .collect()
+            };
+            recorder.record(TraceEvent::Sample {
+                id,
+                tgid: stack.tgid,
+                size,
+                frames,
+            });
+        }
+        AllocRecord::Returned { id, ptr } => {
+            recorder.record(TraceEvent::Returned { id, kept: ptr != 0 });
+        }
+        AllocRecord::Freed { id } => recorder.record(TraceEvent::Freed { id }),
+    })
+}
+
+fn fill_counts(status: &mut TraceStatus, counts: &AllocCounts, recorder: &TraceRecorder) {
+    status.alloc_calls = counts.get(AllocCounter::AllocCalls);
+    status.free_calls = counts.get(AllocCounter::FreeCalls);
+    status.samples = counts.get(AllocCounter::Samples);
+    status.sampled_frees = counts.get(AllocCounter::SampledFrees);
+    status.lost_ring_full = counts.get(AllocCounter::RingFull);
+    status.lost_live_full = counts.get(AllocCounter::LiveFull);
+    status.stack_copy_errors = counts.get(AllocCounter::CopyErrors);
+    status.dropped_samples = recorder.dropped_samples;
+}
+
+/// Each traced process's profile, as the answer reads it.
+fn results(
+    recorder: &TraceRecorder,
+    maps: &HashMap<u32, (String, Vec<Mapping>)>,
+    spec: &TraceSpec,
+    elapsed: f64,
+) -> Vec<ProcessInput> {
+    let mut pids: Vec<u32> = maps.keys().copied().collect();
+    pids.sort_unstable();
+    pids.into_iter()
+        .filter_map(|pid| maps.get(&pid).map(|m| (pid, m)))
+        .map(|(pid, (comm, maps))| ProcessInput {
+            pid,
+            comm: comm.clone(),
+            maps: maps.clone(),
+            profile: Ok(recorder.profile(pid, spec.sample_bytes)),
+            source: AllocationSource::AllocatorTrace,
+            read_time: Duration::from_secs_f64(elapsed),
+        })
+        .collect()
+}

@@ -23,7 +23,7 @@ use std::{
 use memlens_attribution::allocations::ProcessInput;
 use memlens_common::allocator::AllocCounter;
 use memlens_kernel::{
-    alloc_trace::{AllocCounts, AllocTrace, AllocTraceOptions, ProbeCost},
+    alloc_trace::{AllocCounts, AllocTrace, AllocTraceOptions},
     collectors::alloc_events::{AllocEventRing, AllocRecord},
 };
 use memlens_model::alloc_trace::{TraceEvent, TraceRecorder};
@@ -170,11 +170,27 @@ impl Traces {
             .map_err(|e| TraceError::Kernel(format!("measuring the probes' cost: {e}")))?;
         let mut processes = Vec::new();
         let mut maps = HashMap::new();
+        // (allocating, freeing) call cost in ns: the dearest of the traced allocators' malloc and
+        // free (other functions of a family begin alike).
+        let mut call_cost: (f64, f64) = (0.0, 0.0);
         for &pid in &spec.pids {
             let comm = memlens_procfs::process::comm(pid).unwrap_or_default();
             let planned = memlens_runtimes::allocator::plan(pid)
                 .map_err(|e| e.to_string())
                 .and_then(|plan| {
+                    for f in &plan.functions {
+                        match f.symbol.as_str() {
+                            "malloc" => {
+                                call_cost.0 =
+                                    call_cost.0.max(cost.per_call_ns(f.starts_with_push, true));
+                            }
+                            "free" => {
+                                call_cost.1 =
+                                    call_cost.1.max(cost.per_call_ns(f.starts_with_push, false));
+                            }
+                            _ => {}
+                        }
+                    }
                     trace
                         .attach(&plan)
                         .map(|probes| (plan, probes))
@@ -224,8 +240,8 @@ impl Traces {
             elapsed_seconds: 0.0,
             sample_bytes: spec.sample_bytes,
             budget_cpus: spec.budget_cpus,
-            alloc_call_cost_us: cost.entry_and_return_ns / 1000.0,
-            free_call_cost_us: cost.entry_ns / 1000.0,
+            alloc_call_cost_us: call_cost.0 / 1000.0,
+            free_call_cost_us: call_cost.1 / 1000.0,
             processes,
             alloc_calls: 0,
             free_calls: 0,
@@ -261,7 +277,7 @@ impl Traces {
         let window = Window {
             trace,
             ring,
-            cost,
+            call_cost,
             maps,
             spec,
         };
@@ -281,7 +297,8 @@ impl Traces {
 struct Window {
     trace: AllocTrace,
     ring: AllocEventRing,
-    cost: ProbeCost,
+    /// (allocating, freeing) call cost in ns.
+    call_cost: (f64, f64),
     /// Each traced process's name and latest mappings.
     maps: HashMap<u32, (String, Vec<Mapping>)>,
     spec: TraceSpec,
@@ -293,8 +310,8 @@ impl Window {
         if seconds <= 0.0 {
             return 0.0;
         }
-        let ns = calls.get(AllocCounter::AllocCalls) as f64 * self.cost.entry_and_return_ns
-            + calls.get(AllocCounter::FreeCalls) as f64 * self.cost.entry_ns;
+        let ns = calls.get(AllocCounter::AllocCalls) as f64 * self.call_cost.0
+            + calls.get(AllocCounter::FreeCalls) as f64 * self.call_cost.1;
         ns / 1e9 / seconds
     }
 

@@ -96,7 +96,7 @@ async fn trace(client: &Client, args: &LeaksArgs, window: Duration) -> Result<Tr
         .await
         .context("cannot start the trace")?;
     eprintln!(
-        "trace {}: {} for {:.0} s; each allocating call costs {:.2} us more while traced, each          free {:.2} us (measured now); stops itself past {:.2} CPUs",
+        "trace {}: {} for {:.0} s; each allocating call costs {:.2} us more while traced, each free {:.2} us (measured now); stops itself past {:.2} CPUs",
         status.id,
         traced_processes(&status),
         status.seconds,
@@ -156,7 +156,7 @@ fn trace_summary(s: &TraceStatus) -> String {
     };
     let _ = writeln!(
         out,
-        "Trace {}: {:.1} s of {:.0} ({end}); {} allocating and {} freeing calls; cost {:.2} CPUs          on average ({:.2} us per allocating call, {:.2} us per free); {} samples (1 per {}          allocated on average), {} of them freed",
+        "Trace {}: {:.1} s of {:.0} ({end}); {} allocating and {} freeing calls; cost {:.2} CPUs on average ({:.2} us per allocating call, {:.2} us per free); {} samples (1 per {} allocated on average), {} of them freed",
         s.id,
         s.elapsed_seconds,
         s.seconds,
@@ -240,7 +240,7 @@ fn render(r: &AllocationsResponse, pages: Option<&LeaksResponse>) -> String {
             (Some(AllocationSource::AllocatorTrace), _) => {
                 let _ = writeln!(
                     out,
-                    "  {who}  allocator trace (one sample per {} allocated): {} allocated in                      the window in {} objects, {} of it still held in {} objects",
+                    "  {who}  allocator trace (one sample per {} allocated): {} allocated in the window in {} objects, {} of it still held in {} objects",
                     Bytes(p.sample_rate_bytes),
                     Bytes(p.alloc_bytes),
                     p.alloc_objects,

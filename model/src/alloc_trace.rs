@@ -39,6 +39,9 @@ pub struct AllocatorFunction {
     /// Offset of its first instruction in the object file (what a uprobe is attached at).
     pub file_offset: u64,
     pub role: AllocatorRole,
+    /// Its first instruction is a `push`, which the kernel may emulate at the probe instead of
+    /// single-stepping it (a second trap): what the probe costs a call depends on it.
+    pub starts_with_push: bool,
 }
 
 /// The allocator of one process, as the process resolves it.

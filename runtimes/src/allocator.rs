@@ -10,7 +10,7 @@
 //! `delete` are probed only where the allocator itself defines them: libstdc++'s call `malloc`
 //! and `free`, which are probed already.
 
-use std::{collections::HashSet, fs::File, io};
+use std::{collections::HashSet, fs::File, io, os::unix::fs::FileExt as _};
 
 use memlens_model::alloc_trace::{AllocatorFunction, AllocatorPlan, AllocatorRole};
 use memlens_procfs::Mapping;
@@ -106,9 +106,23 @@ fn functions_in(path: &str) -> io::Result<Vec<AllocatorFunction>> {
             symbol: name.to_string(),
             file_offset,
             role,
+            starts_with_push: false,
         });
     }
+    let raw = File::open(path)?;
+    for f in &mut found {
+        let mut first = [0u8; 2];
+        if raw.read_exact_at(&mut first, f.file_offset).is_ok() {
+            f.starts_with_push = is_push(first);
+        }
+    }
     Ok(found)
+}
+
+/// Whether an instruction starting with these bytes is `push r64` (`50+r`, or `41 50+r` for
+/// r8-r15).
+fn is_push(first: [u8; 2]) -> bool {
+    matches!(first, [0x50..=0x57, _] | [0x41, 0x50..=0x57])
 }
 
 /// A name for the allocator in the object at `path`.
@@ -223,6 +237,19 @@ mod tests {
         offsets.sort_unstable();
         offsets.dedup();
         assert_eq!(offsets.len(), plan.functions.len());
+        // glibc's malloc saves registers first; its free tests its argument first.
+        let push = |name: &str| {
+            plan.functions
+                .iter()
+                .find(|f| f.symbol == name)
+                .map(|f| f.starts_with_push)
+        };
+        eprintln!(
+            "malloc starts with push: {:?}, free: {:?}",
+            push("malloc"),
+            push("free")
+        );
+        assert!(is_push([0x41, 0x54]) && is_push([0x55, 0x48]) && !is_push([0x48, 0x85]));
         // libc defines no operator new.
         assert!(!roles.iter().any(|(s, _)| s.starts_with("_Zn")));
     }

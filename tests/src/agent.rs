@@ -83,6 +83,19 @@ impl Agent {
             .expect("run memlens")
     }
 
+    /// Starts `memlens --socket <ours> <args>` without waiting for it (output discarded).
+    #[must_use]
+    pub fn cli_child(&self, args: &[&str]) -> std::process::Child {
+        Command::new(memlens_bin())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run memlens")
+    }
+
     /// `memlens top --json --limit 0`, parsed.
     #[must_use]
     pub fn top(&self) -> Value {

@@ -233,6 +233,22 @@ pub fn heap_reuse_bin() -> PathBuf {
         .clone()
 }
 
+/// The same, linked statically and stripped (`gcc -O2 -static -s`): its allocator is in the
+/// executable, with no symbol to find it by.
+#[must_use]
+pub fn static_stripped_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        native_bin_named(
+            "heapreuse.c",
+            "heapreuse-static",
+            "gcc",
+            &["-O2", "-static", "-s"],
+        )
+    })
+    .clone()
+}
+
 /// A host that dlopens a plugin when told to (`tests/workloads/pluginhost.c`) and the plugin
 /// (`plugin.c`, a shared library), both `gcc -O2 -g`.
 #[must_use]
@@ -250,10 +266,19 @@ pub fn plugin_bins() -> (PathBuf, PathBuf) {
 /// Builds `tests/workloads/<source>` with `compiler` and `flags`, beside the test binaries (or
 /// in the temporary directory when that is read-only, as in a VM guest).
 fn native_bin(source: &str, compiler: &str, flags: &[&str]) -> PathBuf {
+    native_bin_named(
+        source,
+        source.split('.').next().unwrap_or(source),
+        compiler,
+        flags,
+    )
+}
+
+/// [`native_bin`] installed as `memlens-<stem>`.
+fn native_bin_named(source: &str, stem: &str, compiler: &str, flags: &[&str]) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("workloads")
         .join(source);
-    let stem = source.split('.').next().unwrap_or(source);
     let profile_dir = workload_bin().parent().expect("profile dir").to_path_buf();
     let name = format!("memlens-{stem}.{}", std::process::id());
     let dir = if std::fs::File::create(profile_dir.join(&name)).is_ok() {

@@ -2,7 +2,15 @@
 //! bounded window. Where a leak and a churn share one heap, the page-level answer names the
 //! code that first touched the reused pages; the trace names the code that holds the blocks.
 
-use memlens_tests::{assert_near, heap_reuse_bin, stack_names, Agent, TestCgroup, Workload, MIB};
+use std::{
+    os::unix::fs::FileExt as _,
+    time::{Duration, Instant},
+};
+
+use memlens_tests::{
+    assert_near, heap_reuse_bin, stack_names, static_stripped_bin, vector_leak_bin, Agent,
+    TestCgroup, Workload, MIB,
+};
 use serde_json::Value;
 
 /// `memlens leaks --allocations --json --for <window> <args>`: `{allocations, pages, trace}`.
@@ -23,7 +31,13 @@ fn entries(answer: &Value) -> &Vec<Value> {
 fn held_by(answer: &Value, function: &str) -> u64 {
     entries(answer)
         .iter()
-        .filter(|e| stack_names(e).iter().any(|n| n == function))
+        .filter(|e| {
+            stack_names(e).iter().any(|n| {
+                n == function
+                    || n.starts_with(&format!("{function}("))
+                    || n.ends_with(&format!("::{function}"))
+            })
+        })
         .map(|e| e["inuse_bytes"].as_u64().expect("inuse_bytes"))
         .sum()
 }
@@ -105,4 +119,239 @@ fn a_trace_names_the_leak_that_reuses_the_churns_heap() {
     }
     assert!(kept >= 39 * MIB, "the workload kept {kept}");
     workload.send("exit");
+}
+
+/// The first entry of `answer` whose process is `pid`.
+fn first_of(answer: &Value, pid: u32) -> &Value {
+    entries(answer)
+        .iter()
+        .find(|e| e["pid"].as_u64() == Some(u64::from(pid)))
+        .unwrap_or_else(|| panic!("no entry of process {pid}: {answer:#}"))
+}
+
+#[test]
+fn a_cgroup_trace_names_the_cpp_vector_and_the_rust_vec_that_leak() {
+    memlens_tests::require_root();
+    let agent = Agent::start(&[]);
+    let cgroup = TestCgroup::new("alloctrace-cpp-rust");
+    // g++ -O2, no frame pointers: a std::vector that only grows (operator new -> malloc), 48 MiB
+    // at 4 MiB/s; Rust's release profile: a Vec per request kept in a cache, 24 MiB at 2 MiB/s.
+    let mut cpp = Workload::start_program(&cgroup, &vector_leak_bin(), &["48", "4"]);
+    let mut rust = Workload::start(&cgroup, &["deepleak", "24", "2"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let answer = trace(
+        &agent,
+        "14s",
+        &["--cgroup", &cgroup.path, "--top", "50", "--budget", "2"],
+    );
+    let status = &answer["trace"];
+    let traced: Vec<&Value> = status["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .collect();
+    assert_eq!(traced.len(), 2, "{status}");
+    assert!(traced.iter().all(|p| p["allocator"] == "glibc"), "{status}");
+
+    let cpp_first = stack_names(first_of(&answer, cpp.pid()));
+    eprintln!("C++: {cpp_first:?}");
+    assert!(
+        cpp_first.iter().any(|n| n.contains("record_event")),
+        "the vector's owner first: {cpp_first:?}"
+    );
+    let rust_first = stack_names(first_of(&answer, rust.pid()));
+    eprintln!("Rust: {rust_first:?}");
+    assert!(
+        rust_first.iter().any(|n| n.contains("cache_response")),
+        "the cache first: {rust_first:?}"
+    );
+    let cpp_kept = leaked(&mut cpp);
+    let rust_kept = leaked(&mut rust);
+    // The vector holds one buffer, its last (the earlier ones were freed as it grew).
+    let cpp_held = held_by(&answer, "record_event");
+    eprintln!("C++ vector: {cpp_held} held by record_event, capacity {cpp_kept}");
+    assert_near("the vector's buffer", cpp_held, cpp_kept, 0.15);
+    let rust_held = held_by(&answer, "cache_response");
+    eprintln!("Rust: {rust_held} held by cache_response of {rust_kept}");
+    // The trace attached a moment after the program started: what it saw is most of it.
+    assert!(
+        rust_held > rust_kept / 2 && rust_held < rust_kept * 23 / 20,
+        "{rust_held} of {rust_kept}"
+    );
+    cpp.send("exit");
+    rust.send("exit");
+}
+
+#[test]
+fn a_traced_process_that_exits_ends_the_trace_with_its_results() {
+    memlens_tests::require_root();
+    let agent = Agent::start(&[]);
+    let cgroup = TestCgroup::new("alloctrace-exit");
+    // 4 s of pause (the trace attaches meanwhile), then 30 steps at 10 a second (7.5 MiB kept),
+    // then it is told to exit.
+    let mut workload = Workload::start_program(&cgroup, &heap_reuse_bin(), &["30", "10", "4"]);
+    workload.expect_line("ready");
+    let pid = workload.pid();
+    let answer = std::thread::scope(|s| {
+        let tracing = s.spawn(|| trace(&agent, "60s", &["--pid", &pid.to_string()]));
+        let kept = leaked(&mut workload);
+        workload.send("exit");
+        assert!(workload.wait().success());
+        let answer = tracing.join().expect("the trace");
+        (answer, kept)
+    });
+    let (answer, kept) = answer;
+    let status = &answer["trace"];
+    eprintln!(
+        "ended {} after {} s",
+        status["end"], status["elapsed_seconds"]
+    );
+    assert_eq!(status["end"], "processes_exited", "{status}");
+    assert!(
+        status["elapsed_seconds"].as_f64().expect("elapsed") < 20.0,
+        "{status}"
+    );
+    assert_eq!(status["processes"][0]["exited"], true, "{status}");
+    // What it sampled before it exited is kept, and named.
+    let names = stack_names(&entries(&answer)[0]);
+    assert!(names.iter().any(|n| n == "remember_request"), "{names:?}");
+    assert_near(
+        "the leak's held bytes at exit",
+        held_by(&answer, "remember_request"),
+        kept,
+        0.25,
+    );
+}
+
+/// Bytes of `pid`'s mapping of libc's code that differ from the file: the breakpoints the
+/// kernel wrote for uprobes (0xcc), none when no probe is attached.
+fn patched_libc_bytes(pid: u32) -> usize {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    let line = maps
+        .lines()
+        .find(|l| l.contains("r-xp") && l.contains("/libc.so"))
+        .expect("libc's code mapping");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (start, end) = fields[0].split_once('-').expect("range");
+    let start = u64::from_str_radix(start, 16).expect("start");
+    let end = u64::from_str_radix(end, 16).expect("end");
+    let offset = u64::from_str_radix(fields[2], 16).expect("offset");
+    let len = (end - start) as usize;
+    let mut in_memory = vec![0u8; len];
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("mem");
+    mem.read_exact_at(&mut in_memory, start)
+        .expect("read libc's code");
+    let mut on_disk = vec![0u8; len];
+    let file = std::fs::File::open(format!("/proc/{pid}/map_files/{}", fields[0])).expect("libc");
+    file.read_exact_at(&mut on_disk, offset).expect("read libc");
+    in_memory
+        .iter()
+        .zip(&on_disk)
+        .filter(|(a, b)| a != b)
+        .count()
+}
+
+#[test]
+fn no_probe_is_left_when_the_agent_is_killed_mid_trace() {
+    memlens_tests::require_root();
+    let agent = Agent::start(&[]);
+    let cgroup = TestCgroup::new("alloctrace-kill");
+    let mut workload = Workload::start_program(&cgroup, &heap_reuse_bin(), &["600", "10", "0"]);
+    workload.expect_line("ready");
+    let pid = workload.pid();
+    assert_eq!(patched_libc_bytes(pid), 0, "no probe before the trace");
+    let mut cli = agent.cli_child(&[
+        "leaks",
+        "--allocations",
+        "--pid",
+        &pid.to_string(),
+        "--for",
+        "120s",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut patched = 0;
+    while Instant::now() < deadline && patched == 0 {
+        std::thread::sleep(Duration::from_millis(200));
+        patched = patched_libc_bytes(pid);
+    }
+    eprintln!("{patched} bytes of libc's code patched while traced");
+    assert!(patched > 0, "the trace never attached");
+    agent.kill_hard();
+    let _ = cli.wait();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && patched_libc_bytes(pid) != 0 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(patched_libc_bytes(pid), 0, "a probe outlived the agent");
+    workload.send("exit");
+}
+
+#[test]
+fn trace_requests_that_cannot_run_say_why() {
+    memlens_tests::require_root();
+    let agent = Agent::start(&[]);
+    let fails = |args: &[&str], wanted: &str| {
+        let out = agent.cli(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(wanted), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    };
+    fails(
+        &["leaks", "--allocations", "--pid", "1", "--for", "0s"],
+        "between 1s and 10m",
+    );
+    fails(
+        &[
+            "leaks",
+            "--allocations",
+            "--pid",
+            "1",
+            "--for",
+            "5s",
+            "--budget=-1",
+        ],
+        "not a positive number of CPUs",
+    );
+    fails(&["leaks", "--for", "5s"], "--allocations");
+    fails(
+        &[
+            "leaks",
+            "--allocations",
+            "--pid",
+            "999999999",
+            "--for",
+            "5s",
+        ],
+        "no process 999999999",
+    );
+    // A static, stripped binary: its malloc cannot be found.
+    let cgroup = TestCgroup::new("alloctrace-static");
+    let mut stripped = Workload::start_program(&cgroup, &static_stripped_bin(), &["1", "10", "60"]);
+    stripped.expect_line("ready");
+    fails(
+        &[
+            "leaks",
+            "--allocations",
+            "--pid",
+            &stripped.pid().to_string(),
+            "--for",
+            "5s",
+        ],
+        "defines malloc",
+    );
+    stripped.stop();
+    // One trace at a time.
+    let mut first = Workload::start_program(&cgroup, &heap_reuse_bin(), &["600", "10", "0"]);
+    first.expect_line("ready");
+    let pid = first.pid().to_string();
+    let mut running = agent.cli_child(&["leaks", "--allocations", "--pid", &pid, "--for", "20s"]);
+    std::thread::sleep(Duration::from_secs(3));
+    fails(
+        &["leaks", "--allocations", "--pid", &pid, "--for", "5s"],
+        "one trace at a time",
+    );
+    let _ = running.kill();
+    let _ = running.wait();
+    first.send("exit");
 }

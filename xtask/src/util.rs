@@ -140,8 +140,9 @@ pub fn run_tests(root: &Path, lint: bool, filter: Option<&str>) -> Result<()> {
         bail!("the integration tests load kernel programs and create cgroups: run them as root");
     }
     // The tests build C and C++ workloads with gcc and g++, Go ones with golang-go, and read
-    // pprof profiles back with `go tool pprof`.
-    crate::setup::install_packages(&["gcc", "g++", "golang-go"])?;
+    // pprof profiles back with `go tool pprof`; an allocator trace is tested on Debian's
+    // redis-server (jemalloc), filled by redis-benchmark.
+    crate::setup::install_packages(&["gcc", "g++", "golang-go", "redis-server", "redis-tools"])?;
     let memlens = build_release(root)?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root)

@@ -14,6 +14,7 @@ use clap::Subcommand;
 
 use crate::util;
 
+mod alloctrace;
 mod build;
 mod exits;
 mod filecache;
@@ -92,6 +93,12 @@ pub enum Bench {
         #[arg(long, default_values_t = [0, 8, 12])]
         bits: Vec<u32>,
     },
+    /// An allocator trace's cost to the traced process: a malloc/free loop and redis-server
+    /// filled by redis-benchmark, untraced and traced, interleaved.
+    AllocTrace {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// The agent with one page held under each of 2^depth distinct stacks: its RSS, and how long
     /// a leaks query takes cold and warm.
     Stacks {
@@ -150,6 +157,7 @@ pub fn run(root: &Path, which: Bench) -> Result<()> {
         Bench::Filecache { rounds, mib } => filecache::file_cache(root, rounds, mib),
         Bench::Exits { rounds, processes } => exits::exits(root, rounds, processes),
         Bench::Build { edits } => build::build(root, edits.max(1)),
+        Bench::AllocTrace { rounds } => alloctrace::alloc_trace(root, rounds.max(1)),
     }
 }
 

@@ -252,6 +252,9 @@ fn growth(out: &mut String, g: &GrowthEvidence) {
             allocations::entry(out, i + 1, s);
         }
     }
+    if let Some(hint) = &g.allocation_trace_hint {
+        let _ = writeln!(out, "\nAllocations: {}", printable(hint));
+    }
     if !g.top_files.is_empty() {
         let _ = writeln!(out, "\nFiles with the most page cache:");
         for f in &g.top_files {

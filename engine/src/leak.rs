@@ -71,6 +71,14 @@ pub fn detect(cx: &Context<'_>) -> Vec<Finding> {
                     c.evidence.top_stacks =
                         cx.sources.growing_stacks(&path, leak.lookback, TOP_STACKS);
                     c.evidence.allocation_stacks = cx.sources.allocation_stacks(&path, TOP_STACKS);
+                    if c.evidence.allocation_stacks.is_empty() {
+                        c.evidence.allocation_trace_hint = Some(format!(
+                            "the stacks above name the code that first touched the pages; for \
+                             the code that holds them, trace the allocator: memlens leaks \
+                             --allocations --cgroup {path} --for 30s (every allocator call \
+                             traps while traced: the cost is shown as it runs)"
+                        ));
+                    }
                 }
                 _ => {
                     c.evidence.top_files = cx
@@ -236,6 +244,7 @@ fn evaluate<'a>(cx: &Context<'_>, row: &'a CgroupRow) -> Option<Candidate<'a>> {
             top_processes: Vec::new(),
             top_stacks: Vec::new(),
             allocation_stacks: Vec::new(),
+            allocation_trace_hint: None,
             top_files: Vec::new(),
         },
     })

@@ -275,6 +275,7 @@ mod tests {
                 top_processes: Vec::new(),
                 top_stacks: Vec::new(),
                 allocation_stacks: Vec::new(),
+                allocation_trace_hint: None,
                 top_files: Vec::new(),
             })),
         }

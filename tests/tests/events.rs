@@ -169,6 +169,13 @@ fn a_steady_leak_is_forecast_before_its_oom_kill_across_an_agent_restart() {
         .as_f64()
         .expect("file growth");
     assert!(anon > file, "{evidence}");
+    // A native program has no profile of its own: the evidence says how to trace it.
+    assert!(
+        evidence["allocation_trace_hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("--allocations") && h.contains(&cgroup.path)),
+        "{evidence}"
+    );
     assert!(
         evidence["top_processes"][0]["pid"].as_u64() == Some(u64::from(leak.pid())),
         "top process: {}",

@@ -63,6 +63,11 @@ pub struct GrowthEvidence {
     /// (the Go runtime's heap profile), where one could be read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allocation_stacks: Vec<AllocationEntry>,
+    /// Leak: where no process profile could be read (native programs), how to trace the
+    /// allocator for the allocation-level answer: the engine does not trap every allocator call
+    /// of a production process on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation_trace_hint: Option<String>,
     /// File-cache pressure: the files with the most page cache.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub top_files: Vec<CachedFile>,

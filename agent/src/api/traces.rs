@@ -7,7 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use memlens_types::allocations::TraceRequest;
+use memlens_types::allocations::{TraceRequest, TraceStatus};
 
 use super::{
     allocations::processes,
@@ -62,40 +62,27 @@ pub async fn start(
     .await
 }
 
-/// The trace id of a path, or a 400.
-fn trace_id(id: &str) -> Result<u64, Response> {
-    id.parse::<u64>().map_err(|_| {
-        error(
+/// The trace id of a path, and `answer` for it; a 400 for an id that is not a number.
+fn with_id(id: &str, answer: impl FnOnce(u64) -> Result<TraceStatus, TraceError>) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return error(
             StatusCode::BAD_REQUEST,
             format!("bad trace id {id:?}: ids are numbers"),
-        )
-    })
+        );
+    };
+    match answer(id) {
+        Ok(status) => Json(status).into_response(),
+        Err(e) => {
+            let (code, message) = failure(e);
+            error(code, message)
+        }
+    }
 }
 
 pub async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    let id = match trace_id(&id) {
-        Ok(id) => id,
-        Err(response) => return response,
-    };
-    match state.traces.status(id) {
-        Ok(status) => Json(status).into_response(),
-        Err(e) => {
-            let (code, message) = failure(e);
-            error(code, message)
-        }
-    }
+    with_id(&id, |id| state.traces.status(id))
 }
 
 pub async fn stop(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    let id = match trace_id(&id) {
-        Ok(id) => id,
-        Err(response) => return response,
-    };
-    match state.traces.stop(id) {
-        Ok(status) => Json(status).into_response(),
-        Err(e) => {
-            let (code, message) = failure(e);
-            error(code, message)
-        }
-    }
+    with_id(&id, |id| state.traces.stop(id))
 }

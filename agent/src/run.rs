@@ -206,6 +206,10 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         None => None,
     };
     let (check_tx, check_rx) = mpsc::channel::<CheckRequest>();
+    let traces = Arc::new(
+        crate::traces::Traces::new(&args.db, args.retention, leaks.symbols.clone())
+            .context("cannot read the recorded allocator traces")?,
+    );
     let engine = Engine {
         host: config.host.clone().unwrap_or_else(|| "localhost".into()),
         config,
@@ -215,6 +219,8 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         leaks: leaks.clone(),
         memory_root: memory_root.clone(),
         go_heap: Arc::clone(&go_heap),
+        traces: Arc::clone(&traces),
+        stack_copy_bytes: args.stack_copy,
         stats: Arc::clone(&engine_stats),
         pods: pods.clone(),
         heartbeat: health.worker("engine", ENGINE_BOUND),
@@ -234,7 +240,6 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         })
         .context("cannot start the refresh thread")?;
 
-    let traces = Arc::new(crate::traces::Traces::default());
     let state = AppState {
         views,
         db: args.db.clone(),

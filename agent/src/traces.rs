@@ -12,7 +12,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    path::Path,
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -20,7 +20,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use memlens_attribution::allocations::ProcessInput;
+use memlens_attribution::{
+    allocations::{self, ProcessInput},
+    symbol_service::SymbolService,
+};
 use memlens_common::allocator::AllocCounter;
 use memlens_kernel::{
     alloc_trace::{AllocCounts, AllocTrace, AllocTraceOptions},
@@ -28,8 +31,9 @@ use memlens_kernel::{
 };
 use memlens_model::alloc_trace::{TraceEvent, TraceRecorder};
 use memlens_procfs::Mapping;
+use memlens_store::{Reader, Store, StoreError};
 use memlens_types::allocations::{
-    AllocationSource, TraceEnd, TraceState, TraceStatus, TracedProcess,
+    AllocationSource, AllocationsResponse, TraceEnd, TraceState, TraceStatus, TracedProcess,
 };
 use memlens_unwind::{UnwindStats, Unwinder};
 
@@ -41,8 +45,9 @@ pub const MAX_SECONDS: f64 = 600.0;
 const BATCH: usize = 4096;
 /// How often the ring is read (the kernel wakes the thread only when it is half full).
 const WAIT: Duration = Duration::from_millis(50);
-/// How often the cost is measured and the processes checked.
-const TICK: Duration = Duration::from_secs(1);
+/// How often the cost is measured against the budget and the processes checked: a trace
+/// past its budget costs the processes at most this long.
+const TICK: Duration = Duration::from_millis(250);
 
 /// What a trace is asked to do.
 #[derive(Clone, Debug)]
@@ -52,23 +57,42 @@ pub struct TraceSpec {
     pub sample_bytes: u64,
     pub budget_cpus: f64,
     pub stack_copy_bytes: u32,
+    /// What the trace was started for, when not for a person (the event engine's cgroup path).
+    pub label: Option<String>,
 }
 
-/// One trace: its status while it runs, its results once it is done.
+/// One trace: its status, and its results so far.
 struct Trace {
+    label: Option<String>,
     status: Mutex<TraceStatus>,
     stop: AtomicBool,
-    /// Each traced process's profile and mappings, once finished.
+    /// Each traced process's profile and mappings so far, while it runs.
     results: Mutex<Option<Vec<ProcessInput>>>,
+    /// The symbolized answer, once finished.
+    answer: Mutex<Option<AllocationsResponse>>,
 }
 
-/// Every trace the agent has run (the last `KEPT`).
-#[derive(Default)]
+/// A trace's results, as far as they go.
+pub enum TraceResults {
+    /// Still running: the processes' profiles so far, to be answered from.
+    Running(Vec<ProcessInput>),
+    /// Finished: its answer, symbolized when it ended (its `MAX_ANSWER` largest stacks).
+    Finished(AllocationsResponse),
+}
+
+/// Stacks kept in a finished trace's answer.
+const MAX_ANSWER: usize = 1000;
+
+/// Every trace the agent has run: the last `KEPT` in memory, the last `MAX_TRACES` finished ones
+/// in the history database (kept across restarts).
 pub struct Traces {
     traces: Mutex<VecDeque<Arc<Trace>>>,
     next_id: Mutex<u64>,
     /// Set at shutdown: running traces end.
     stopping: AtomicBool,
+    db: PathBuf,
+    retention: Duration,
+    symbols: SymbolService,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +110,32 @@ pub enum TraceError {
 }
 
 impl Traces {
+    /// The traces of an agent whose history database is `db`; ids go on from the last one on
+    /// record.
+    pub fn new(
+        db: &Path,
+        retention: Duration,
+        symbols: SymbolService,
+    ) -> Result<Traces, StoreError> {
+        let last = Store::open(db, retention)?.last_trace_id()?;
+        Ok(Traces {
+            traces: Mutex::new(VecDeque::new()),
+            next_id: Mutex::new(last),
+            stopping: AtomicBool::new(false),
+            db: db.to_path_buf(),
+            retention,
+            symbols,
+        })
+    }
+
+    /// A finished trace of an earlier run of the agent, from the database.
+    fn recorded(&self, id: u64) -> Result<(TraceStatus, AllocationsResponse), TraceError> {
+        Reader::open(&self.db)
+            .and_then(|r| r.trace(id))
+            .map_err(|e| TraceError::Kernel(e.to_string()))?
+            .ok_or(TraceError::NotFound(id))
+    }
+
     fn find(&self, id: u64) -> Result<Arc<Trace>, TraceError> {
         self.traces
             .lock()
@@ -98,7 +148,11 @@ impl Traces {
 
     /// The status of trace `id`.
     pub fn status(&self, id: u64) -> Result<TraceStatus, TraceError> {
-        let trace = self.find(id)?;
+        let trace = match self.find(id) {
+            Ok(trace) => trace,
+            Err(TraceError::NotFound(_)) => return self.recorded(id).map(|(status, _)| status),
+            Err(e) => return Err(e),
+        };
         let status = trace
             .status
             .lock()
@@ -107,9 +161,22 @@ impl Traces {
         Ok(status)
     }
 
+    /// The newest trace in memory started for `label`: its id.
+    pub fn latest_for(&self, label: &str) -> Option<u64> {
+        self.traces
+            .lock()
+            .ok()?
+            .iter()
+            .rev()
+            .find(|t| t.label.as_deref() == Some(label))
+            .and_then(|t| t.status.lock().ok().map(|s| s.id))
+    }
+
     /// Asks trace `id` to stop; returns its status.
     pub fn stop(&self, id: u64) -> Result<TraceStatus, TraceError> {
-        self.find(id)?.stop.store(true, Ordering::Relaxed);
+        if let Ok(trace) = self.find(id) {
+            trace.stop.store(true, Ordering::Relaxed);
+        }
         self.status(id)
     }
 
@@ -118,13 +185,27 @@ impl Traces {
         self.stopping.store(true, Ordering::Relaxed);
     }
 
-    /// The results of trace `id`: each process's profile (what was sampled so far, while it
-    /// runs: the profile grows until the window ends).
-    pub fn results(&self, id: u64) -> Result<(TraceStatus, Option<Vec<ProcessInput>>), TraceError> {
-        let trace = self.find(id)?;
-        let status = self.status(id)?;
-        let results = trace.results.lock().map(|r| r.clone()).unwrap_or(None);
-        Ok((status, results))
+    /// The results of trace `id`, as far as they go.
+    pub fn results(&self, id: u64) -> Result<TraceResults, TraceError> {
+        let trace = match self.find(id) {
+            Ok(trace) => trace,
+            Err(TraceError::NotFound(_)) => {
+                return self
+                    .recorded(id)
+                    .map(|(_, answer)| TraceResults::Finished(answer))
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(answer) = trace.answer.lock().ok().and_then(|a| a.clone()) {
+            return Ok(TraceResults::Finished(answer));
+        }
+        let inputs = trace
+            .results
+            .lock()
+            .ok()
+            .and_then(|r| r.clone())
+            .unwrap_or_default();
+        Ok(TraceResults::Running(inputs))
     }
 
     /// Starts a trace of `spec.pids`: plans, loads, measures the probes' cost, attaches; the
@@ -264,9 +345,11 @@ impl Traces {
             status.free_call_cost_us
         );
         let shared = Arc::new(Trace {
+            label: spec.label.clone(),
             status: Mutex::new(status.clone()),
             stop: AtomicBool::new(false),
             results: Mutex::new(None),
+            answer: Mutex::new(None),
         });
         traces.push_back(Arc::clone(&shared));
         while traces.len() > KEPT {
@@ -382,8 +465,13 @@ impl Window {
         while take(&mut ring, &mut unwinder, &mut recorder, BATCH) == BATCH {}
         let results = results(&recorder, &maps, &spec, elapsed);
         if let Ok(mut r) = shared.results.lock() {
-            *r = Some(results);
+            *r = Some(results.clone());
         }
+        // Symbolized now, while the processes' files are still at hand, and recorded.
+        let taken_at = memlens_types::unix_ms();
+        let answer = traces
+            .symbols
+            .call(move |symbols| allocations::answer(&results, MAX_ANSWER, symbols, taken_at));
         if let Ok(mut status) = shared.status.lock() {
             status.state = TraceState::Finished;
             status.end = Some(end);
@@ -398,6 +486,19 @@ impl Window {
                 status.samples,
                 status.alloc_calls + status.free_calls
             );
+            match &answer {
+                Ok(answer) => {
+                    let recorded = Store::open(&traces.db, traces.retention)
+                        .and_then(|mut store| store.record_trace(&status, answer, taken_at));
+                    if let Err(e) = recorded {
+                        tracing::warn!("trace {} not recorded: {e}", status.id);
+                    }
+                }
+                Err(e) => tracing::warn!("trace {} not symbolized: {e}", status.id),
+            }
+        }
+        if let (Ok(answer), Ok(mut a)) = (answer, shared.answer.lock()) {
+            *a = Some(answer);
         }
     }
 

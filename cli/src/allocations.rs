@@ -27,9 +27,10 @@ const PAGE_STACKS_SHOWN: usize = 3;
 const PAGE_FRAMES_SHOWN: usize = 4;
 
 pub async fn run(client: &Client, args: &LeaksArgs) -> Result<()> {
-    let trace = match args.trace_for {
-        Some(window) => Some(trace(client, args, window).await?),
-        None => None,
+    let trace = match (args.trace_for, args.trace_id) {
+        (Some(window), _) => Some(trace(client, args, window).await?),
+        (None, Some(id)) => Some(client.by_id::<TraceById>(id).await?),
+        (None, None) => None,
     };
     let mut query = match &trace {
         Some(status) => AllocationsQuery {

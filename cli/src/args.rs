@@ -134,6 +134,10 @@ pub struct LeaksArgs {
     /// measured cost is shown as it runs, and the trace stops itself past --budget.
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_trace_window, requires = "allocations")]
     pub trace_for: Option<Duration>,
+    /// With --allocations: the results of an earlier trace (its id, as `memlens events show` or
+    /// a trace's first line names it).
+    #[arg(long = "trace", value_name = "ID", requires = "allocations", conflicts_with_all = ["trace_for", "pid", "cgroup", "pod"])]
+    pub trace_id: Option<u64>,
     /// Mean bytes allocated between two samples of a trace.
     #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1..), requires = "trace_for")]
     pub sample_bytes: u64,

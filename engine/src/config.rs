@@ -22,6 +22,8 @@
 //! threshold = 0.9
 //! min_samples = 10
 //! min_growth_bytes_per_hour = 1048576
+//! allocation_trace = "10s"
+//! allocation_trace_budget_cpus = 0.05
 //!
 //! [file_cache]
 //! enabled = true
@@ -101,6 +103,15 @@ pub struct LeakConfig {
     pub min_samples: usize,
     /// Slower growth is never a leak.
     pub min_growth_bytes_per_hour: u64,
+    /// A leak in a cgroup of native processes (no allocation profile of their own): how long
+    /// the agent traces their allocator for the event's evidence, once per event; "0s": never
+    /// (the evidence then says how to run a trace by hand). Every allocator call of the traced
+    /// processes traps while traced, so the window is short and its cost bounded below.
+    #[serde(with = "duration")]
+    pub allocation_trace: Duration,
+    /// CPUs such a trace may cost the processes (calls per second x measured cost per call)
+    /// before it stops itself (checked every 250 ms).
+    pub allocation_trace_budget_cpus: f64,
 }
 
 impl Default for LeakConfig {
@@ -113,6 +124,8 @@ impl Default for LeakConfig {
             threshold: 0.9,
             min_samples: 10,
             min_growth_bytes_per_hour: 1 << 20,
+            allocation_trace: Duration::from_secs(10),
+            allocation_trace_budget_cpus: 0.05,
         }
     }
 }
@@ -326,6 +339,18 @@ impl Config {
         check(n >= 3, "leak.min_samples", || {
             format!("must be at least 3, found {n}")
         })?;
+        let d = self.leak.allocation_trace;
+        check(
+            d <= Duration::from_secs(600),
+            "leak.allocation_trace",
+            || "must be at most 10m (0s: no trace)".into(),
+        )?;
+        let b = self.leak.allocation_trace_budget_cpus;
+        check(
+            b > 0.0 && b.is_finite(),
+            "leak.allocation_trace_budget_cpus",
+            || format!("must be a positive number of CPUs, found {b}"),
+        )?;
         let n = self.file_cache.top_files;
         check((1..=50).contains(&n), "file_cache.top_files", || {
             format!("must be in 1..=50, found {n}")
@@ -503,7 +528,7 @@ mod tests {
     fn errors_name_the_key() {
         let positive = "must be a positive duration such as 30m or 6h";
         let cases = [
-            ("[leak]\nlokback = \"6h\"", "line 2: leak.lokback: unknown key (expected one of: enabled, interval, lookback, horizon, threshold, min_samples, min_growth_bytes_per_hour)"),
+            ("[leak]\nlokback = \"6h\"", "line 2: leak.lokback: unknown key (expected one of: enabled, interval, lookback, horizon, threshold, min_samples, min_growth_bytes_per_hour, allocation_trace, allocation_trace_budget_cpus)"),
             ("colour = 1", "line 1: colour: unknown key (expected one of: host, cluster, leak, file_cache, restarts, events, filters, agent)"),
             ("[filters]\nnamespaces = [{ namespace = \"a\", cluster = \"b\" }]", "line 2: filters.namespaces[0].cluster: unknown key (expected one of: cluster_name, namespace)"),
             ("[filters]\nnamespaces = [{ cluster_name = \"x\" }]", "line 2: filters.namespaces[0].namespace: required key is missing"),

@@ -72,12 +72,25 @@ pub fn detect(cx: &Context<'_>) -> Vec<Finding> {
                         cx.sources.growing_stacks(&path, leak.lookback, TOP_STACKS);
                     c.evidence.allocation_stacks = cx.sources.allocation_stacks(&path, TOP_STACKS);
                     if c.evidence.allocation_stacks.is_empty() {
-                        c.evidence.allocation_trace_hint = Some(format!(
-                            "the stacks above name the code that first touched the pages; for \
-                             the code that holds them, trace the allocator: memlens leaks \
+                        let by_hand = format!(
+                            "the growing stacks name the code that first touched the pages; \
+                             for the code that holds them, trace the allocator: memlens leaks \
                              --allocations --cgroup {path} --for 30s (every allocator call \
                              traps while traced: the cost is shown as it runs)"
-                        ));
+                        );
+                        let note = if leak.allocation_trace.is_zero() {
+                            by_hand
+                        } else {
+                            let (stacks, note) = cx.sources.allocation_trace(
+                                &path,
+                                TOP_STACKS,
+                                leak.allocation_trace,
+                                leak.allocation_trace_budget_cpus,
+                            );
+                            c.evidence.allocation_stacks = stacks;
+                            format!("{note}; {by_hand}")
+                        };
+                        c.evidence.allocation_trace_hint = Some(note);
                     }
                 }
                 _ => {

@@ -40,6 +40,17 @@ pub trait Sources {
     /// The stacks holding the most in the processes of the cgroup at `path` according to their
     /// own allocation profiles (the Go runtime's), at most `top`; empty when none can be read.
     fn allocation_stacks(&self, path: &str, top: usize) -> Vec<AllocationEntry>;
+    /// Where the processes of the cgroup at `path` have no profile of their own: the stacks
+    /// holding the most according to a trace of their allocator (`window` long, stopping past
+    /// `budget_cpus`), at most `top`, and a note for people: the trace's outcome, or that one
+    /// was started (its stacks join the evidence at a later run), or why there is none.
+    fn allocation_trace(
+        &self,
+        path: &str,
+        top: usize,
+        window: Duration,
+        budget_cpus: f64,
+    ) -> (Vec<AllocationEntry>, String);
     /// The files with the most page cache charged to the cgroup, at most `top`.
     fn top_files(&self, memcg: MemcgId, top: usize) -> Vec<CachedFile>;
     /// The cgroup's processes with the most resident memory, at most `top`.

@@ -7,6 +7,7 @@ mod events;
 mod lifecycle;
 mod samples;
 mod schema;
+mod traces;
 
 use std::{
     path::{Path, PathBuf},
@@ -16,6 +17,7 @@ use std::{
 pub use events::Applied;
 pub use lifecycle::MAX_LIFECYCLE_ROWS;
 use rusqlite::{Connection, OpenFlags};
+pub use traces::MAX_TRACES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -61,4 +61,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     "ALTER TABLE cgroup_samples ADD COLUMN oom_kills INTEGER;
     ALTER TABLE cgroup_samples ADD COLUMN top_file TEXT;
     ALTER TABLE cgroup_samples ADD COLUMN top_file_bytes INTEGER;",
+    // 5: finished allocator traces: their status and their symbolized answer, as JSON.
+    "CREATE TABLE traces (
+        id INTEGER PRIMARY KEY,
+        finished_ms INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        answer TEXT NOT NULL
+    );",
 ];

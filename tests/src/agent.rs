@@ -85,13 +85,13 @@ impl Agent {
 
     /// Starts `memlens --socket <ours> <args>` without waiting for it (output discarded).
     #[must_use]
-    pub fn cli_child(&self, args: &[&str]) -> std::process::Child {
+    pub fn cli_child(&self, args: &[&str]) -> Child {
         Command::new(memlens_bin())
             .arg("--socket")
             .arg(&self.socket)
             .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .expect("run memlens")
     }

@@ -184,15 +184,17 @@ fn a_cgroup_trace_names_the_cpp_vector_and_the_rust_vec_that_leak() {
 }
 
 #[test]
-fn a_traced_process_that_exits_ends_the_trace_with_its_results() {
+fn a_traced_process_that_exits_ends_the_trace_with_its_results_kept_across_a_restart() {
     memlens_tests::require_root();
-    let agent = Agent::start(&[]);
     let cgroup = TestCgroup::new("alloctrace-exit");
     // 4 s of pause (the trace attaches meanwhile), then 30 steps at 10 a second (7.5 MiB kept),
     // then it is told to exit.
     let mut workload = Workload::start_program(&cgroup, &heap_reuse_bin(), &["30", "10", "4"]);
     workload.expect_line("ready");
     let pid = workload.pid();
+    let db = tempfile::tempdir().expect("tempdir");
+    let db_path = db.path().join("history.db").display().to_string();
+    let agent = Agent::start(&["--db", &db_path]);
     let answer = std::thread::scope(|s| {
         let tracing = s.spawn(|| trace(&agent, "60s", &["--pid", &pid.to_string()]));
         let kept = leaked(&mut workload);
@@ -221,6 +223,22 @@ fn a_traced_process_that_exits_ends_the_trace_with_its_results() {
         held_by(&answer, "remember_request"),
         kept,
         0.25,
+    );
+    // The results outlive the agent (and the process): asked again by id after a restart.
+    let id = status["id"].as_u64().expect("id").to_string();
+    drop(agent);
+    let agent = Agent::start(&["--db", &db_path]);
+    let again = agent.json(&["leaks", "--allocations", "--json", "--trace", &id]);
+    assert_eq!(again["trace"]["end"], "processes_exited", "{again}");
+    assert_eq!(
+        held_by(&again, "remember_request"),
+        held_by(&answer, "remember_request")
+    );
+    let out = agent.cli(&["leaks", "--allocations", "--trace", "999"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no trace 999"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 

@@ -181,8 +181,10 @@ fn a_steady_leak_is_forecast_before_its_oom_kill_across_an_agent_restart() {
         "top process: {}",
         evidence["top_processes"]
     );
-    // The evidence names the leaking function (now, or at a later check before the kill).
+    // The evidence names the leaking function (now, or at a later check before the kill); a
+    // trace of the process's allocator (started by the engine) names it at a later check.
     let mut named = names_function(&evidence["top_stacks"], "leak_slowly");
+    let mut traced = names_function(&evidence["allocation_stacks"], "leak_slowly");
 
     // SIGKILL mid-leak: the event and the history outlive the agent, once.
     let show = agent.cli(&["events", "show", &id.to_string()]);
@@ -204,10 +206,14 @@ fn a_steady_leak_is_forecast_before_its_oom_kill_across_an_agent_restart() {
     assert_eq!(after[0]["first_seen_unix_ms"], first["first_seen_unix_ms"]);
 
     let oom = poll(Duration::from_secs(120), "the leak's OOM kill", || {
-        if !named {
-            named = events(&agent, "leak_suspected", &cgroup.path)
+        if !named || !traced {
+            let now = events(&agent, "leak_suspected", &cgroup.path);
+            named |= now
                 .iter()
                 .any(|e| names_function(&e["evidence"]["top_stacks"], "leak_slowly"));
+            traced |= now
+                .iter()
+                .any(|e| names_function(&e["evidence"]["allocation_stacks"], "leak_slowly"));
         }
         lifecycle(&agent, &cgroup.path)
             .into_iter()
@@ -220,6 +226,7 @@ fn a_steady_leak_is_forecast_before_its_oom_kill_across_an_agent_restart() {
         "{status:?}"
     );
     assert!(named, "no leak evidence named leak_slowly");
+    assert!(traced, "no allocator trace named leak_slowly");
     let actual_ms = (oom["ts_ms"].as_u64().expect("ts") - evaluated_at) as f64;
     let error = (forecast_ms - actual_ms).abs() / actual_ms;
     eprintln!(

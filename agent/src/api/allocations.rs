@@ -22,6 +22,7 @@ use super::{
     server::{blocking, pprof_answer, svg_answer, top_asked, Failure},
     AppState,
 };
+use crate::traces::TraceResults;
 
 const DEFAULT_TOP: usize = 10;
 const MAX_TOP: usize = 1000;
@@ -106,11 +107,17 @@ async fn respond(
                         "a trace's results are asked by trace alone".to_string(),
                     ));
                 }
-                let (_, results) = state
+                match state
                     .traces
                     .results(id)
-                    .map_err(|e| (StatusCode::NOT_FOUND, e.to_string()))?;
-                (results.unwrap_or_default(), 0)
+                    .map_err(|e| (StatusCode::NOT_FOUND, e.to_string()))?
+                {
+                    TraceResults::Finished(mut answer) => {
+                        answer.by_inuse.truncate(top);
+                        return render(answer);
+                    }
+                    TraceResults::Running(inputs) => (inputs, 0),
+                }
             }
             None => {
                 let (pids, left_out) =

@@ -10,6 +10,8 @@ pub mod metrics;
 pub mod server;
 mod traces;
 
+pub(crate) use traces::DEFAULT_SAMPLE_BYTES;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},

@@ -21,7 +21,7 @@ const DEFAULT_SECONDS: f64 = 30.0;
 /// Mean bytes between samples by default: 1 in 64 KiB keeps a 40 MiB leak's estimate within
 /// a few percent (its relative error is about sqrt(rate / bytes)) at a cost per sample that
 /// is small beside the traps every call pays anyway.
-const DEFAULT_SAMPLE_BYTES: u64 = 65_536;
+pub(crate) const DEFAULT_SAMPLE_BYTES: u64 = 65_536;
 /// Cost, in CPUs, past which a trace stops itself by default.
 const DEFAULT_BUDGET_CPUS: f64 = 0.5;
 /// Most processes one trace probes.
@@ -55,6 +55,7 @@ pub async fn start(
             sample_bytes: request.sample_bytes.unwrap_or(DEFAULT_SAMPLE_BYTES),
             budget_cpus: request.budget_cpus.unwrap_or(DEFAULT_BUDGET_CPUS),
             stack_copy_bytes: state.stack_copy_bytes,
+            label: None,
         };
         let status = state.traces.start(spec).map_err(failure)?;
         Ok((StatusCode::CREATED, Json(status)).into_response())

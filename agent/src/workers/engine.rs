@@ -23,7 +23,7 @@ use memlens_pods::PodDirectory;
 use memlens_runtimes::go_heap::GoHeapReader;
 use memlens_store::{Reader, Store, StoreError};
 use memlens_types::{
-    allocations::AllocationEntry,
+    allocations::{AllocationEntry, TraceEnd},
     event::{CheckReport, Event, EventKind, Status},
     evidence::ProcessMemory,
     files::CachedFile,
@@ -34,7 +34,10 @@ use memlens_types::{
     unix_ms, CgroupSelector, MemcgId,
 };
 
-use crate::health::{EndOnDrop, Heartbeat};
+use crate::{
+    health::{EndOnDrop, Heartbeat},
+    traces::{TraceResults, TraceSpec, Traces},
+};
 
 /// Counters for `memlens status`.
 #[derive(Default)]
@@ -62,6 +65,10 @@ pub struct Engine {
     pub memory_root: PathBuf,
     /// Go processes' heap profiles, for leak evidence.
     pub go_heap: Arc<Mutex<GoHeapReader>>,
+    /// Allocator traces of native processes, for leak evidence.
+    pub traces: Arc<Traces>,
+    /// Bytes of stack such a trace copies per sample.
+    pub stack_copy_bytes: u32,
     pub stats: Arc<EngineStats>,
     pub pods: PodDirectory,
     pub heartbeat: Arc<Heartbeat>,
@@ -84,6 +91,8 @@ struct EngineSources<'a> {
     view: &'a View,
     memory_root: &'a Path,
     go_heap: &'a Mutex<GoHeapReader>,
+    traces: &'a Arc<Traces>,
+    stack_copy_bytes: u32,
     pods: &'a PodDirectory,
 }
 
@@ -133,6 +142,73 @@ impl Sources for EngineSources<'_> {
             .symbols
             .call(move |symbols| allocations::answer(&inputs, top, symbols, taken_at).by_inuse)
             .unwrap_or_default()
+    }
+
+    fn allocation_trace(
+        &self,
+        path: &str,
+        top: usize,
+        window: Duration,
+        budget_cpus: f64,
+    ) -> (Vec<AllocationEntry>, String) {
+        // One trace per cgroup while its results are in memory: the event's later runs read it.
+        if let Some(id) = self.traces.latest_for(path) {
+            let status = self.traces.status(id);
+            return match (self.traces.results(id), status) {
+                (Ok(TraceResults::Finished(mut answer)), Ok(status)) => {
+                    answer.by_inuse.truncate(top);
+                    let end = match status.end {
+                        Some(TraceEnd::OverBudget) => format!(
+                            "stopped itself past its budget of {:.2} CPUs after {:.1} s: stacks \
+                             from what it saw",
+                            status.budget_cpus, status.elapsed_seconds
+                        ),
+                        _ => format!("{:.0} s", status.elapsed_seconds),
+                    };
+                    (
+                        answer.by_inuse,
+                        format!(
+                            "allocation stacks from allocator trace {id} of the cgroup's \
+                             largest processes ({end}, {} samples, {:.2} us per allocating \
+                             call while traced)",
+                            status.samples, status.alloc_call_cost_us
+                        ),
+                    )
+                }
+                _ => (
+                    Vec::new(),
+                    format!(
+                        "allocator trace {id} of the cgroup's largest processes is running; its \
+                         stacks join this evidence at the detector's next run"
+                    ),
+                ),
+            };
+        }
+        let dir = self.memory_root.join(path.trim_start_matches('/'));
+        let pids: Vec<u32> = memlens_procfs::process::top_by_memory(&dir, PROFILED_PROCESSES)
+            .iter()
+            .map(|p| p.pid)
+            .collect();
+        let spec = TraceSpec {
+            pids,
+            seconds: window.as_secs_f64(),
+            sample_bytes: crate::api::DEFAULT_SAMPLE_BYTES,
+            budget_cpus,
+            stack_copy_bytes: self.stack_copy_bytes,
+            label: Some(path.to_string()),
+        };
+        match self.traces.start(spec) {
+            Ok(status) => (
+                Vec::new(),
+                format!(
+                    "allocator trace {} of the cgroup's largest processes started for {:.0} s \
+                     (stops itself past {:.2} CPUs; {:.2} us per allocating call while traced); \
+                     its stacks join this evidence at the detector's next run",
+                    status.id, status.seconds, status.budget_cpus, status.alloc_call_cost_us
+                ),
+            ),
+            Err(e) => (Vec::new(), format!("no allocator trace: {e}")),
+        }
     }
 
     fn top_files(&self, memcg: MemcgId, top: usize) -> Vec<CachedFile> {
@@ -185,6 +261,8 @@ impl Engine {
             view: &view,
             memory_root: &self.memory_root,
             go_heap: &self.go_heap,
+            traces: &self.traces,
+            stack_copy_bytes: self.stack_copy_bytes,
             pods: &self.pods,
         };
         let cx = Context {

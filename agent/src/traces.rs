@@ -48,6 +48,8 @@ const WAIT: Duration = Duration::from_millis(50);
 /// How often the cost is measured against the budget and the processes checked: a trace
 /// past its budget costs the processes at most this long.
 const TICK: Duration = Duration::from_millis(250);
+/// Ticks between two refreshes of the mappings and the results so far (one a second).
+const RESULTS_EVERY: u64 = 4;
 
 /// What a trace is asked to do.
 #[derive(Clone, Debug)]
@@ -404,6 +406,7 @@ impl Window {
         let started = Instant::now();
         let mut last_tick = started;
         let mut last_counts = AllocCounts::default();
+        let mut ticks: u64 = 0;
         let end = loop {
             self.ring.wait(WAIT);
             while take(&mut self.ring, &mut unwinder, &mut recorder, BATCH) == BATCH {}
@@ -420,11 +423,16 @@ impl Window {
                     / seconds;
                 last_counts = counts;
                 last_tick = Instant::now();
-                for (pid, (_, maps)) in &mut self.maps {
-                    // Kept fresh for symbolizing code loaded during the window; the last read
-                    // stays once the process is gone.
-                    if let Ok(m) = memlens_procfs::read_maps(*pid) {
-                        *maps = m;
+                ticks += 1;
+                // Once a second: the mappings (kept fresh for symbolizing code loaded during
+                // the window; the last read stays once the process is gone) and the results
+                // so far.
+                let second = ticks.is_multiple_of(RESULTS_EVERY);
+                if second {
+                    for (pid, (_, maps)) in &mut self.maps {
+                        if let Ok(m) = memlens_procfs::read_maps(*pid) {
+                            *maps = m;
+                        }
                     }
                 }
                 if cost_now > self.spec.budget_cpus {
@@ -436,7 +444,13 @@ impl Window {
                 {
                     end = Some(TraceEnd::ProcessesExited);
                 }
-                self.publish(shared, &recorder, elapsed, cost_now, calls_per_second);
+                self.publish(
+                    shared,
+                    &recorder,
+                    elapsed,
+                    (cost_now, calls_per_second),
+                    second,
+                );
             }
             if end.is_none() {
                 if shared.stop.load(Ordering::Relaxed) {
@@ -508,8 +522,8 @@ impl Window {
         shared: &Trace,
         recorder: &TraceRecorder,
         elapsed: f64,
-        cost_now: f64,
-        calls_per_second: f64,
+        (cost_now, calls_per_second): (f64, f64),
+        with_results: bool,
     ) {
         let counts = self.trace.counts();
         let mean = self.cost_cpus(&counts, elapsed);
@@ -520,9 +534,11 @@ impl Window {
             status.calls_per_second = calls_per_second;
             fill_counts(&mut status, &counts, recorder);
         }
-        let interim = results(recorder, &self.maps, &self.spec, elapsed);
-        if let Ok(mut r) = shared.results.lock() {
-            *r = Some(interim);
+        if with_results {
+            let interim = results(recorder, &self.maps, &self.spec, elapsed);
+            if let Ok(mut r) = shared.results.lock() {
+                *r = Some(interim);
+            }
         }
     }
 }

@@ -26,9 +26,37 @@ const PAGE_STACKS_SHOWN: usize = 3;
 /// Named frames shown per page-level stack.
 const PAGE_FRAMES_SHOWN: usize = 4;
 
+/// Whether every process of `answer` has a profile of its own (Go programs): no trace needed.
+fn all_profiled(answer: &AllocationsResponse) -> bool {
+    !answer.processes.is_empty()
+        && answer
+            .processes
+            .iter()
+            .all(|p| p.source == Some(AllocationSource::GoRuntime))
+}
+
 pub async fn run(client: &Client, args: &LeaksArgs) -> Result<()> {
+    let own_profiles = AllocationsQuery {
+        pid: args.pid,
+        cgroup: args.cgroup.clone(),
+        pod: args.pod.clone(),
+        trace: None,
+        top: usize::try_from(args.top).ok(),
+    };
     let trace = match (args.trace_for, args.trace_id) {
-        (Some(window), _) => Some(trace(client, args, window).await?),
+        (Some(window), _) => {
+            // Go programs' runtimes keep a profile: it answers at once, without a trace.
+            let profiled = client.request::<Allocations>(&own_profiles).await?;
+            if all_profiled(&profiled) {
+                eprintln!(
+                    "no trace needed: every process keeps a heap profile of its own (Go), read \
+                     now"
+                );
+                None
+            } else {
+                Some(trace(client, args, window).await?)
+            }
+        }
         (None, Some(id)) => Some(client.by_id::<TraceById>(id).await?),
         (None, None) => None,
     };
@@ -38,13 +66,7 @@ pub async fn run(client: &Client, args: &LeaksArgs) -> Result<()> {
             top: usize::try_from(args.top).ok(),
             ..AllocationsQuery::default()
         },
-        None => AllocationsQuery {
-            pid: args.pid,
-            cgroup: args.cgroup.clone(),
-            pod: args.pod.clone(),
-            trace: None,
-            top: usize::try_from(args.top).ok(),
-        },
+        None => own_profiles,
     };
     let allocations = client.request::<Allocations>(&query).await?;
     // Exports carry every stack of the profiles.

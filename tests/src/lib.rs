@@ -7,6 +7,7 @@
 
 mod agent;
 mod cgroup;
+pub mod pprof;
 mod workload;
 
 use std::{

@@ -9,8 +9,9 @@ use std::{
 };
 
 use memlens_tests::{
-    assert_near, heap_reuse_bin, stack_names, static_stripped_bin, vector_leak_bin, Agent,
-    TestCgroup, Workload, MIB,
+    assert_near, go_bin, heap_reuse_bin,
+    pprof::{decode, inuse_in},
+    stack_names, static_stripped_bin, vector_leak_bin, Agent, TestCgroup, Workload, MIB,
 };
 use serde_json::Value;
 
@@ -60,7 +61,14 @@ fn a_trace_names_the_leak_that_reuses_the_churns_heap() {
     let mut workload = Workload::start_program(&cgroup, &heap_reuse_bin(), &["160", "10", "2"]);
     workload.expect_line("ready");
     let pid = workload.pid().to_string();
-    let answer = trace(&agent, "25s", &["--pid", &pid, "--top", "20"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pprof_path = dir.path().join("trace.pb.gz");
+    let pprof_arg = pprof_path.display().to_string();
+    let answer = trace(
+        &agent,
+        "30s",
+        &["--pid", &pid, "--top", "20", "--pprof", &pprof_arg],
+    );
     let kept = leaked(&mut workload);
 
     let status = &answer["trace"];
@@ -93,6 +101,12 @@ fn a_trace_names_the_leak_that_reuses_the_churns_heap() {
         held_by(&answer, "remember_request"),
         kept,
         0.15,
+    );
+    // The pprof export of the trace says the same.
+    let profile = decode(&std::fs::read(&pprof_path).expect("the profile"));
+    assert_eq!(
+        inuse_in(&profile, "remember_request"),
+        held_by(&answer, "remember_request")
     );
     let churn = held_by(&answer, "render_response");
     eprintln!("churn holds {churn} of {kept} kept");
@@ -360,6 +374,16 @@ fn trace_requests_that_cannot_run_say_why() {
         "defines malloc",
     );
     stripped.stop();
+    // A Go program's runtime keeps a profile: `--for` answers from it at once, no trace.
+    let mut go = Workload::start_program(&cgroup, &go_bin("goheap", false), &["1", "64"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let answer = trace(&agent, "30s", &["--pid", &go.pid().to_string()]);
+    assert!(answer["trace"].is_null(), "{answer}");
+    assert_eq!(
+        answer["allocations"]["processes"][0]["source"], "go_runtime",
+        "{answer}"
+    );
+    go.stop();
     // One trace at a time.
     let mut first = Workload::start_program(&cgroup, &heap_reuse_bin(), &["600", "10", "0"]);
     first.expect_line("ready");

@@ -9,9 +9,10 @@ use std::{
 };
 
 use memlens_tests::{
-    assert_near, go_bin, stack_names, workload_bin, Agent, TestCgroup, Workload, MIB,
+    assert_near, go_bin,
+    pprof::{decode, inuse_in},
+    stack_names, workload_bin, Agent, TestCgroup, Workload, MIB,
 };
-use pprof::protos::{Message as _, Profile};
 use serde_json::Value;
 
 /// `memlens leaks --allocations --json <args>`: `{allocations, pages}`.
@@ -47,46 +48,6 @@ fn own_pprof_inuse(port: u16, function: &str) -> u64 {
         .expect("an HTTP answer")
         + 4;
     inuse_in(&decode(&response[body_at..]), function)
-}
-
-/// A gzip'd pprof profile, decoded.
-fn decode(gzipped: &[u8]) -> Profile {
-    let mut raw = Vec::new();
-    flate2::read::GzDecoder::new(gzipped)
-        .read_to_end(&mut raw)
-        .expect("gunzip");
-    Profile::decode(raw.as_slice()).expect("protobuf decodes")
-}
-
-/// In-use bytes (`inuse_space`) of the samples of `profile` whose stack has `function`.
-fn inuse_in(profile: &Profile, function: &str) -> u64 {
-    let name = |i: i64| profile.string_table[i as usize].as_str();
-    let inuse = profile
-        .sample_type
-        .iter()
-        .position(|t| name(t.ty) == "inuse_space")
-        .expect("inuse_space");
-    let has_function = |location_id: u64| {
-        profile
-            .location
-            .iter()
-            .find(|l| l.id == location_id)
-            .is_some_and(|l| {
-                l.line.iter().any(|line| {
-                    profile
-                        .function
-                        .iter()
-                        .find(|f| f.id == line.function_id)
-                        .is_some_and(|f| name(f.name) == function)
-                })
-            })
-    };
-    profile
-        .sample
-        .iter()
-        .filter(|s| s.location_id.iter().any(|&l| has_function(l)))
-        .map(|s| s.value[inuse] as u64)
-        .sum()
 }
 
 #[test]

@@ -57,20 +57,26 @@ fn a_trace_names_the_leak_that_reuses_the_churns_heap() {
     memlens_tests::require_root();
     let agent = Agent::start(&[]);
     let cgroup = TestCgroup::new("alloctrace");
-    // 2 s of pause for the trace to attach, then 160 steps at 10 a second: 40 MiB kept.
-    let mut workload = Workload::start_program(&cgroup, &heap_reuse_bin(), &["160", "10", "2"]);
+    // 160 steps at 10 a second once the trace is attached: 40 MiB kept.
+    let mut workload = Workload::start_program(&cgroup, &heap_reuse_bin(), &["160", "10", "wait"]);
     workload.expect_line("ready");
     let pid = workload.pid().to_string();
     let dir = tempfile::tempdir().expect("tempdir");
     let pprof_path = dir.path().join("trace.pb.gz");
     let pprof_arg = pprof_path.display().to_string();
-    let answer = trace(
-        &agent,
-        "30s",
-        &["--pid", &pid, "--top", "20", "--pprof", &pprof_arg],
-    );
-    let kept = leaked(&mut workload);
-
+    let (answer, kept) = std::thread::scope(|s| {
+        let tracing = s.spawn(|| {
+            trace(
+                &agent,
+                "30s",
+                &["--pid", &pid, "--top", "20", "--pprof", &pprof_arg],
+            )
+        });
+        wait_attached(workload.pid());
+        workload.send("go");
+        let kept = leaked(&mut workload);
+        (tracing.join().expect("the trace"), kept)
+    });
     let status = &answer["trace"];
     eprintln!(
         "trace: {} s, {} alloc calls, {} free calls, {} samples, cost {:.3} CPUs mean, \
@@ -201,16 +207,18 @@ fn a_cgroup_trace_names_the_cpp_vector_and_the_rust_vec_that_leak() {
 fn a_traced_process_that_exits_ends_the_trace_with_its_results_kept_across_a_restart() {
     memlens_tests::require_root();
     let cgroup = TestCgroup::new("alloctrace-exit");
-    // 4 s of pause (the trace attaches meanwhile), then 30 steps at 10 a second (7.5 MiB kept),
-    // then it is told to exit.
-    let mut workload = Workload::start_program(&cgroup, &heap_reuse_bin(), &["30", "10", "4"]);
-    workload.expect_line("ready");
-    let pid = workload.pid();
     let db = tempfile::tempdir().expect("tempdir");
     let db_path = db.path().join("history.db").display().to_string();
     let agent = Agent::start(&["--db", &db_path]);
+    // 30 steps at 10 a second (7.5 MiB kept) once the trace is attached, then it is told to
+    // exit.
+    let mut workload = Workload::start_program(&cgroup, &heap_reuse_bin(), &["30", "10", "wait"]);
+    workload.expect_line("ready");
+    let pid = workload.pid();
     let answer = std::thread::scope(|s| {
         let tracing = s.spawn(|| trace(&agent, "60s", &["--pid", &pid.to_string()]));
+        wait_attached(pid);
+        workload.send("go");
         let kept = leaked(&mut workload);
         workload.send("exit");
         assert!(workload.wait().success());
@@ -220,12 +228,16 @@ fn a_traced_process_that_exits_ends_the_trace_with_its_results_kept_across_a_res
     let (answer, kept) = answer;
     let status = &answer["trace"];
     eprintln!(
-        "ended {} after {} s",
-        status["end"], status["elapsed_seconds"]
+        "ended {} after {} s; probes cost {:.2} us per allocating call, {:.2} us per free",
+        status["end"],
+        status["elapsed_seconds"],
+        status["alloc_call_cost_us"].as_f64().unwrap_or(0.0),
+        status["free_call_cost_us"].as_f64().unwrap_or(0.0)
     );
     assert_eq!(status["end"], "processes_exited", "{status}");
     assert!(
-        status["elapsed_seconds"].as_f64().expect("elapsed") < 20.0,
+        status["elapsed_seconds"].as_f64().expect("elapsed")
+            < memlens_tests::patience(Duration::from_secs(20)).as_secs_f64(),
         "{status}"
     );
     assert_eq!(status["processes"][0]["exited"], true, "{status}");
@@ -282,6 +294,15 @@ fn patched_libc_bytes(pid: u32) -> usize {
         .zip(&on_disk)
         .filter(|(a, b)| a != b)
         .count()
+}
+
+/// Waits until a trace's breakpoints are in `pid`'s libc (its probes are attached).
+fn wait_attached(pid: u32) {
+    let deadline = Instant::now() + memlens_tests::patience(Duration::from_secs(20));
+    while patched_libc_bytes(pid) == 0 {
+        assert!(Instant::now() < deadline, "the trace never attached");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

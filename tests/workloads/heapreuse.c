@@ -2,14 +2,15 @@
  * A leak and a churn sharing one thread and one heap, so that the allocator hands the leak
  * memory the churn touched first (memlens integration tests).
  *
- *   heapreuse <steps> <steps per second> [<first step's pause in seconds>]
+ *   heapreuse <steps> <steps per second> [<pause in seconds before the first step> | wait]
  *
  * Each step, render_response() mallocs a 1 MiB buffer, fills it and frees it, and builds and
  * frees 64 small strings; then remember_request() keeps 64 blocks of 4 KiB (256 KiB a step,
  * never freed). The first 1 MiB buffer is mmap'd; freeing it raises glibc's dynamic mmap
  * threshold, so every later buffer comes from the heap, and the leak's blocks are carved from
  * the chunk the churn just freed: pages the churn touched first. Prints "ready" after the first
- * step, "leaked <bytes>" when done (the bytes kept), then waits for "exit" (or end of input).
+ * step (with "wait": then waits for a line on stdin before the steps), "leaked <bytes>" when
+ * done (the bytes kept), then waits for "exit" (or end of input).
  * Build: gcc -O2 -g heapreuse.c -o heapreuse   (no frame pointers)
  */
 #include <stdio.h>
@@ -61,20 +62,24 @@ __attribute__((noinline)) static unsigned render_response(unsigned step) {
 
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: heapreuse <steps> <steps per second> [<pause s>]\n");
+        fprintf(stderr, "usage: heapreuse <steps> <steps per second> [<pause s> | wait]\n");
         return 2;
     }
     long steps = strtol(argv[1], NULL, 10);
     long per_second = strtol(argv[2], NULL, 10);
-    long pause = argc > 3 ? strtol(argv[3], NULL, 10) : 0;
+    int wait = argc > 3 && strcmp(argv[3], "wait") == 0;
+    long pause = argc > 3 && !wait ? strtol(argv[3], NULL, 10) : 0;
     if (steps <= 0 || per_second <= 0 || pause < 0) {
-        fprintf(stderr, "usage: heapreuse <steps> <steps per second> [<pause s>]\n");
+        fprintf(stderr, "usage: heapreuse <steps> <steps per second> [<pause s> | wait]\n");
         return 2;
     }
     unsigned checksum = render_response(0);
     printf("ready\n");
     fflush(stdout);
     sleep((unsigned)pause);
+    char line[64];
+    if (wait && !fgets(line, sizeof line, stdin))
+        return 1;
     for (long step = 1; step <= steps; step++) {
         checksum += render_response((unsigned)step);
         remember_request((unsigned)step);
@@ -83,7 +88,6 @@ int main(int argc, char **argv) {
     printf("leaked %zu\n", kept);
     fflush(stdout);
     fprintf(stderr, "checksum %u\n", checksum);
-    char line[64];
     while (fgets(line, sizeof line, stdin) && strncmp(line, "exit", 4) != 0) {
     }
     return 0;

@@ -28,8 +28,9 @@ pub struct TestCase {
     pub name: &'static str,
 }
 
-/// The subset: the accuracy tests of anonymous pages, page cache and OOM kills, with their
-/// assertions as on the host (only their waits stretch under emulation).
+/// The subset: the accuracy tests of anonymous pages, page cache and OOM kills, and an allocator
+/// trace (user probes, return probes without the 6.11 uretprobe syscall on older kernels), with
+/// their assertions as on the host (only their waits stretch under emulation).
 const SUBSET: &[TestCase] = &[
     TestCase {
         target: "page_tracking",
@@ -42,6 +43,10 @@ const SUBSET: &[TestCase] = &[
     TestCase {
         target: "events",
         name: "an_oom_kill_is_recorded_with_its_cgroup",
+    },
+    TestCase {
+        target: "alloc_trace",
+        name: "a_traced_process_that_exits_ends_the_trace_with_its_results_kept_across_a_restart",
     },
 ];
 

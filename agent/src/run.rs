@@ -136,6 +136,10 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         ))),
         symbols: SymbolService::start().context("cannot start the symbolizer thread")?,
     };
+    let traces = Arc::new(
+        crate::traces::Traces::new(&args.db, args.retention, leaks.symbols.clone())
+            .context("cannot read the recorded allocator traces")?,
+    );
     let status = StatusSource {
         report: probes.report.clone(),
         counters: Arc::clone(&probes.counters),
@@ -147,6 +151,7 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         schedule: config.schedule(),
         pods: pods.clone(),
         leaks: leaks.clone(),
+        traces: Arc::clone(&traces),
         started_at_unix_ms: memlens_types::unix_ms(),
     };
     let mut health = Health::default();
@@ -206,10 +211,6 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         None => None,
     };
     let (check_tx, check_rx) = mpsc::channel::<CheckRequest>();
-    let traces = Arc::new(
-        crate::traces::Traces::new(&args.db, args.retention, leaks.symbols.clone())
-            .context("cannot read the recorded allocator traces")?,
-    );
     let engine = Engine {
         host: config.host.clone().unwrap_or_else(|| "localhost".into()),
         config,

@@ -17,7 +17,7 @@ use memlens_types::{
 };
 use memlens_unwind::UnwindStats;
 
-use crate::workers::engine::EngineStats;
+use crate::{traces::Traces, workers::engine::EngineStats};
 
 /// The fixed facts, the live counters, and the clock of the agent's start.
 pub struct StatusSource {
@@ -33,6 +33,7 @@ pub struct StatusSource {
     pub schedule: String,
     pub pods: PodDirectory,
     pub leaks: LeakSources,
+    pub traces: Arc<Traces>,
     pub started_at_unix_ms: u64,
 }
 
@@ -254,6 +255,11 @@ impl StatusSource {
             } else {
                 costs.join("; ")
             },
+        );
+        add(
+            "allocator traces",
+            CapabilityState::Ok,
+            self.traces.summary(),
         );
         if let Some(w) = &r.memlock_warning {
             add("memlock", CapabilityState::Ok, w.clone());

@@ -163,6 +163,35 @@ impl Traces {
         Ok(status)
     }
 
+    /// One line for `memlens status`: how traces attach, and the running or last one.
+    pub fn summary(&self) -> String {
+        // aya attaches through the uprobe PMU where the kernel has one, else through tracefs.
+        let how = if Path::new("/sys/bus/event_source/devices/uprobe/type").exists() {
+            "user probes through perf events"
+        } else {
+            "user probes through tracefs (no uprobe PMU)"
+        };
+        let last = self.traces.lock().ok().and_then(|t| {
+            t.back()
+                .and_then(|t| t.status.lock().ok().map(|s| s.clone()))
+        });
+        let state = match last {
+            None => "none run since the agent started".to_string(),
+            Some(s) if s.state == TraceState::Running => format!(
+                "trace {} running: {:.0} of {:.0} s, {} samples, costing {:.2} CPUs",
+                s.id, s.elapsed_seconds, s.seconds, s.samples, s.cost_cpus
+            ),
+            Some(s) => format!(
+                "last: trace {} ({:?} after {:.0} s, {} samples)",
+                s.id,
+                s.end.unwrap_or(TraceEnd::Completed),
+                s.elapsed_seconds,
+                s.samples
+            ),
+        };
+        format!("on demand ({how}, `memlens leaks --allocations --for`); {state}")
+    }
+
     /// The newest trace in memory started for `label`: its id.
     pub fn latest_for(&self, label: &str) -> Option<u64> {
         self.traces

@@ -250,6 +250,14 @@ fn a_traced_process_that_exits_ends_the_trace_with_its_results_kept_across_a_res
         kept,
         0.25,
     );
+    // `memlens status` names the last trace.
+    let status_text = String::from_utf8_lossy(&agent.cli(&["status"]).stdout).into_owned();
+    assert!(
+        status_text
+            .lines()
+            .any(|l| l.starts_with("allocator traces") && l.contains("ProcessesExited")),
+        "{status_text}"
+    );
     // The results outlive the agent (and the process): asked again by id after a restart.
     let id = status["id"].as_u64().expect("id").to_string();
     drop(agent);

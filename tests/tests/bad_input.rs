@@ -199,6 +199,7 @@ fn status_has_one_line_per_capability() {
         "lifecycle",
         "events",
         "pod names",
+        "allocator traces",
     ] {
         assert!(
             text.lines().any(|l| l.starts_with(capability)),

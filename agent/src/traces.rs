@@ -12,6 +12,8 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    fs::File,
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -282,6 +284,7 @@ impl Traces {
             .map_err(|e| TraceError::Kernel(format!("measuring the probes' cost: {e}")))?;
         let mut processes = Vec::new();
         let mut maps = HashMap::new();
+        let mut held = HeldFiles::default();
         // (allocating, freeing) call cost in ns: the dearest of the traced allocators' malloc and
         // free (other functions of a family begin alike).
         let mut call_cost: (f64, f64) = (0.0, 0.0);
@@ -311,6 +314,7 @@ impl Traces {
             processes.push(match planned {
                 Ok((plan, probes)) => {
                     if let Ok(m) = memlens_procfs::read_maps(pid) {
+                        held.hold(pid, &m);
                         maps.insert(pid, (comm.clone(), m));
                     }
                     TracedProcess {
@@ -393,6 +397,7 @@ impl Traces {
             ring,
             call_cost,
             maps,
+            held,
             spec,
         };
         let spawned = std::thread::Builder::new()
@@ -415,7 +420,49 @@ struct Window {
     call_cost: (f64, f64),
     /// Each traced process's name and latest mappings.
     maps: HashMap<u32, (String, Vec<Mapping>)>,
+    /// The files each process maps, held open so that its stacks can be named after it exits.
+    held: HeldFiles,
     spec: TraceSpec,
+}
+
+/// Descriptors of the files traced processes map, by process and (device, inode).
+#[derive(Default)]
+struct HeldFiles(HashMap<u32, HashMap<(String, u64), File>>);
+
+/// Files held per process (a process mapping more is named through its paths after exit).
+const MAX_HELD_FILES: usize = 512;
+
+impl HeldFiles {
+    /// Opens the files of `maps` not held yet, through the process's own `map_files` links.
+    fn hold(&mut self, pid: u32, maps: &[Mapping]) {
+        let held = self.0.entry(pid).or_default();
+        for m in maps
+            .iter()
+            .filter(|m| m.inode != 0 && m.path.starts_with('/'))
+        {
+            let key = (m.dev.clone(), m.inode);
+            if held.len() >= MAX_HELD_FILES || held.contains_key(&key) {
+                continue;
+            }
+            if let Ok(file) = File::open(m.map_file(pid)) {
+                held.insert(key, file);
+            }
+        }
+    }
+
+    /// `maps` with each held file's descriptor as its `open_path`.
+    fn annotate(&self, pid: u32, maps: &[Mapping]) -> Vec<Mapping> {
+        let held = self.0.get(&pid);
+        maps.iter()
+            .map(|m| {
+                let mut m = m.clone();
+                if let Some(file) = held.and_then(|h| h.get(&(m.dev.clone(), m.inode))) {
+                    m.open_path = Some(format!("/proc/self/fd/{}", file.as_raw_fd()));
+                }
+                m
+            })
+            .collect()
+    }
 }
 
 impl Window {
@@ -460,6 +507,7 @@ impl Window {
                 if second {
                     for (pid, (_, maps)) in &mut self.maps {
                         if let Ok(m) = memlens_procfs::read_maps(*pid) {
+                            self.held.hold(*pid, &m);
                             *maps = m;
                         }
                     }
@@ -501,20 +549,29 @@ impl Window {
             trace,
             mut ring,
             maps,
+            held,
             spec,
             ..
         } = self;
         drop(trace);
         while take(&mut ring, &mut unwinder, &mut recorder, BATCH) == BATCH {}
-        let results = results(&recorder, &maps, &spec, elapsed);
-        if let Ok(mut r) = shared.results.lock() {
-            *r = Some(results.clone());
-        }
-        // Symbolized now, while the processes' files are still at hand, and recorded.
+        // Symbolized now, through the descriptors held of the processes' files (names even
+        // for processes that exited), and recorded; then the descriptors go.
+        let annotated = results(&recorder, &maps, &held, &spec, elapsed);
         let taken_at = memlens_types::unix_ms();
         let answer = traces
             .symbols
-            .call(move |symbols| allocations::answer(&results, MAX_ANSWER, symbols, taken_at));
+            .call(move |symbols| allocations::answer(&annotated, MAX_ANSWER, symbols, taken_at));
+        drop(held);
+        // Answers from now on come from the symbolized answer; without one (the symbolizer
+        // stopped), from the profiles with the processes' own paths.
+        let unheld = results(&recorder, &maps, &HeldFiles::default(), &spec, elapsed);
+        if let Ok(mut r) = shared.results.lock() {
+            *r = Some(unheld);
+        }
+        if let (Ok(answer), Ok(mut a)) = (&answer, shared.answer.lock()) {
+            *a = Some(answer.clone());
+        }
         if let Ok(mut status) = shared.status.lock() {
             status.state = TraceState::Finished;
             status.end = Some(end);
@@ -540,9 +597,6 @@ impl Window {
                 Err(e) => tracing::warn!("trace {} not symbolized: {e}", status.id),
             }
         }
-        if let (Ok(answer), Ok(mut a)) = (answer, shared.answer.lock()) {
-            *a = Some(answer);
-        }
     }
 
     /// Updates the shared status while the trace runs.
@@ -564,7 +618,7 @@ impl Window {
             fill_counts(&mut status, &counts, recorder);
         }
         if with_results {
-            let interim = results(recorder, &self.maps, &self.spec, elapsed);
+            let interim = results(recorder, &self.maps, &self.held, &self.spec, elapsed);
             if let Ok(mut r) = shared.results.lock() {
                 *r = Some(interim);
             }
@@ -621,6 +675,7 @@ fn fill_counts(status: &mut TraceStatus, counts: &AllocCounts, recorder: &TraceR
 fn results(
     recorder: &TraceRecorder,
     maps: &HashMap<u32, (String, Vec<Mapping>)>,
+    held: &HeldFiles,
     spec: &TraceSpec,
     elapsed: f64,
 ) -> Vec<ProcessInput> {
@@ -631,7 +686,7 @@ fn results(
         .map(|(pid, (comm, maps))| ProcessInput {
             pid,
             comm: comm.clone(),
-            maps: maps.clone(),
+            maps: held.annotate(pid, maps),
             profile: Ok(recorder.profile(pid, spec.sample_bytes)),
             source: AllocationSource::AllocatorTrace,
             read_time: Duration::from_secs_f64(elapsed),

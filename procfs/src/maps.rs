@@ -15,6 +15,11 @@ pub struct Mapping {
     pub inode: u64,
     /// Path as the process sees it (may end in ` (deleted)`), or a pseudo name like `[stack]`.
     pub path: String,
+    /// Where the agent can still open this very file once the process is gone (a descriptor
+    /// it holds, `/proc/self/fd/N`), when it keeps one: names after exit even where the path
+    /// cannot be checked to be the same file (overlay file systems report other device numbers
+    /// to `stat` than in the maps).
+    pub open_path: Option<String>,
 }
 
 impl Mapping {
@@ -60,6 +65,7 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
                 dev,
                 inode,
                 path,
+                open_path: None,
             })
         })
         .collect()

@@ -123,11 +123,18 @@ impl Symbolizer {
         lookup: u64,
         entry: &StackAddr,
     ) -> Option<Vec<Frame>> {
-        let path = Path::new(mapping.path.as_str());
-        let meta = std::fs::metadata(path).ok()?;
-        if meta.ino() != mapping.inode || format_dev(meta.dev()) != mapping.dev {
-            return None; // gone or replaced: a name from another file would be a wrong name
-        }
+        let path = match &mapping.open_path {
+            // A descriptor of the mapped file itself, held by the agent.
+            Some(open) => Path::new(open.as_str()),
+            None => {
+                let path = Path::new(mapping.path.as_str());
+                let meta = std::fs::metadata(path).ok()?;
+                if meta.ino() != mapping.inode || format_dev(meta.dev()) != mapping.dev {
+                    return None; // gone or replaced: a name from another file would be wrong
+                }
+                path
+            }
+        };
         let source = Source::Elf(Elf::new(path));
         let offset = mapping.file_offset(lookup);
         let results = self
@@ -290,6 +297,7 @@ mod tests {
             dev: "fe:00".into(),
             inode: 1,
             path: "/gone/libfoo.so (deleted)".into(),
+            open_path: None,
         };
         let frame = unknown_frame(0x1010, Some(&mapping), false);
         assert_eq!(frame.display_name(), "[unknown] libfoo.so+0x3010");

@@ -162,6 +162,17 @@ fn malformed_api_requests_get_http_errors() {
         b"GET /v1/allocations HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         b"GET /v1/allocations?pid=1&pod=x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         b"GET /v1/allocations?pid=1&top=0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /v1/allocations?trace=1&pid=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        // Traces: validated before anything is attached.
+        b"POST /v1/traces?pid=abc HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"POST /v1/traces?seconds=5 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"POST /v1/traces?pid=1&seconds=0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"POST /v1/traces?pid=1&seconds=900 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"POST /v1/traces?pid=1&budget_cpus=0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"POST /v1/traces?pid=1&sample_bytes=0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"POST /v1/traces?pid=1&colour=red HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /v1/traces/seven HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"POST /v1/traces/seven/stop HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     ] {
         let answer = raw_request(&agent.socket, request);
         assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
@@ -176,6 +187,21 @@ fn malformed_api_requests_get_http_errors() {
         b"GET /v1/allocations?pid=4294967295 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
     assert!(no_process.starts_with("HTTP/1.1 404"), "{no_process}");
+    for request in [
+        &b"GET /v1/traces/999999 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..],
+        b"POST /v1/traces/999999/stop HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /v1/allocations?trace=999999 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"POST /v1/traces?pid=4294967295 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ] {
+        let answer = raw_request(&agent.socket, request);
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    }
+    // Starting a trace is a POST.
+    let get_traces = raw_request(
+        &agent.socket,
+        b"GET /v1/traces?pid=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(get_traces.starts_with("HTTP/1.1 405"), "{get_traces}");
     // Still serving after all that.
     assert!(agent.cli(&["status"]).status.success(), "{}", agent.log());
     assert_clean_failure(&agent.cli(&["events", "show", "999999"]), "no event 999999");

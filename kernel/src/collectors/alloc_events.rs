@@ -32,14 +32,7 @@ pub enum AllocRecord<'a> {
 impl AllocEventRing {
     /// Waits up to `timeout` for records; true when some are waiting.
     pub fn wait(&self, timeout: Duration) -> bool {
-        let mut fds = libc::pollfd {
-            fd: self.0.as_fd().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: one pollfd for the duration of the call.
-        unsafe { libc::poll(&mut fds, 1, ms) > 0 }
+        super::wait_readable(self.0.as_fd().as_raw_fd(), timeout)
     }
 
     /// Hands every waiting record to `take`, at most `max` of them; returns how many.

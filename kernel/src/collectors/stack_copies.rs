@@ -21,15 +21,7 @@ pub struct StackCopyWaiter(RawFd);
 impl StackCopyWaiter {
     /// Waits up to `timeout` for copies to arrive; true when some are waiting.
     pub fn wait(&self, timeout: Duration) -> bool {
-        let mut fds = libc::pollfd {
-            fd: self.0,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: one pollfd for the duration of the call; a closed descriptor makes poll
-        // report POLLNVAL, not undefined behaviour.
-        unsafe { libc::poll(&mut fds, 1, ms) > 0 }
+        super::wait_readable(self.0, timeout)
     }
 }
 

@@ -47,6 +47,9 @@ pub enum Command {
     /// The agent's config file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Detach the kernel programs and free the maps a stopped agent left pinned to outlive it
+    /// (after an uninstall; needs root). A running agent keeps its own until it stops.
+    Unload(UnloadArgs),
     /// Measurements used by `cargo xtask bench`.
     #[command(hide = true, subcommand)]
     Debug(DebugCommand),
@@ -63,6 +66,13 @@ pub enum ConfigCommand {
 pub struct ConfigCheckArgs {
     /// The config file (TOML).
     pub file: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct UnloadArgs {
+    /// The agent's `--pin-dir`.
+    #[arg(long, env = "MEMLENS_PIN_DIR", default_value = memlens_kernel::loader::pinning::DEFAULT_ROOT)]
+    pub pin_dir: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]

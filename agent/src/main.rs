@@ -47,6 +47,7 @@ fn main() -> ExitCode {
                 );
             })
         }
+        Command::Unload(args) => unload(&args.pin_dir),
         Command::Debug(DebugCommand::BenchSymbolize(args)) => debug::bench_symbolize(args),
     };
     match result {
@@ -56,6 +57,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `memlens unload`: removes the pins under `dir`.
+fn unload(dir: &std::path::Path) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!("memlens unload needs root (it removes pins from a BPF file system)");
+    }
+    if memlens_kernel::loader::pinning::unload(dir)? {
+        println!(
+            "removed {}: the programs a stopped agent left attached are detached and its maps freed",
+            dir.display()
+        );
+    } else {
+        println!("nothing pinned at {}", dir.display());
+    }
+    Ok(())
 }
 
 /// Runs one client command on a runtime of its own.

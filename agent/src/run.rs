@@ -77,7 +77,7 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
     }
     // Claim the socket before touching the kernel: a second agent fails here, cleanly.
     let _lock = InstanceLock::acquire(&socket)?;
-    let store = Store::open(&args.db, args.retention)?;
+    let mut store = Store::open(&args.db, args.retention)?;
     tracing::info!("history in {}", args.db.display());
     let layout = CgroupLayout::detect()?;
     tracing::info!("cgroups: {layout}");
@@ -96,8 +96,10 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         lifecycle_buffer: args.lifecycle_buffer,
         stack_copy_bytes: args.stack_copy,
         stack_copy_buffer: args.stack_copy_buffer,
+        pin_dir: args.pin_dir.0.clone(),
     };
     let mut probes = Probes::load(&load)?;
+    let resumed = probes.report.pinning.as_ref().is_ok_and(|p| p.resumed);
     let census = match PageState::open() {
         Ok(state) => Ok(PageCensus::new(state, probes.report.sample_shift)),
         Err(e) => {
@@ -111,11 +113,14 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
     };
     let lifecycle_ring = probes.lifecycle.take();
     let unwind_stats = Arc::new(UnwindStats::default());
+    let mut restored_stacks = 0;
     let unwinding = probes.stack_copies.take().map(|ring| {
+        let mut table = UnwoundTable::new(probes.report.sample_entries);
+        restored_stacks = resume_stacks(&mut store, resumed, &mut table);
         Arc::new(Mutex::new(Unwinding::new(
             ring,
             Unwinder::new(Arc::clone(&unwind_stats)),
-            UnwoundTable::new(probes.report.sample_entries),
+            table,
         )))
     });
     let lifecycle_stats = Arc::new(LifecycleStats::default());
@@ -153,6 +158,7 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         leaks: leaks.clone(),
         traces: Arc::clone(&traces),
         started_at_unix_ms: memlens_types::unix_ms(),
+        restored_stacks,
     };
     let mut health = Health::default();
     // A census of a large host at a fine rate can take a while: the bound leaves room for it.
@@ -161,6 +167,8 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
     let memory_hierarchy = memlens_cgroup::memory_hierarchy_id(layout.version);
     let memory_root = layout.memory_root.clone();
     let go_heap = Arc::new(Mutex::new(GoHeapReader::default()));
+    let pinned = probes.report.pinning.clone();
+    let probes_pinned = pinned.is_ok();
     let mut refresher = Refresher {
         mounts: layout.mount_points().into(),
         layout,
@@ -179,6 +187,8 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         file_cache: PageCacheCollector::default(),
         file_names: FileResolver::default(),
         last_recorded: None,
+        save_unwound: probes_pinned,
+        last_prune: None,
     };
     let views = Arc::new(Views::new(refresher.view()));
     let published = Arc::clone(&views);
@@ -238,6 +248,7 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
                 published.publish(refresher.view());
                 refresh_beat.beat();
             }
+            refresher.finish();
         })
         .context("cannot start the refresh thread")?;
 
@@ -270,8 +281,40 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         let _ = worker.join();
     }
     let _ = engine_worker.join();
+    if let Ok(pins) = &pinned {
+        tracing::info!(
+            "the kernel programs stay attached, their records kept in {} for the next agent \
+             (`memlens unload` detaches them)",
+            pins.dir.display()
+        );
+    }
     tracing::info!("stopped");
     served
+}
+
+/// Puts back the user stacks the previous agent unwound when its kernel records were kept
+/// (`resumed`), else forgets them; returns how many records got their stack back.
+fn resume_stacks(store: &mut Store, resumed: bool, table: &mut UnwoundTable) -> usize {
+    if !resumed {
+        if let Err(e) = store.clear_unwound() {
+            tracing::warn!("saved user stacks not cleared: {e}");
+        }
+        return 0;
+    }
+    match store.load_unwound() {
+        Ok(saved) => {
+            let n = saved.len();
+            for (tag, stack) in saved {
+                table.restore(tag.superblock, tag.pid, tag.ts_ns, stack);
+            }
+            tracing::info!("{n} user stacks of the kept records restored");
+            n
+        }
+        Err(e) => {
+            tracing::warn!("user stacks of the kept records not restored: {e}");
+            0
+        }
+    }
 }
 
 /// The retention must cover the detectors' windows.

@@ -24,7 +24,7 @@ pub struct AgentArgs {
     /// more: see docs/benchmarks.md.
     #[arg(long, env = "MEMLENS_SAMPLE_SHIFT", default_value_t = 7, value_parser = clap::value_parser!(u32).range(0..=16))]
     pub sample_shift: u32,
-    /// Upper bound on sampled-frame records (128 bytes each); the shift is raised to fit.
+    /// Upper bound on sampled-frame records (136 bytes each); the shift is raised to fit.
     #[arg(long, env = "MEMLENS_MAX_SAMPLE_ENTRIES", default_value_t = 524_288, value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
     pub max_sample_entries: u64,
     /// Distinct stacks kept in the kernel (about 1 KiB each).
@@ -55,6 +55,11 @@ pub struct AgentArgs {
     /// beyond it are counted as lost and keep their frame-pointer stack.
     #[arg(long, env = "MEMLENS_STACK_COPY_BUFFER", default_value_t = 1 << 22, value_parser = parse_ring_size)]
     pub stack_copy_buffer: u32,
+    /// Where the kernel maps and program links are pinned (a BPF file system) so that what the
+    /// programs record outlives the agent: they stay attached while it restarts, and the next
+    /// agent reads on. `none`: everything goes with the agent. `memlens unload` removes them.
+    #[arg(long, env = "MEMLENS_PIN_DIR", default_value = memlens_kernel::loader::pinning::DEFAULT_ROOT, value_parser = parse_pin_dir)]
+    pub pin_dir: PinDir,
     /// BTF of the running kernel, for kernels without /sys/kernel/btf/vmlinux (e.g. from BTFHub).
     #[arg(long, env = "MEMLENS_BTF", value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -91,6 +96,30 @@ pub struct AgentArgs {
     /// cgroup's "other stacks" entry.
     #[arg(long, env = "MEMLENS_MAX_STACKS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
     pub max_stacks: u64,
+}
+
+/// `--pin-dir`: a directory on a BPF file system, or none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct PinDir(pub Option<PathBuf>);
+
+impl From<PinDir> for String {
+    fn from(dir: PinDir) -> String {
+        dir.0
+            .map_or_else(|| "none".into(), |p| p.display().to_string())
+    }
+}
+
+/// `none` or an absolute path.
+fn parse_pin_dir(text: &str) -> Result<PinDir, String> {
+    if text == "none" {
+        return Ok(PinDir(None));
+    }
+    let path = PathBuf::from(text);
+    if !path.is_absolute() {
+        return Err("must be an absolute path (on a BPF file system) or none".into());
+    }
+    Ok(PinDir(Some(path)))
 }
 
 /// Longest `--kernel-stack-reuse`: well below the stack collector's interval, so a reused stack
@@ -250,6 +279,7 @@ const FILE_SETTINGS: &[&str] = &[
     "lifecycle_buffer",
     "stack_copy",
     "stack_copy_buffer",
+    "pin_dir",
     "btf",
     "max_cgroups",
     "db",

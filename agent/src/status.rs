@@ -8,7 +8,7 @@ use memlens_cgroup::CgroupLayout;
 use memlens_common::counters::Counter;
 use memlens_kernel::{
     collectors::lifecycle::LifecycleStats,
-    loader::{KernelCounters, LoadReport},
+    loader::{pinning::PinReport, KernelCounters, LoadReport},
 };
 use memlens_pods::PodDirectory;
 use memlens_types::{
@@ -35,6 +35,8 @@ pub struct StatusSource {
     pub leaks: LeakSources,
     pub traces: Arc<Traces>,
     pub started_at_unix_ms: u64,
+    /// User stacks the previous agent unwound, put back at start.
+    pub restored_stacks: usize,
 }
 
 impl StatusSource {
@@ -261,6 +263,25 @@ impl StatusSource {
             CapabilityState::Ok,
             self.traces.summary(),
         );
+        match &r.pinning {
+            Ok(p) => add(
+                "restarts",
+                if p.not_kept.is_empty() {
+                    CapabilityState::Ok
+                } else {
+                    CapabilityState::Degraded
+                },
+                restarts_detail(p, self.restored_stacks),
+            ),
+            Err(why) => add(
+                "restarts",
+                CapabilityState::Degraded,
+                format!(
+                    "kernel records go with the agent ({why}): after a restart, pages allocated \
+                     before it have no stacks"
+                ),
+            ),
+        }
         if let Some(w) = &r.memlock_warning {
             add("memlock", CapabilityState::Ok, w.clone());
         }
@@ -273,6 +294,34 @@ impl StatusSource {
             programs,
         }
     }
+}
+
+/// The `restarts` line: whether the kernel records outlive the agent and what it resumed from.
+fn restarts_detail(p: &PinReport, restored_stacks: usize) -> String {
+    let origin = if p.resumed {
+        format!(
+            "resumed the previous agent's records ({restored_stacks} unwound user stacks \
+             restored)"
+        )
+    } else {
+        match &p.discarded {
+            Some(why) => format!("started afresh: {why}"),
+            None => "started afresh (no previous agent's records)".to_string(),
+        }
+    };
+    let mut detail = format!(
+        "kernel records kept in {} while the agent restarts; {origin}; attached throughout: {}",
+        p.dir.display(),
+        if p.kept.is_empty() {
+            "none".to_string()
+        } else {
+            p.kept.join(", ")
+        }
+    );
+    if !p.not_kept.is_empty() {
+        detail.push_str(&format!("; stop with the agent: {}", p.not_kept.join(", ")));
+    }
+    detail
 }
 
 /// The `unwinding` line: what copying and unwinding stacks costs and what it gives.

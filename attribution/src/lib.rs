@@ -107,8 +107,8 @@ pub struct LeakView {
 /// Turns censuses into leak tables; owned by the agent's refresh thread.
 pub struct Attribution {
     max_keys: usize,
-    /// Stack map contents by id (ids stay valid until the stack collector deletes them).
-    stack_ips: HashMap<u32, Arc<[u64]>>,
+    /// Stack map contents by key (a key names one stack; kept until the collector deletes it).
+    stack_ips: HashMap<u64, Arc<[u64]>>,
     /// The latest process seen with each pid.
     processes: HashMap<u32, Arc<ProcessInfo>>,
     leaf: LeafResolver,
@@ -141,10 +141,10 @@ impl Attribution {
         }
     }
 
-    /// Stack ids the collector deleted: their ids may now name other stacks.
-    pub fn forget_stack_ids(&mut self, ids: &[u32]) {
-        for id in ids {
-            self.stack_ips.remove(id);
+    /// Stacks the collector deleted from the kernel's map.
+    pub fn forget_stacks(&mut self, keys: &[u64]) {
+        for key in keys {
+            self.stack_ips.remove(key);
         }
     }
 
@@ -257,16 +257,18 @@ impl Attribution {
     }
 
     /// The stack with map id `id`, read once and then cached.
-    fn stack(&mut self, stacks: &dyn StackTable, id: i32) -> Option<Arc<[u64]>> {
-        let id = u32::try_from(id).ok()?;
-        if let Some(ips) = self.stack_ips.get(&id) {
+    fn stack(&mut self, stacks: &dyn StackTable, key: u64) -> Option<Arc<[u64]>> {
+        if key == 0 {
+            return None;
+        }
+        if let Some(ips) = self.stack_ips.get(&key) {
             return Some(Arc::clone(ips));
         }
-        let ips: Arc<[u64]> = stacks.addresses(id)?.into();
+        let ips: Arc<[u64]> = stacks.addresses(key)?.into();
         if ips.is_empty() {
             return None;
         }
-        self.stack_ips.insert(id, Arc::clone(&ips));
+        self.stack_ips.insert(key, Arc::clone(&ips));
         Some(ips)
     }
 

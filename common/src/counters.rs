@@ -15,14 +15,14 @@ pub enum Counter {
     OutOfRange = 2,
     /// Allocations of more than `MAX_SAMPLED_PER_ALLOC` sampled frames: the rest not recorded.
     HighOrderTruncated = 3,
-    /// `bpf_get_stackid` for the kernel stack failed (any errno).
+    /// `bpf_get_stack` for the kernel stack failed (any errno).
     KernelStackErrors = 4,
-    /// `bpf_get_stackid` for the user stack failed with `-EFAULT`: no user context (kernel
-    /// threads, interrupts). Expected, not a loss.
+    /// `bpf_get_stack` for the user stack found no user context (kernel threads, interrupts).
+    /// Expected, not a loss.
     UserStackNone = 5,
-    /// `bpf_get_stackid` failed with `-EEXIST` (hash bucket taken by another stack): stack lost.
-    StackCollisions = 6,
-    /// `bpf_get_stackid` for the user stack failed with another errno.
+    /// The `STACKS` map was full: a new stack lost (its record has none).
+    StackMapFull = 6,
+    /// `bpf_get_stack` for the user stack failed with an errno.
     UserStackErrors = 7,
     /// Reading the allocating task's memory cgroup failed.
     TaskMemcgErrors = 8,
@@ -66,7 +66,7 @@ impl Counter {
         Counter::HighOrderTruncated,
         Counter::KernelStackErrors,
         Counter::UserStackNone,
-        Counter::StackCollisions,
+        Counter::StackMapFull,
         Counter::UserStackErrors,
         Counter::TaskMemcgErrors,
         Counter::KernelStackReused,
@@ -90,7 +90,7 @@ impl Counter {
             self,
             Counter::OutOfRange
                 | Counter::HighOrderTruncated
-                | Counter::StackCollisions
+                | Counter::StackMapFull
                 | Counter::KernelStackErrors
                 | Counter::UserStackErrors
                 | Counter::FilemapMapFull
@@ -110,7 +110,7 @@ impl Counter {
             Counter::HighOrderTruncated => "high_order_truncated",
             Counter::KernelStackErrors => "kernel_stack_errors",
             Counter::UserStackNone => "user_stack_none",
-            Counter::StackCollisions => "stack_collisions",
+            Counter::StackMapFull => "stack_map_full",
             Counter::UserStackErrors => "user_stack_errors",
             Counter::TaskMemcgErrors => "task_memcg_errors",
             Counter::KernelStackReused => "kernel_stack_reused",

@@ -12,18 +12,18 @@
 //! fills a trace record on every allocation).
 
 use aya_ebpf::{
-    bindings::BPF_F_USER_STACK,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns},
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{Array, PerCpuArray, StackTrace},
-    programs::{tracing::StackIdContext, RawTracePointContext, TracePointContext},
+    maps::{Array, HashMap, PerCpuArray},
+    programs::{RawTracePointContext, TracePointContext},
     EbpfContext, Global,
 };
 use memlens_common::{
     counters::Counter,
     page::{
-        sampled_frames, AllocTracepointFields, CalibrationSample, PageAlloc, SampledFrames,
-        LEAF_STACK_WORDS, MAX_SAMPLED_PER_ALLOC, USER_STACK_COPIED,
+        sampled_frames, stack_key, AllocTracepointFields, CalibrationSample, PageAlloc,
+        SampledFrames, StackFrames, LEAF_STACK_WORDS, MAX_SAMPLED_PER_ALLOC,
     },
 };
 
@@ -31,8 +31,10 @@ use crate::{counters, stack_copy, task};
 
 /// `BPF_F_MMAPABLE`: lets the agent read the array without a syscall per entry.
 const BPF_F_MMAPABLE: u32 = 1 << 10;
-const EFAULT: i32 = 14;
-const EEXIST: i32 = 17;
+const EFAULT: i64 = 14;
+const EEXIST: i64 = 17;
+const ENOMEM: i64 = 12;
+const E2BIG: i64 = 7;
 
 /// log2 of the number of page frames per superblock (one sampled frame per superblock).
 #[no_mangle]
@@ -66,10 +68,14 @@ static CALIBRATION_TGID: Global<u32> = Global::new(0);
 #[map]
 static PAGE_ALLOCS: Array<PageAlloc> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
-/// Kernel and user stacks of sampled allocations. Sized by the agent, which also deletes the
-/// stacks no live record refers to any more.
+/// Kernel and user stacks of sampled allocations, by content ([`stack_key`]). Sized by the
+/// agent, which also deletes the stacks no live record refers to any more.
 #[map]
-static STACKS: StackTrace = StackTrace::with_max_entries(1, 0);
+static STACKS: HashMap<u64, StackFrames> = HashMap::with_max_entries(1, 0);
+
+/// Per-CPU room for the stack being taken (too large for the program's stack).
+#[map]
+static STACK_SCRATCH: PerCpuArray<StackFrames> = PerCpuArray::with_max_entries(1, 0);
 
 /// Calibration results: `CALIBRATION[0].page` counts samples, entries `1..` hold them.
 #[map]
@@ -156,8 +162,7 @@ pub fn page_alloc_calibrate(ctx: RawTracePointContext) -> i32 {
 #[derive(Clone, Copy)]
 pub struct KernelStackMemo {
     user_key: u64,
-    kernel_stack: i32,
-    reserved: u32,
+    kernel_stack: u64,
     ts_ns: u64,
 }
 
@@ -172,7 +177,7 @@ static KERNEL_STACK_MEMO: PerCpuArray<KernelStackMemo> =
     PerCpuArray::with_max_entries(MEMO_SLOTS, 0);
 
 #[inline(always)]
-fn kernel_stack_for<C: StackIdContext>(ctx: &C, user_key: u64, now: u64) -> i32 {
+fn kernel_stack_for<C: EbpfContext>(ctx: &C, user_key: u64, now: u64) -> u64 {
     let reuse_ns = KERNEL_STACK_REUSE_NS.load();
     if user_key == 0 || reuse_ns == 0 {
         return walk_kernel_stack(ctx);
@@ -188,56 +193,95 @@ fn kernel_stack_for<C: StackIdContext>(ctx: &C, user_key: u64, now: u64) -> i32 
         return memo.kernel_stack;
     }
     let kernel_stack = walk_kernel_stack(ctx);
-    if kernel_stack >= 0 {
+    if kernel_stack != 0 {
         *memo = KernelStackMemo {
             user_key,
             kernel_stack,
-            reserved: 0,
             ts_ns: now,
         };
     }
     kernel_stack
 }
 
-/// The frame-pointer walk of the user stack: its id in `STACKS`, or a negative errno.
+/// Takes the kernel stack (`flags` 0) or the frame-pointer walk of the user stack
+/// (`BPF_F_USER_STACK`) into `STACKS`; returns its key, or the helper's negative errno (a full
+/// map is counted here).
 #[inline(always)]
-fn walk_user_stack<C: StackIdContext>(ctx: &C) -> i32 {
-    match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
-        Ok(id) => id as i32,
+fn take_stack<C: EbpfContext>(ctx: &C, flags: u64) -> Result<u64, i64> {
+    let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
+        return Err(-EFAULT);
+    };
+    // SAFETY: the helper writes at most the given size into the per-CPU map value, and zeroes
+    // what follows the stack, so equal stacks are equal values.
+    let len = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            scratch.cast(),
+            size_of::<StackFrames>() as u32,
+            flags,
+        )
+    };
+    if len <= 0 {
+        // An empty user stack: no user context (a kernel thread).
+        return Err(if len == 0 { -EFAULT } else { len });
+    }
+    // SAFETY: per-CPU map value, written above; this program does not nest on one CPU.
+    let frames = unsafe { &*scratch };
+    let key = stack_key(frames, len as usize / 8);
+    match STACKS
+        .insert(&key, frames, u64::from(BPF_NOEXIST))
+        .map_err(i64::from)
+    {
+        Ok(()) => Ok(key),
+        // Already kept: the same stack, by construction of the key.
+        Err(e) if e == -EEXIST => Ok(key),
         Err(e) => {
-            counters::add(
-                match -e {
-                    EFAULT => Counter::UserStackNone,
-                    EEXIST => Counter::StackCollisions,
-                    _ => Counter::UserStackErrors,
-                },
-                1,
-            );
-            e
+            if map_full(e) {
+                counters::add(Counter::StackMapFull, 1);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Whether a map update failed for want of room (counted as such, not as an error).
+#[inline(always)]
+fn map_full(e: i64) -> bool {
+    e == -E2BIG || e == -ENOMEM
+}
+
+/// The frame-pointer walk of the user stack: its key in `STACKS`, or 0.
+#[inline(always)]
+fn walk_user_stack<C: EbpfContext>(ctx: &C) -> u64 {
+    match take_stack(ctx, u64::from(BPF_F_USER_STACK)) {
+        Ok(key) => key,
+        Err(e) => {
+            if e == -EFAULT {
+                counters::add(Counter::UserStackNone, 1);
+            } else if !map_full(e) {
+                counters::add(Counter::UserStackErrors, 1);
+            }
+            0
+        }
+    }
+}
+
+/// The kernel stack: its key in `STACKS`, or 0.
+#[inline(always)]
+fn walk_kernel_stack<C: EbpfContext>(ctx: &C) -> u64 {
+    match take_stack(ctx, 0) {
+        Ok(key) => key,
+        Err(e) => {
+            if !map_full(e) {
+                counters::add(Counter::KernelStackErrors, 1);
+            }
+            0
         }
     }
 }
 
 #[inline(always)]
-fn walk_kernel_stack<C: StackIdContext>(ctx: &C) -> i32 {
-    match ctx.get_stackid(&STACKS, 0) {
-        Ok(id) => id as i32,
-        Err(e) => {
-            counters::add(
-                if e == -EEXIST {
-                    Counter::StackCollisions
-                } else {
-                    Counter::KernelStackErrors
-                },
-                1,
-            );
-            e
-        }
-    }
-}
-
-#[inline(always)]
-fn on_alloc<C: StackIdContext>(ctx: &C, pfn: u64, order: u32, gfp: u64) {
+fn on_alloc<C: EbpfContext>(ctx: &C, pfn: u64, order: u32, gfp: u64) {
     let frames = sampled_frames(pfn, order, SAMPLE_SHIFT.load());
     if frames.count != 0 {
         record(ctx, frames, order, gfp);
@@ -246,7 +290,7 @@ fn on_alloc<C: StackIdContext>(ctx: &C, pfn: u64, order: u32, gfp: u64) {
 
 /// The sampled path: stacks, task identity, and one record per sampled frame of the block.
 #[inline(always)]
-fn record<C: StackIdContext>(ctx: &C, frames: SampledFrames, order: u32, gfp: u64) {
+fn record<C: EbpfContext>(ctx: &C, frames: SampledFrames, order: u32, gfp: u64) {
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -270,17 +314,17 @@ fn record<C: StackIdContext>(ctx: &C, frames: SampledFrames, order: u32, gfp: u6
     };
     let copied = copied_key != 0;
     let (user_stack, user_key) = if copied {
-        (USER_STACK_COPIED, copied_key)
+        (0, copied_key)
     } else {
-        let id = walk_user_stack(ctx);
-        (id, if id >= 0 { id as u64 + 1 } else { 0 })
+        let key = walk_user_stack(ctx);
+        (key, key)
     };
     let kernel_stack = kernel_stack_for(ctx, user_key, now);
     let task_memcg = task::current_memcg_id().unwrap_or_else(|_| {
         counters::add(Counter::TaskMemcgErrors, 1);
         0
     });
-    let (user_sp, user_stack_top) = if has_user && !copied && user_stack >= 0 {
+    let (user_sp, user_stack_top) = if has_user && !copied && user_stack != 0 {
         let top = task::user_stack_top(regs.sp).unwrap_or_else(|_| {
             counters::add(Counter::UserStackTopErrors, 1);
             [0; LEAF_STACK_WORDS]
@@ -298,6 +342,7 @@ fn record<C: StackIdContext>(ctx: &C, frames: SampledFrames, order: u32, gfp: u6
         user_stack,
         gfp_flags: gfp as u32,
         order: order as u16,
+        user_copied: u8::from(copied),
         reserved: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         user_sp,

@@ -74,7 +74,7 @@ pub struct Census {
     pub read_errors: u64,
     pub duration: Duration,
     /// Stack ids the records of held frames refer to.
-    pub referenced_stacks: HashSet<u32>,
+    pub referenced_stacks: HashSet<u64>,
     /// Held frames whose allocation the probes recorded: the input of leak attribution.
     pub tracked: Vec<TrackedFrame>,
 }

@@ -13,9 +13,9 @@ pub mod user_stack;
 
 pub use snapshot::Snapshot;
 
-/// The kernel's stack map, as the census' records refer to it: stack id to instruction
+/// The kernel's stack map, as the census' records refer to it: stack key to instruction
 /// addresses, innermost first.
 pub trait StackTable {
-    /// The addresses of stack `id`; None when the id names no stack (any more).
-    fn addresses(&self, id: u32) -> Option<Vec<u64>>;
+    /// The addresses of stack `key`; None when the map holds no such stack (any more).
+    fn addresses(&self, key: u64) -> Option<Vec<u64>>;
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-pub use memlens_types::stack::{FoundBy, StackStop};
+pub use memlens_types::stack::{FoundBy, StackStop, UnwoundFrame, UnwoundStack};
 
 /// One sampled allocation's stack copy.
 #[derive(Clone, Copy, Debug)]
@@ -31,24 +31,6 @@ impl StackSample<'_> {
         let bytes = self.stack.get(offset..offset.checked_add(8)?)?;
         Some(u64::from_le_bytes(bytes.try_into().ok()?))
     }
-}
-
-/// One frame of an unwound stack.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct UnwoundFrame {
-    /// The instruction pointer (first frame) or a return address.
-    pub addr: u64,
-    /// How this frame was found from the one inside it.
-    pub found_by: FoundBy,
-}
-
-/// A user stack unwound from a stack copy, innermost first.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct UnwoundStack {
-    pub frames: Vec<UnwoundFrame>,
-    /// Why the unwinding stopped before the end of the stack; `None` when it reached the end
-    /// the unwind tables mark (the program's or the thread's entry).
-    pub stop: Option<StackStop>,
 }
 
 /// Unwound stacks of the sampled allocations still on record.

@@ -8,6 +8,7 @@ mod lifecycle;
 mod samples;
 mod schema;
 mod traces;
+mod unwound;
 
 use std::{
     path::{Path, PathBuf},
@@ -18,6 +19,7 @@ pub use events::Applied;
 pub use lifecycle::MAX_LIFECYCLE_ROWS;
 use rusqlite::{Connection, OpenFlags};
 pub use traces::MAX_TRACES;
+pub use unwound::SlotTag;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

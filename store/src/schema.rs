@@ -68,4 +68,16 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         status TEXT NOT NULL,
         answer TEXT NOT NULL
     );",
+    // 6: user stacks unwound from the kernel's stack copies, by the sampled-page record they
+    // belong to (kept across restarts with the pinned records; their copies are gone).
+    "CREATE TABLE user_stacks (
+        hash INTEGER PRIMARY KEY,
+        stack TEXT NOT NULL
+    );
+    CREATE TABLE unwound_slots (
+        superblock INTEGER PRIMARY KEY,
+        pid INTEGER NOT NULL,
+        ts_ns INTEGER NOT NULL,
+        hash INTEGER NOT NULL
+    );",
 ];

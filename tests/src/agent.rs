@@ -16,7 +16,50 @@ pub struct Agent {
     child: Child,
     pub socket: PathBuf,
     log: PathBuf,
+    /// Its own BPF file system for the pins (unless the test passed `--pin-dir`): dropped after
+    /// the agent stops, which detaches what it left attached.
+    _pins: Option<BpfMount>,
     _dir: tempfile::TempDir,
+}
+
+/// A private BPF file system, for an agent's pins: whatever is pinned in it goes (programs
+/// detached, maps freed) when it is unmounted on drop.
+pub struct BpfMount {
+    dir: tempfile::TempDir,
+}
+
+impl BpfMount {
+    /// Mounts a fresh BPF file system in a temporary directory.
+    #[must_use]
+    pub fn new() -> BpfMount {
+        require_root();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "cannot mount a BPF file system");
+        BpfMount { dir }
+    }
+
+    /// The agent's `--pin-dir` in it.
+    #[must_use]
+    pub fn pin_dir(&self) -> PathBuf {
+        self.dir.path().join("memlens")
+    }
+}
+
+impl Default for BpfMount {
+    fn default() -> BpfMount {
+        BpfMount::new()
+    }
+}
+
+impl Drop for BpfMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
 }
 
 impl Agent {
@@ -36,6 +79,10 @@ impl Agent {
             // Each test's history stays in its own directory.
             cmd.arg("--db").arg(dir.path().join("history.db"));
         }
+        let pins = (!extra.contains(&"--pin-dir")).then(BpfMount::new);
+        if let Some(pins) = &pins {
+            cmd.arg("--pin-dir").arg(pins.pin_dir());
+        }
         let child = cmd
             .args(extra)
             .stdout(Stdio::null())
@@ -46,6 +93,7 @@ impl Agent {
             child,
             socket,
             log,
+            _pins: pins,
             _dir: dir,
         };
         let deadline = Instant::now() + patience(Duration::from_secs(60));
@@ -115,6 +163,15 @@ impl Agent {
         let mut all = vec!["leaks", "--json"];
         all.extend_from_slice(args);
         self.json(&all)
+    }
+
+    /// `memlens leaks --json` of cgroup `path`: the last minute's growth, 50 stacks, `extra`
+    /// flags after.
+    #[must_use]
+    pub fn cgroup_leaks(&self, path: &str, extra: &[&str]) -> Value {
+        let mut args = vec!["--cgroup", path, "--since", "60s", "--top", "50"];
+        args.extend_from_slice(extra);
+        self.leaks(&args)
     }
 
     /// `memlens <args>` (which asks for JSON), which must succeed, parsed.

@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-pub use agent::Agent;
+pub use agent::{Agent, BpfMount};
 pub use cgroup::{OwnCgroup, TestCgroup};
 use serde_json::Value;
 pub use workload::{join_cgroup_before_exec, Workload};
@@ -128,6 +128,29 @@ pub fn stack_names(entry: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Whether `entry`'s user stack holds `chain` in this order (innermost first), allowing other
+/// frames between (inlined helpers, the allocator's own).
+pub fn has_chain(entry: &Value, chain: &[&str]) -> bool {
+    // C++ names carry their parameters (`record_event(long)`), Rust and C++ their paths.
+    let names: Vec<String> = stack_names(entry)
+        .into_iter()
+        .map(|n| n.split('(').next().unwrap_or_default().to_string())
+        .collect();
+    let mut at = 0;
+    chain.iter().all(|want| {
+        match names[at..]
+            .iter()
+            .position(|n| n == want || n.ends_with(&format!("::{want}")))
+        {
+            Some(i) => {
+                at += i + 1;
+                true
+            }
+            None => false,
+        }
+    })
 }
 
 /// The Go workload `tests/workloads/<name>`, built once per test process with Debian's

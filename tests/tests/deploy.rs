@@ -509,6 +509,16 @@ fn daemonset_runs_the_agent_with_flags_and_config_it_accepts() {
         !volume["hostPath"].is_null() && mount["readOnly"] != true,
         "--db {db} must be on a writable hostPath volume (history survives the pod)"
     );
+    // The pins (the agent's default --pin-dir) live on the host's BPF file system.
+    let pin_dir = flag_value(&args, "--pin-dir").unwrap_or("/sys/fs/bpf/memlens");
+    let (mount, volume) = mount_of(pin_dir);
+    assert!(
+        volume["hostPath"]["path"] == "/sys/fs/bpf"
+            && mount["readOnly"] != true
+            && mount["mountPropagation"] == "Bidirectional",
+        "--pin-dir {pin_dir} must be on the host's /sys/fs/bpf, writable, with Bidirectional \
+         propagation (kernel records outlive the pod): {mount} {volume}"
+    );
 
     // The real parser accepts the args and the config: run the agent as an unprivileged user
     // with the ConfigMap's file, and it gets as far as its root check (it parses its arguments

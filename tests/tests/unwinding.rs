@@ -4,36 +4,13 @@
 //! binary's unwind tables.
 
 use memlens_tests::{
-    assert_near, deep_leak_bin, plugin_bins, stack_names, vector_leak_bin, workload_bin, Agent,
-    TestCgroup, Workload, MIB,
+    assert_near, deep_leak_bin, has_chain, plugin_bins, stack_names, vector_leak_bin, workload_bin,
+    Agent, TestCgroup, Workload, MIB,
 };
 use serde_json::Value;
 
-/// Whether `entry`'s user stack holds `chain` in this order (innermost first), allowing other
-/// frames between (inlined helpers, the allocator's own).
-fn has_chain(entry: &Value, chain: &[&str]) -> bool {
-    // C++ names carry their parameters (`record_event(long)`), Rust and C++ their paths.
-    let names: Vec<String> = stack_names(entry)
-        .into_iter()
-        .map(|n| n.split('(').next().unwrap_or_default().to_string())
-        .collect();
-    let mut at = 0;
-    chain.iter().all(|want| {
-        match names[at..]
-            .iter()
-            .position(|n| n == want || n.ends_with(&format!("::{want}")))
-        {
-            Some(i) => {
-                at += i + 1;
-                true
-            }
-            None => false,
-        }
-    })
-}
-
 fn leaks(agent: &Agent, cgroup: &TestCgroup) -> Value {
-    agent.leaks(&["--cgroup", &cgroup.path, "--since", "60s", "--top", "50"])
+    agent.cgroup_leaks(&cgroup.path, &[])
 }
 
 fn show(entry: &Value) -> String {
@@ -295,15 +272,7 @@ fn the_same_stack_in_a_pool_of_processes_is_one_entry() {
 
     // Asked per process, each worker has its own entry, its code placed at its own address
     // (the frame's address minus its offset in the binary differs between workers).
-    let apart = agent.leaks(&[
-        "--cgroup",
-        &cgroup.path,
-        "--since",
-        "60s",
-        "--top",
-        "50",
-        "--per-process",
-    ]);
+    let apart = agent.cgroup_leaks(&cgroup.path, &["--per-process"]);
     let mut placed: Vec<(u64, u64)> = apart["by_held"]
         .as_array()
         .expect("by_held")

@@ -75,6 +75,25 @@ pub enum FoundBy {
     RecoveredLeaf,
 }
 
+/// One frame of an unwound stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct UnwoundFrame {
+    /// The instruction pointer (first frame) or a return address.
+    pub addr: u64,
+    /// How this frame was found from the one inside it.
+    pub found_by: FoundBy,
+}
+
+/// A user stack unwound in userspace from a copy the kernel program took, innermost first; the
+/// agent keeps them across restarts.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct UnwoundStack {
+    pub frames: Vec<UnwoundFrame>,
+    /// Why the unwinding stopped before the end of the stack; `None` when it reached the end
+    /// the unwind tables mark (the program's or the thread's entry).
+    pub stop: Option<StackStop>,
+}
+
 /// How a user stack was unwound, taken over its frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

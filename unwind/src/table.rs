@@ -4,9 +4,13 @@
 //! mirrors that: a slot holds the stack of the latest unwound copy for its superblock, tagged
 //! with the allocation's thread and time, and is used only while the record carries the same
 //! tag. So the table is bounded by the record array by construction. Identical stacks are
-//! stored once.
+//! stored once. The slots written since the last [`UnwoundTable::take_changed`] are remembered,
+//! for the agent to save (the kernel's records outlive it, the copies do not).
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use memlens_model::user_stack::{UnwoundStack, UnwoundStacks};
 
@@ -21,6 +25,8 @@ struct Slot {
 pub struct UnwoundTable {
     slots: Vec<Option<Slot>>,
     interned: HashMap<Arc<UnwoundStack>, ()>,
+    /// Superblocks written since the last `take_changed`.
+    changed: HashSet<u64>,
     /// Copies whose superblocks were outside the table (not expected: it is sized like the
     /// record array).
     pub out_of_range: u64,
@@ -33,6 +39,7 @@ impl UnwoundTable {
         UnwoundTable {
             slots: vec![None; usize::try_from(superblocks).unwrap_or(0)],
             interned: HashMap::new(),
+            changed: HashSet::new(),
             out_of_range: 0,
         }
     }
@@ -46,27 +53,59 @@ impl UnwoundTable {
         ts_ns: u64,
         stack: UnwoundStack,
     ) {
-        let stack = match self.interned.get_key_value(&stack) {
+        let stack = self.intern(Arc::new(stack));
+        for i in 0..u64::from(superblocks) {
+            let superblock = first_superblock + i;
+            if self.put(superblock, pid, ts_ns, Arc::clone(&stack)) {
+                self.changed.insert(superblock);
+            }
+        }
+    }
+
+    /// Puts back a stack saved by an earlier agent for the record it was unwound for.
+    pub fn restore(&mut self, superblock: u64, pid: u32, ts_ns: u64, stack: Arc<UnwoundStack>) {
+        let stack = self.intern(stack);
+        self.put(superblock, pid, ts_ns, stack);
+    }
+
+    /// The slots written since the last call: (superblock, thread, time, stack).
+    pub fn take_changed(&mut self) -> Vec<(u64, u32, u64, Arc<UnwoundStack>)> {
+        let changed = std::mem::take(&mut self.changed);
+        changed
+            .into_iter()
+            .filter_map(|superblock| {
+                let slot = self
+                    .slots
+                    .get(usize::try_from(superblock).ok()?)?
+                    .as_ref()?;
+                Some((superblock, slot.pid, slot.ts_ns, Arc::clone(&slot.stack)))
+            })
+            .collect()
+    }
+
+    fn intern(&mut self, stack: Arc<UnwoundStack>) -> Arc<UnwoundStack> {
+        match self.interned.get_key_value(&stack) {
             Some((kept, ())) => Arc::clone(kept),
             None => {
-                let stack = Arc::new(stack);
                 self.interned.insert(Arc::clone(&stack), ());
                 stack
             }
-        };
-        for i in 0..u64::from(superblocks) {
-            let slot = usize::try_from(first_superblock + i)
-                .ok()
-                .and_then(|i| self.slots.get_mut(i));
-            match slot {
-                Some(slot) => {
-                    *slot = Some(Slot {
-                        pid,
-                        ts_ns,
-                        stack: Arc::clone(&stack),
-                    });
-                }
-                None => self.out_of_range += 1,
+        }
+    }
+
+    /// Writes one slot; false when the superblock is outside the table.
+    fn put(&mut self, superblock: u64, pid: u32, ts_ns: u64, stack: Arc<UnwoundStack>) -> bool {
+        let slot = usize::try_from(superblock)
+            .ok()
+            .and_then(|i| self.slots.get_mut(i));
+        match slot {
+            Some(slot) => {
+                *slot = Some(Slot { pid, ts_ns, stack });
+                true
+            }
+            None => {
+                self.out_of_range += 1;
+                false
             }
         }
     }
@@ -131,6 +170,28 @@ mod tests {
         );
         table.insert(7, 2, 1, 1, stack(0x1));
         assert_eq!(table.out_of_range, 1);
+    }
+
+    #[test]
+    fn written_slots_are_handed_out_once_and_restored_ones_not_at_all() {
+        let mut table = UnwoundTable::new(8);
+        table.insert(2, 2, 10, 1000, stack(0x1));
+        table.insert(3, 1, 11, 2000, stack(0x2));
+        let mut changed = table.take_changed();
+        changed.sort_by_key(|c| c.0);
+        assert_eq!(
+            changed
+                .iter()
+                .map(|(sb, pid, ts, s)| (*sb, *pid, *ts, s.frames[0].addr))
+                .collect::<Vec<_>>(),
+            [(2, 10, 1000, 0x1), (3, 11, 2000, 0x2)],
+            "superblock 3 holds the later allocation"
+        );
+        assert!(table.take_changed().is_empty());
+        table.restore(5, 12, 3000, Arc::new(stack(0x1)));
+        assert!(table.take_changed().is_empty());
+        assert!(table.unwound(5, 12, 3000).is_some());
+        assert_eq!(table.distinct(), 2, "the restored stack is the kept 0x1");
     }
 
     #[test]

@@ -46,8 +46,15 @@ pub fn run_main_job(root: &Path, agent_args: &[String]) -> Result<()> {
     let log_path = root.join("target").join("memlens-agent.log");
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("cannot create {}", log_path.display()))?;
+    // The view stops the agent and leaves nothing attached, unless told where to keep it.
+    let keep_nothing: &[&str] = if agent_args.iter().any(|a| a.starts_with("--pin-dir")) {
+        &[]
+    } else {
+        &["--pin-dir", "none"]
+    };
     let mut agent = Command::new(&memlens)
         .arg("agent")
+        .args(keep_nothing)
         .args(agent_args)
         .stdout(Stdio::null())
         .stderr(log)

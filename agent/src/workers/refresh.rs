@@ -18,7 +18,8 @@ use memlens_kernel::{
     collectors::{census::PageCensus, page_cache::PageCacheCollector, stack_gc::StackGc},
     Probes,
 };
-use memlens_store::Store;
+use memlens_model::user_stack::UnwoundStack;
+use memlens_store::{SlotTag, Store};
 use memlens_types::{selector::MountPoint, unix_ms, PageSize};
 use memlens_unwind::table::UnwoundTable;
 
@@ -34,6 +35,8 @@ const TOP_FILES: usize = 50;
 const CATCH_UP: usize = 65_536;
 /// New stacks of live processes symbolized in the background per refresh.
 const PREFETCH_PER_REFRESH: usize = 256;
+/// Saved user stacks no record holds any more are deleted at most this often.
+const SAVED_STACKS_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Owns everything one refresh reads.
 pub struct Refresher {
@@ -55,6 +58,9 @@ pub struct Refresher {
     pub file_cache: PageCacheCollector,
     pub file_names: FileResolver,
     pub last_recorded: Option<Instant>,
+    /// Whether unwound stacks are saved: the kernel's records outlive the agent.
+    pub save_unwound: bool,
+    pub last_prune: Option<Instant>,
 }
 
 impl Refresher {
@@ -73,10 +79,11 @@ impl Refresher {
                     .stack_gc
                     .collect(&mut self.probes.stacks, &census.referenced_stacks);
                 self.stacks_in_use = in_use;
-                self.attribution.forget_stack_ids(&deleted);
+                self.attribution.forget_stacks(&deleted);
                 self.last_gc = Some(Instant::now());
             }
         }
+        let mut unwound = Vec::new();
         let leaks = census.as_ref().map(|census| {
             // The copies of the allocations this census sees are unwound first.
             let mut unwinding = self.unwinding.as_ref().and_then(|u| u.lock().ok());
@@ -87,6 +94,9 @@ impl Refresher {
                         self.attribution
                             .update(census, &self.probes.stacks, &u.table, unix_ms());
                     u.table.collect();
+                    if self.save_unwound {
+                        unwound = u.table.take_changed();
+                    }
                     view
                 }
                 None => self.attribution.update(
@@ -109,6 +119,7 @@ impl Refresher {
             });
             view
         });
+        self.save(unwound);
         let discovery =
             memlens_cgroup::discover(&self.layout, self.max_cgroups).unwrap_or_else(|e| {
                 tracing::warn!("cannot list cgroups: {e}");
@@ -157,6 +168,50 @@ impl Refresher {
             leaks: leaks.unwrap_or_default(),
             files: Arc::new(files),
             mounts: Arc::clone(&self.mounts),
+        }
+    }
+
+    /// Unwinds the copies waiting and saves what no refresh saved yet: the agent is stopping.
+    pub fn finish(&mut self) {
+        if !self.save_unwound {
+            return;
+        }
+        let unwound = match self.unwinding.as_ref().and_then(|u| u.lock().ok()) {
+            Some(mut u) => {
+                u.drain(CATCH_UP);
+                u.table.take_changed()
+            }
+            None => return,
+        };
+        self.save(unwound);
+    }
+
+    /// Saves the stacks unwound since the last refresh, for the next agent.
+    fn save(&mut self, unwound: Vec<(u64, u32, u64, Arc<UnwoundStack>)>) {
+        let prune = self
+            .last_prune
+            .is_none_or(|t| t.elapsed() >= SAVED_STACKS_PRUNE_INTERVAL);
+        if unwound.is_empty() && !prune {
+            return;
+        }
+        let slots: Vec<_> = unwound
+            .into_iter()
+            .map(|(superblock, pid, ts_ns, stack)| {
+                (
+                    SlotTag {
+                        superblock,
+                        pid,
+                        ts_ns,
+                    },
+                    stack,
+                )
+            })
+            .collect();
+        if prune {
+            self.last_prune = Some(Instant::now());
+        }
+        if let Err(e) = self.store.save_unwound(&slots, prune) {
+            tracing::warn!("unwound stacks not saved for the next agent: {e}");
         }
     }
 }

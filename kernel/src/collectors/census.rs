@@ -48,9 +48,9 @@ impl PageCensus {
             census.charged_frames += 1;
             let record = table.get(superblock).filter(|a| a.ts_ns != 0);
             if let Some(a) = record {
-                for id in [a.kernel_stack, a.user_stack] {
-                    if let Ok(id) = u32::try_from(id) {
-                        census.referenced_stacks.insert(id);
+                for key in [a.kernel_stack, a.user_stack] {
+                    if key != 0 {
+                        census.referenced_stacks.insert(key);
                     }
                 }
             }

@@ -1,6 +1,6 @@
 //! Garbage collection of the kernel's stack map: stacks no live sampled page refers to any more
 //! are deleted, so the bounded map keeps room for new stacks instead of filling up with the
-//! stacks of long-freed pages (a full bucket is a lost stack: `stack_collisions`).
+//! stacks of long-freed pages (a full map is a lost stack: `stack_map_full`).
 
 use std::collections::HashSet;
 
@@ -10,21 +10,20 @@ use crate::loader::StackMap;
 /// just before a census may not be in a record yet, but it is by the next one.
 #[derive(Default)]
 pub struct StackGc {
-    unreferenced_last_time: HashSet<u32>,
+    unreferenced_last_time: HashSet<u64>,
     /// Stacks deleted so far.
     pub collected: u64,
 }
 
 impl StackGc {
-    /// Collects once; returns how many stacks remain in the map, and the ids deleted (their ids
-    /// may be reused by new stacks from now on).
+    /// Collects once; returns how many stacks remain in the map, and the keys deleted.
     pub fn collect(
         &mut self,
         stacks: &mut StackMap,
-        referenced: &HashSet<u32>,
-    ) -> (usize, Vec<u32>) {
-        let ids: Vec<u32> = stacks.0.stack_ids().filter_map(Result::ok).collect();
-        let unreferenced: HashSet<u32> = ids
+        referenced: &HashSet<u64>,
+    ) -> (usize, Vec<u64>) {
+        let ids: Vec<u64> = stacks.0.keys().filter_map(Result::ok).collect();
+        let unreferenced: HashSet<u64> = ids
             .iter()
             .copied()
             .filter(|id| !referenced.contains(id))

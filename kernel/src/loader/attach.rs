@@ -6,7 +6,11 @@ use aya::{
 };
 use memlens_common::{lifecycle::LifecycleOffsets, page::AllocTracepointFields};
 
-use super::{btf, ebpf_err, tracefs, LoadError};
+use super::{
+    btf, ebpf_err,
+    pinning::{Pinning, PAGE_LINK},
+    tracefs, LoadError,
+};
 
 /// Why a capability's probes are not attached: the agent runs without it and `memlens status`
 /// says why.
@@ -80,6 +84,36 @@ impl LoadProgram for RawTracePoint {
     }
 }
 
+/// Attaches raw tracepoint program `p` to `tracepoint`, its link pinned as `name` when the
+/// agent keeps its programs across restarts.
+fn attach_raw(
+    p: &mut RawTracePoint,
+    name: &str,
+    tracepoint: &str,
+    pins: Option<&mut Pinning>,
+) -> Result<(), aya::programs::ProgramError> {
+    let id = p.attach(tracepoint)?;
+    if let Some(pins) = pins {
+        pins.keep_raw(name, p, id, tracepoint);
+    }
+    Ok(())
+}
+
+/// Attaches classic tracepoint program `p` to `category:tracepoint`, its link pinned as `name`
+/// when the agent keeps its programs across restarts.
+fn attach_tracepoint(
+    p: &mut TracePoint,
+    name: &str,
+    (category, tracepoint): (&str, &str),
+    pins: Option<&mut Pinning>,
+) -> Result<(), aya::programs::ProgramError> {
+    let id = p.attach(category, tracepoint)?;
+    if let Some(pins) = pins {
+        pins.keep_tracepoint(name, p, id, (category, tracepoint));
+    }
+    Ok(())
+}
+
 /// Field offsets of the classic tracepoint, from its format file.
 pub(super) fn tracepoint_fields() -> Result<AllocTracepointFields, ProbeError> {
     let root = tracefs::root()?;
@@ -100,6 +134,7 @@ pub(super) fn page_alloc(
     have_base: bool,
     tracefs_error: Option<&ProbeError>,
     calibration_error: Option<&LoadError>,
+    mut pins: Option<&mut Pinning>,
 ) -> Result<(String, Option<String>), LoadError> {
     let mut raw_error = calibration_error.map(ToString::to_string);
     if have_base {
@@ -110,7 +145,7 @@ pub(super) fn page_alloc(
             .map_err(|e| ebpf_err("page_alloc_raw", e))?;
         match program
             .load()
-            .and_then(|()| program.attach("mm_page_alloc").map(|_| ()))
+            .and_then(|()| attach_raw(program, PAGE_LINK, "mm_page_alloc", pins.as_deref_mut()))
         {
             Ok(()) => return Ok(("raw tracepoint mm_page_alloc".into(), None)),
             Err(e) => raw_error = Some(ebpf_err("raw tracepoint mm_page_alloc", e).to_string()),
@@ -129,7 +164,7 @@ pub(super) fn page_alloc(
         .map_err(|e| ebpf_err("page_alloc_tp", e))?;
     program
         .load()
-        .and_then(|()| program.attach("kmem", "mm_page_alloc").map(|_| ()))
+        .and_then(|()| attach_tracepoint(program, PAGE_LINK, ("kmem", "mm_page_alloc"), pins))
         .map_err(|e| {
             LoadError::NoPageProbe(format!(
                 "raw tracepoint: {raw_error}; tracepoint: {}",
@@ -177,8 +212,10 @@ fn oom_victim_fields(format: &tracefs::Format, o: &mut LifecycleOffsets) -> Resu
 }
 
 /// Attaches the lifecycle programs (classic tracepoints).
-/// Attaches the lifecycle programs (classic tracepoints).
-pub(super) fn lifecycle(ebpf: &mut Ebpf) -> Result<String, ProbeError> {
+pub(super) fn lifecycle(
+    ebpf: &mut Ebpf,
+    mut pins: Option<&mut Pinning>,
+) -> Result<String, ProbeError> {
     let points = [
         ("process_exit", "sched", "sched_process_exit"),
         ("oom_victim", "oom", "mark_victim"),
@@ -187,20 +224,23 @@ pub(super) fn lifecycle(ebpf: &mut Ebpf) -> Result<String, ProbeError> {
     ];
     for (program, category, name) in points {
         load_and_attach::<TracePoint>(ebpf, program, &format!("{category}:{name}"), |p| {
-            p.attach(category, name).map(drop)
+            attach_tracepoint(p, program, (category, name), pins.as_deref_mut())
         })?;
     }
     Ok("tracepoints sched:sched_process_exit, oom:mark_victim, cgroup:cgroup_mkdir, cgroup:cgroup_rmdir".into())
 }
 
 /// Attaches the page-cache add and delete programs (raw tracepoints).
-pub(super) fn filemap(ebpf: &mut Ebpf) -> Result<String, ProbeError> {
+pub(super) fn filemap(
+    ebpf: &mut Ebpf,
+    mut pins: Option<&mut Pinning>,
+) -> Result<String, ProbeError> {
     for (program, tracepoint) in [
         ("filemap_add", "mm_filemap_add_to_page_cache"),
         ("filemap_delete", "mm_filemap_delete_from_page_cache"),
     ] {
         load_and_attach::<RawTracePoint>(ebpf, program, tracepoint, |p| {
-            p.attach(tracepoint).map(drop)
+            attach_raw(p, program, tracepoint, pins.as_deref_mut())
         })?;
     }
     Ok("raw tracepoints mm_filemap_add_to_page_cache, mm_filemap_delete_from_page_cache".into())

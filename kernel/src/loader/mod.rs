@@ -6,20 +6,21 @@ pub mod btf;
 mod calibrate;
 mod kernel;
 mod page_allocs;
+pub mod pinning;
 pub mod tracefs;
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
 pub use attach::ProbeError;
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
     Ebpf, EbpfLoader,
 };
 use memlens_common::{
     counters::Counter,
     filemap::FileKey,
     offsets::TaskMemcgOffsets,
-    page::MAX_SAMPLE_SHIFT,
+    page::{StackFrames, MAX_SAMPLE_SHIFT},
     stack_copy::{StackCopy, STACK_COPY_MAX},
 };
 pub use page_allocs::PageAllocTable;
@@ -61,6 +62,8 @@ pub enum LoadError {
     Io(&'static str, std::io::Error),
     #[error("invalid setting: {0}")]
     Config(String),
+    #[error("cannot detach the programs a previous agent left attached: {0}")]
+    Pin(#[from] pinning::PinError),
 }
 
 /// One-line form of an aya error: the verifier log goes to the debug log, not the user's
@@ -93,6 +96,9 @@ pub struct LoadOptions {
     pub stack_copy_bytes: u32,
     /// Bytes of the stack-copy ring buffer (a power of two).
     pub stack_copy_buffer: u32,
+    /// Where the maps and links are pinned to outlive the agent (see [`pinning`]); None: they
+    /// go with it.
+    pub pin_dir: Option<PathBuf>,
 }
 
 /// How the programs were loaded: the facts behind `memlens status`.
@@ -126,6 +132,8 @@ pub struct LoadReport {
     pub file_entries: u32,
     /// Bytes of stack copied per sample for unwinding (0: frame pointers only).
     pub stack_copy_bytes: u32,
+    /// Whether the records outlive the agent (pinned), or why not.
+    pub pinning: Result<pinning::PinReport, String>,
 }
 
 /// The programs' per-CPU counters (see `memlens_common::counters`), readable from any thread.
@@ -163,15 +171,24 @@ pub struct Probes {
     /// User stack copies of sampled allocations, when copying is on.
     pub stack_copies: Option<StackCopyRing>,
     pub report: LoadReport,
+    /// The programs' pinned links (they stay attached after the agent, through their pins).
+    _pinned_links: Vec<aya::programs::links::PinnedLink>,
 }
 
-/// The kernel's stack map: stack id to instruction addresses.
-pub struct StackMap(pub(crate) StackTraceMap<MapData>);
+/// The programs' stack map: stack key (a hash of the stack) to instruction addresses.
+pub struct StackMap(pub(crate) HashMap<MapData, u64, StackFrames>);
 
 impl StackTable for StackMap {
-    fn addresses(&self, id: u32) -> Option<Vec<u64>> {
-        let trace = self.0.get(&id, 0).ok()?;
-        Some(trace.frames().iter().map(|f| f.ip).collect())
+    fn addresses(&self, key: u64) -> Option<Vec<u64>> {
+        let frames = self.0.get(&key, 0).ok()?;
+        Some(
+            frames
+                .ips
+                .iter()
+                .copied()
+                .take_while(|&ip| ip != 0)
+                .collect(),
+        )
     }
 }
 
@@ -248,6 +265,21 @@ impl Probes {
             0
         };
         let stack_copy_buffer = u64::from(options.stack_copy_buffer);
+        let layout = pinning::Layout {
+            sample_shift,
+            sample_entries,
+            stack_entries: options.stack_entries,
+            file_entries: options.file_entries,
+            lifecycle_buffer: options.lifecycle_buffer,
+            stack_copy_buffer: options.stack_copy_buffer,
+        };
+        let mut pins = match &options.pin_dir {
+            None => Err("off (--pin-dir none)".to_string()),
+            Some(root) => pinning::Pinning::prepare(root, &layout.key()).map_err(|e| {
+                tracing::warn!("kernel records will not outlive the agent: {e}");
+                e.to_string()
+            }),
+        };
         let mut loader = EbpfLoader::new();
         loader.btf(aya_btf.as_ref());
         let base = vmemmap_base.as_ref().copied().unwrap_or(0);
@@ -286,15 +318,28 @@ impl Probes {
             .map_max_entries("FILE_PAGES", options.file_entries)
             .map_max_entries("LIFECYCLE", options.lifecycle_buffer)
             .map_max_entries("STACK_COPIES", options.stack_copy_buffer);
+        if let Ok(pins) = &pins {
+            for name in pinning::KEPT_MAPS {
+                loader.map_pin_path(name, pins.map_path(name));
+            }
+        }
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| ebpf_err("loading the kernel programs", e))?;
+        if let Ok(pins) = &pins {
+            // The previous agent's programs stop just before ours start.
+            let detached = pins.detach_previous()?;
+            if detached > 0 {
+                tracing::info!("detached the {detached} programs a previous agent left attached");
+            }
+        }
 
         let (page_probe, page_probe_fallback) = attach::page_alloc(
             &mut ebpf,
             vmemmap_base.is_ok(),
             tp_fields.as_ref().err(),
             vmemmap_base.as_ref().err(),
+            pins.as_mut().ok(),
         )?;
         tracing::info!("page allocations: {page_probe}");
         if let Some(why) = &page_probe_fallback {
@@ -314,7 +359,7 @@ impl Probes {
         ));
         let filemap_probe = match (&task_memcg_offsets, &filemap_offsets) {
             (Err(e), _) | (_, Err(e)) => Err(e.clone()),
-            (Ok(_), Ok(_)) => attach::filemap(&mut ebpf),
+            (Ok(_), Ok(_)) => attach::filemap(&mut ebpf, pins.as_mut().ok()),
         };
         match &filemap_probe {
             Ok(how) => tracing::info!("page cache: {how}"),
@@ -328,7 +373,7 @@ impl Probes {
         };
         let lifecycle_probe = match &lifecycle_offsets {
             Err(e) => Err(e.clone()),
-            Ok(_) => attach::lifecycle(&mut ebpf),
+            Ok(_) => attach::lifecycle(&mut ebpf, pins.as_mut().ok()),
         };
         match &lifecycle_probe {
             Ok(how) => tracing::info!("lifecycle: {how}"),
@@ -347,7 +392,7 @@ impl Probes {
             )),
         };
         let stacks = StackMap(
-            StackTraceMap::try_from(
+            HashMap::try_from(
                 ebpf.take_map("STACKS")
                     .ok_or(LoadError::MissingProgram("STACKS map"))?,
             )
@@ -355,6 +400,13 @@ impl Probes {
         );
 
         let record = size_of::<memlens_common::page::PageAlloc>() as u64;
+        let (pinning, pinned_links) = match pins {
+            Ok(pins) => {
+                let (report, links) = pins.finish();
+                (Ok(report), links)
+            }
+            Err(why) => (Err(why), Vec::new()),
+        };
         let report = LoadReport {
             kernel: kernel::describe(),
             page_probe,
@@ -368,7 +420,7 @@ impl Probes {
             sample_entries,
             stack_entries: options.stack_entries,
             map_bytes: sample_entries * record
-                + u64::from(options.stack_entries) * (127 * 8 + 8)
+                + u64::from(options.stack_entries) * STACK_ENTRY_BYTES
                 + u64::from(options.file_entries) * 64
                 + u64::from(options.lifecycle_buffer)
                 + u64::from(options.stack_copy_buffer)
@@ -378,6 +430,7 @@ impl Probes {
             file_entries: options.file_entries,
             lifecycle_probe,
             stack_copy_bytes: options.stack_copy_bytes,
+            pinning,
         };
         Ok(Probes {
             ebpf,
@@ -388,9 +441,13 @@ impl Probes {
             lifecycle,
             stack_copies,
             report,
+            _pinned_links: pinned_links,
         })
     }
 }
+
+/// Kernel memory of one entry of the stack map: key, value, and the hash table's element header.
+const STACK_ENTRY_BYTES: u64 = (size_of::<u64>() + size_of::<StackFrames>() + 48) as u64;
 
 /// Kernel memory of the per-CPU scratch record the stack copies are assembled in.
 fn stack_copy_scratch_bytes() -> u64 {
@@ -458,6 +515,7 @@ mod tests {
             lifecycle_buffer: 4096,
             stack_copy_bytes: 0,
             stack_copy_buffer: 4096,
+            pin_dir: None,
         };
         // 24 GiB of 4 KiB pages fits at 1 in 64.
         assert_eq!(

@@ -180,6 +180,8 @@ pub(super) fn start_agent(memlens: &Path, socket: &Path, args: &[String]) -> Res
         .arg("--socket")
         .arg(socket)
         .arg("agent")
+        // Nothing of a measured agent may stay attached into the next round.
+        .args(["--pin-dir", "none"])
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -38,6 +38,8 @@ pub(super) fn many_stacks(root: &Path, depth: u32) -> Result<()> {
         .arg(&socket)
         .args([
             "agent",
+            "--pin-dir",
+            "none",
             "--sample-shift",
             "0",
             "--max-sample-entries",

@@ -28,9 +28,10 @@ pub struct TestCase {
     pub name: &'static str,
 }
 
-/// The subset: the accuracy tests of anonymous pages, page cache and OOM kills, and an allocator
-/// trace (user probes, return probes without the 6.11 uretprobe syscall on older kernels), with
-/// their assertions as on the host (only their waits stretch under emulation).
+/// The subset: the accuracy tests of anonymous pages, page cache and OOM kills, an allocator
+/// trace (user probes, return probes without the 6.11 uretprobe syscall on older kernels), and
+/// records kept across an agent restart (pinned maps and links), with their assertions as on the
+/// host (only their waits stretch under emulation).
 const SUBSET: &[TestCase] = &[
     TestCase {
         target: "page_tracking",
@@ -47,6 +48,10 @@ const SUBSET: &[TestCase] = &[
     TestCase {
         target: "alloc_trace",
         name: "a_traced_process_that_exits_ends_the_trace_with_its_results_kept_across_a_restart",
+    },
+    TestCase {
+        target: "restart",
+        name: "stacks_of_pages_allocated_before_and_during_a_restart_are_kept",
     },
 ];
 

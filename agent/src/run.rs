@@ -49,6 +49,7 @@ use crate::{
     workers::{
         engine::{self, CheckRequest, Engine, EngineStats},
         lifecycle::{self, Drain},
+        pacing::{self, Pacing},
         refresh::Refresher,
         unwind::{self, Unwinding},
     },
@@ -145,6 +146,7 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         crate::traces::Traces::new(&args.db, args.retention, leaks.symbols.clone())
             .context("cannot read the recorded allocator traces")?,
     );
+    let mut pacing = Pacing::new(args.refresh, args.cpu_budget);
     let status = StatusSource {
         report: probes.report.clone(),
         counters: Arc::clone(&probes.counters),
@@ -159,10 +161,14 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         traces: Arc::clone(&traces),
         started_at_unix_ms: memlens_types::unix_ms(),
         restored_stacks,
+        refresh: (args.refresh, args.cpu_budget, Arc::clone(&pacing.cycle_ms)),
     };
     let mut health = Health::default();
     // A census of a large host at a fine rate can take a while: the bound leaves room for it.
-    let refresh_bound = args.refresh.saturating_mul(5).max(Duration::from_secs(60));
+    let refresh_bound = args
+        .refresh
+        .saturating_mul(5)
+        .max(pacing::MAX_CYCLE.saturating_mul(2));
     let refresh_beat = health.worker("refresh", refresh_bound);
     let memory_hierarchy = memlens_cgroup::memory_hierarchy_id(layout.version);
     let memory_root = layout.memory_root.clone();
@@ -188,6 +194,7 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         file_names: FileResolver::default(),
         last_recorded: None,
         save_unwound: probes_pinned,
+        last_save: None,
         last_prune: None,
     };
     let views = Arc::new(Views::new(refresher.view()));
@@ -239,13 +246,14 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
     let engine_worker = engine::spawn(engine, check_rx, Arc::clone(&stop))
         .context("cannot start the event engine")?;
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
-    let interval = args.refresh;
+    let args_refresh = args.refresh;
     let worker = thread::Builder::new()
         .name("refresh".into())
         .spawn(move || {
             let _ended = EndOnDrop(Arc::clone(&refresh_beat));
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(interval) {
-                published.publish(refresher.view());
+            let mut wait = args_refresh;
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(wait) {
+                wait = pacing.refresh(|| published.publish(refresher.view()));
                 refresh_beat.beat();
             }
             refresher.finish();

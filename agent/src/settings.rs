@@ -39,6 +39,10 @@ pub struct AgentArgs {
     #[arg(long, env = "MEMLENS_REFRESH", default_value = "2s", value_parser = parse_refresh)]
     #[serde(with = "humantime_serde")]
     pub refresh: Duration,
+    /// Share of one core the agent aims to stay within (0.02: 2%): on a busy node the refresh
+    /// comes later than --refresh, up to a minute apart, when a cycle costs more; 0: never later.
+    #[arg(long, env = "MEMLENS_CPU_BUDGET", default_value_t = 0.02, value_parser = parse_cpu_budget)]
+    pub cpu_budget: f64,
     /// Distinct (memory cgroup, file) pairs whose page cache is counted (about 64 bytes each);
     /// events for further pairs are counted as lost.
     #[arg(long, env = "MEMLENS_FILE_ENTRIES", default_value_t = 131_072, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
@@ -152,6 +156,17 @@ fn parse_stack_copy(text: &str) -> Result<u32, String> {
         return Err(format!("must be 0 or a multiple of 4096 up to {max}"));
     }
     Ok(n)
+}
+
+/// A share of one core, 0 to 1.
+fn parse_cpu_budget(text: &str) -> Result<f64, String> {
+    let share: f64 = text
+        .parse()
+        .map_err(|e| format!("{e} (examples: 0.02 for 2% of a core, 0 for no limit)"))?;
+    if !(0.0..=1.0).contains(&share) {
+        return Err("must be between 0 and 1 (a share of one core)".into());
+    }
+    Ok(share)
 }
 
 /// A duration between 1 minute and 30 days.
@@ -275,6 +290,7 @@ const FILE_SETTINGS: &[&str] = &[
     "stack_entries",
     "kernel_stack_reuse",
     "refresh",
+    "cpu_budget",
     "file_entries",
     "lifecycle_buffer",
     "stack_copy",

@@ -1,7 +1,13 @@
 //! What `memlens status` reports: one line per capability, from how the probes were loaded and
 //! what the latest refresh saw.
 
-use std::sync::{atomic::Ordering, Arc};
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use memlens_attribution::{query::LeakSources, View};
 use memlens_cgroup::CgroupLayout;
@@ -37,6 +43,8 @@ pub struct StatusSource {
     pub started_at_unix_ms: u64,
     /// User stacks the previous agent unwound, put back at start.
     pub restored_stacks: usize,
+    /// `--refresh`, `--cpu-budget`, and the refresh's current cycle in ms.
+    pub refresh: (Duration, f64, Arc<AtomicU64>),
 }
 
 impl StatusSource {
@@ -123,6 +131,31 @@ impl StatusSource {
                 Bytes(r.map_bytes)
             ),
         );
+        let (base, budget, cycle) = &self.refresh;
+        let cycle = Duration::from_millis(cycle.load(Ordering::Relaxed));
+        if cycle > *base {
+            add(
+                "refresh",
+                CapabilityState::Ok,
+                format!(
+                    "every {:.1} s, stretched from {} so that refreshing stays within {:.1}% of a \
+                     core (--cpu-budget): a refresh costs more on this node",
+                    cycle.as_secs_f64(),
+                    humantime::format_duration(*base),
+                    budget * 100.0
+                ),
+            );
+        } else {
+            add(
+                "refresh",
+                CapabilityState::Ok,
+                format!(
+                    "every {} (refreshing within {:.1}% of a core, --cpu-budget)",
+                    humantime::format_duration(*base),
+                    budget * 100.0
+                ),
+            );
+        }
         match (&self.census_unavailable, &snapshot.census) {
             (Some(why), _) => add("page census", CapabilityState::Unavailable, why.clone()),
             (None, Some(c)) => add(
@@ -331,7 +364,7 @@ fn unwinding_detail(
     count: &dyn Fn(Counter) -> u64,
     uptime_s: u64,
 ) -> String {
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let copies = count(Counter::StackCopies);
     let copied = count(Counter::StackCopyBytes);
     let per = |total: u64, n: u64| total.checked_div(n).unwrap_or(0);

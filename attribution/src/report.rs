@@ -69,7 +69,7 @@ pub fn matching(
         {
             continue;
         }
-        let before = base.and_then(|b| b.pages.get(k)).copied().unwrap_or(0.0);
+        let before = base.and_then(|b| b.pages(k)).unwrap_or(0.0);
         let growth = held.pages - before;
         let merge_key = if filter.per_process {
             *k

@@ -2,6 +2,10 @@
 //! process of one binary (it is kept by file and offset), so it is symbolized once, through a
 //! process that has it. Filled in the background for new stacks of live processes (so a process
 //! that exits later keeps its names) and on demand when a query needs a stack not seen yet.
+//!
+//! Stacks share their frames: a frame's names are kept once per code location (file and offset)
+//! and a stack holds only pointers to them. A node's 100,000 distinct stacks run through a few
+//! thousand locations; kept per stack, the same names took about 10 KiB a stack.
 
 use std::{
     collections::HashSet,
@@ -10,6 +14,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
+    time::{Duration, Instant},
 };
 
 use lru::LruCache;
@@ -17,10 +22,17 @@ use memlens_procfs::Mapping;
 use memlens_symbolize::{StackAddr, Symbolizer};
 use memlens_types::stack::Frame;
 
-use crate::{LeakView, ProcessInfo, ProcessKey, UserStack};
+use crate::{LeakView, ProcessInfo, ProcessKey, UserFrame, UserStack};
 
 /// Most cached stacks, user and kernel each (the least recently used go first).
 const MAX_STACKS: NonZeroUsize = NonZeroUsize::new(50_000).expect("non-zero");
+/// Most code locations whose names are kept.
+const MAX_LOCATIONS: NonZeroUsize = NonZeroUsize::new(100_000).expect("non-zero");
+/// What blazesym keeps of the files it read is dropped this often: names found are kept per
+/// location here, so only new locations need the files again, and the memory stays what a few
+/// minutes of them take (parsed DWARF of every binary seen grew the agent past 400 MiB on a busy
+/// node).
+const FILE_CACHE_LIFETIME: Duration = Duration::from_secs(300);
 
 /// Functions a complete user stack ends in (its outermost frame). A stack ending elsewhere was
 /// cut short by code without frame pointers.
@@ -43,8 +55,8 @@ const STACK_BOTTOMS: [&str; 12] = [
 #[derive(Clone, Debug)]
 pub struct SymbolizedStack {
     /// For each of the stack's frames, the functions inlined at it (innermost first) and the one
-    /// it is in.
-    pub per_frame: Vec<Vec<Frame>>,
+    /// it is in; shared with every stack through the same code location.
+    pub per_frame: Vec<Arc<[Frame]>>,
     /// The stack ends before the program's or thread's entry.
     pub truncated: bool,
 }
@@ -52,7 +64,7 @@ pub struct SymbolizedStack {
 impl SymbolizedStack {
     /// Every frame, innermost first.
     pub fn frames(&self) -> impl Iterator<Item = &Frame> {
-        self.per_frame.iter().flatten()
+        self.per_frame.iter().flat_map(|f| f.iter())
     }
 
     /// Every frame, innermost first, at its address in `process` (the stack is shared by the
@@ -85,9 +97,13 @@ pub struct SymbolStats {
 pub struct SymbolCache {
     symbolizer: Symbolizer,
     user: LruCache<u64, Arc<SymbolizedStack>>,
+    /// The names at each code location (of frames that were named).
+    locations: LruCache<UserFrame, Arc<[Frame]>>,
     kernel: LruCache<u64, Arc<Vec<Frame>>>,
     /// Live processes the symbolizer may have looked at, to forget them once gone.
     seen: HashSet<ProcessKey>,
+    /// When blazesym's file caches were last dropped.
+    files_since: Instant,
     stats: Arc<SymbolStats>,
 }
 
@@ -96,8 +112,10 @@ impl Default for SymbolCache {
         SymbolCache {
             symbolizer: Symbolizer::default(),
             user: LruCache::new(MAX_STACKS),
+            locations: LruCache::new(MAX_LOCATIONS),
             kernel: LruCache::new(MAX_STACKS),
             seen: HashSet::new(),
+            files_since: Instant::now(),
             stats: Arc::default(),
         }
     }
@@ -123,14 +141,43 @@ impl SymbolCache {
         let process = view.symbolize_via.get(&sig)?;
         let info = view.processes.get(process)?;
         let alive = view.alive.contains(process);
-        let per_frame =
-            self.symbolizer
-                .user_stack(process.tgid, alive, &info.maps, &stack.addresses_in(info));
-        let truncated = per_frame.iter().flatten().last().is_none_or(|f| {
-            f.function
-                .as_deref()
-                .is_none_or(|name| !STACK_BOTTOMS.contains(&name))
-        });
+        // Locations named before are not looked up again.
+        let mut per_frame: Vec<Option<Arc<[Frame]>>> = stack
+            .frames
+            .iter()
+            .map(|f| self.locations.get(f).cloned())
+            .collect();
+        let missing: Vec<usize> = (0..per_frame.len())
+            .filter(|&i| per_frame[i].is_none())
+            .collect();
+        if !missing.is_empty() {
+            let addrs = stack.addresses_in(info);
+            let lookups: Vec<StackAddr> = missing.iter().map(|&i| addrs[i]).collect();
+            let found = self
+                .symbolizer
+                .user_stack(process.tgid, alive, &info.maps, &lookups);
+            for (&i, frames) in missing.iter().zip(found) {
+                let frames: Arc<[Frame]> = frames.into();
+                if frames.iter().all(|f| f.function.is_some()) {
+                    self.locations
+                        .put(stack.frames[i].clone(), Arc::clone(&frames));
+                }
+                per_frame[i] = Some(frames);
+            }
+        }
+        let per_frame: Vec<Arc<[Frame]>> = per_frame
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect();
+        let truncated = per_frame
+            .iter()
+            .flat_map(|f| f.iter())
+            .last()
+            .is_none_or(|f| {
+                f.function
+                    .as_deref()
+                    .is_none_or(|name| !STACK_BOTTOMS.contains(&name))
+            });
         self.stats.symbolized.fetch_add(1, Ordering::Relaxed);
         let stack = Arc::new(SymbolizedStack {
             per_frame,
@@ -195,6 +242,10 @@ impl SymbolCache {
         for process in gone {
             self.seen.remove(&process);
             self.symbolizer.forget_process(process.tgid);
+        }
+        if self.files_since.elapsed() >= FILE_CACHE_LIFETIME {
+            self.symbolizer.drop_file_caches();
+            self.files_since = Instant::now();
         }
         self.seen.extend(view.alive.iter().copied());
     }

@@ -9,7 +9,7 @@ pub mod stat;
 use std::{
     fmt::Display,
     io,
-    os::unix::fs::MetadataExt as _,
+    os::unix::fs::{DirEntryExt as _, MetadataExt as _},
     path::{Path, PathBuf},
 };
 
@@ -123,8 +123,9 @@ fn children_of(parent: &CgroupDir) -> Vec<CgroupDir> {
     let mut children: Vec<CgroupDir> = entries
         .filter_map(Result::ok)
         .filter_map(|entry| {
-            let meta = entry.metadata().ok()?;
-            if !meta.is_dir() {
+            // The type and inode number from the directory listing itself: a stat of each of a
+            // cgroup's few dozen files would cost a system call each, every refresh.
+            if !entry.file_type().ok()?.is_dir() {
                 return None;
             }
             let name = entry.file_name().into_string().ok()?;
@@ -134,7 +135,7 @@ fn children_of(parent: &CgroupDir) -> Vec<CgroupDir> {
                 format!("{}/{name}", parent.path)
             };
             Some(CgroupDir {
-                id: MemcgId(meta.ino()),
+                id: MemcgId(entry.ino()),
                 path,
                 dir: entry.path(),
             })

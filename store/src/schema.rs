@@ -72,7 +72,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // belong to (kept across restarts with the pinned records; their copies are gone).
     "CREATE TABLE user_stacks (
         hash INTEGER PRIMARY KEY,
-        stack TEXT NOT NULL
+        frames BLOB NOT NULL,
+        stop TEXT
     );
     CREATE TABLE unwound_slots (
         superblock INTEGER PRIMARY KEY,

@@ -8,7 +8,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use memlens_types::stack::UnwoundStack;
+use memlens_types::stack::{FoundBy, UnwoundFrame, UnwoundStack};
 use rusqlite::params;
 
 use crate::{corrupt, int, uint, Store, StoreError};
@@ -21,11 +21,57 @@ pub struct SlotTag {
     pub ts_ns: u64,
 }
 
-/// FNV-1a of the stack's text: the same across builds.
-fn hash(text: &str) -> i64 {
-    let h = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+/// Bytes per frame in a saved stack: the address, then how it was found.
+const FRAME_BYTES: usize = 9;
+
+/// A stack's frames as saved: 9 bytes a frame (a busy node saves hundreds of stacks a second;
+/// JSON took four times the room).
+fn encode(stack: &UnwoundStack) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(stack.frames.len() * FRAME_BYTES);
+    for f in &stack.frames {
+        bytes.extend_from_slice(&f.addr.to_le_bytes());
+        bytes.push(match f.found_by {
+            FoundBy::Registers => 0,
+            FoundBy::UnwindTables => 1,
+            FoundBy::FramePointer => 2,
+            FoundBy::RecoveredLeaf => 3,
+        });
+    }
+    bytes
+}
+
+fn decode(bytes: &[u8]) -> Result<Vec<UnwoundFrame>, String> {
+    if !bytes.len().is_multiple_of(FRAME_BYTES) {
+        return Err(format!("{} bytes of frames", bytes.len()));
+    }
+    bytes
+        .chunks_exact(FRAME_BYTES)
+        .map(|f| {
+            let mut addr = [0; 8];
+            addr.copy_from_slice(&f[..8]);
+            let found_by = match f[8] {
+                0 => FoundBy::Registers,
+                1 => FoundBy::UnwindTables,
+                2 => FoundBy::FramePointer,
+                3 => FoundBy::RecoveredLeaf,
+                other => return Err(format!("frame kind {other}")),
+            };
+            Ok(UnwoundFrame {
+                addr: u64::from_le_bytes(addr),
+                found_by,
+            })
+        })
+        .collect()
+}
+
+/// FNV-1a of the saved frames and stop: the same across builds.
+fn hash(frames: &[u8], stop: Option<&str>) -> i64 {
+    let h = frames
+        .iter()
+        .chain(stop.unwrap_or_default().as_bytes())
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
     i64::from_ne_bytes(h.to_ne_bytes())
 }
 
@@ -41,7 +87,7 @@ impl Store {
             let tx = self.conn.transaction()?;
             {
                 let mut stack_row = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO user_stacks (hash, stack) VALUES (?1, ?2)",
+                    "INSERT OR IGNORE INTO user_stacks (hash, frames, stop) VALUES (?1, ?2, ?3)",
                 )?;
                 let mut slot_row = tx.prepare_cached(
                     "INSERT OR REPLACE INTO unwound_slots (superblock, pid, ts_ns, hash)
@@ -52,10 +98,14 @@ impl Store {
                     let key = match written.get(&Arc::as_ptr(stack)) {
                         Some(&key) => key,
                         None => {
-                            let text =
-                                serde_json::to_string(&**stack).map_err(|e| corrupt(1, e))?;
-                            let key = hash(&text);
-                            stack_row.execute(params![key, text])?;
+                            let frames = encode(stack);
+                            let stop = stack
+                                .stop
+                                .map(|s| serde_json::to_string(&s))
+                                .transpose()
+                                .map_err(|e| corrupt(2, e))?;
+                            let key = hash(&frames, stop.as_deref());
+                            stack_row.execute(params![key, frames, stop])?;
                             written.insert(Arc::as_ptr(stack), key);
                             key
                         }
@@ -79,7 +129,7 @@ impl Store {
         let result = (|| {
             let mut stacks: HashMap<i64, Arc<UnwoundStack>> = HashMap::new();
             let mut query = self.conn.prepare(
-                "SELECT s.superblock, s.pid, s.ts_ns, s.hash, u.stack
+                "SELECT s.superblock, s.pid, s.ts_ns, s.hash, u.frames, u.stop
                  FROM unwound_slots s JOIN user_stacks u ON u.hash = s.hash",
             )?;
             let mut rows = query.query([])?;
@@ -89,10 +139,15 @@ impl Store {
                 let stack = match stacks.get(&key) {
                     Some(stack) => Arc::clone(stack),
                     None => {
-                        let text: String = row.get(4)?;
-                        let stack: UnwoundStack =
-                            serde_json::from_str(&text).map_err(|e| corrupt(4, e))?;
-                        let stack = Arc::new(stack);
+                        let frames: Vec<u8> = row.get(4)?;
+                        let stop: Option<String> = row.get(5)?;
+                        let stack = Arc::new(UnwoundStack {
+                            frames: decode(&frames).map_err(|e| corrupt(4, e))?,
+                            stop: stop
+                                .map(|s| serde_json::from_str(&s))
+                                .transpose()
+                                .map_err(|e| corrupt(5, e))?,
+                        });
                         stacks.insert(key, Arc::clone(&stack));
                         stack
                     }

@@ -65,13 +65,17 @@ impl Symbolizer {
     #[must_use]
     pub fn new() -> Symbolizer {
         Symbolizer {
-            blaze: Blaze::builder()
-                .enable_code_info(true)
-                .enable_inlined_fns(true)
-                .enable_demangling(true)
-                .build(),
+            blaze: Symbolizer::blaze(),
             kernel: LruCache::new(MAX_KERNEL_ADDRS),
         }
+    }
+
+    fn blaze() -> Blaze {
+        Blaze::builder()
+            .enable_code_info(true)
+            .enable_inlined_fns(true)
+            .enable_demangling(true)
+            .build()
     }
 
     /// Symbolizes a user stack of process `pid`, whose mappings (read while it ran) are `maps`.
@@ -218,6 +222,12 @@ impl Symbolizer {
     }
 
     /// Drops what blazesym cached for a process that is gone.
+    /// Drops everything blazesym keeps of the files it read (symbol tables, parsed DWARF: tens
+    /// of MiB for a large binary with debug information), keeping the kernel's names.
+    pub fn drop_file_caches(&mut self) {
+        self.blaze = Symbolizer::blaze();
+    }
+
     pub fn forget_process(&mut self, pid: u32) {
         let _ = self
             .blaze

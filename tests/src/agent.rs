@@ -74,7 +74,8 @@ impl Agent {
         cmd.arg("agent")
             .arg("--socket")
             .arg(&socket)
-            .args(["--refresh", "500ms"]);
+            // Censuses on time (the tests wait for them), not stretched to a CPU budget.
+            .args(["--refresh", "500ms", "--cpu-budget", "0"]);
         if !extra.contains(&"--db") {
             // Each test's history stays in its own directory.
             cmd.arg("--db").arg(dir.path().join("history.db"));
@@ -112,6 +113,12 @@ impl Agent {
             );
             thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// The agent's process id.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The agent's log so far.

@@ -38,21 +38,22 @@ pub fn memlens_bin() -> PathBuf {
         .expect("no memlens binary: run the tests with `cargo xtask test`")
 }
 
-/// The `memlens-workload` binary, built by cargo next to the test binaries (`target/<profile>/`).
+/// The `memlens-workload` binary, built by cargo next to the test binaries (`target/<profile>/`,
+/// the parent of the tests' `deps/`, or beside a binary of this crate).
 #[must_use]
 pub fn workload_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
-    let bin = profile_dir.join("memlens-workload");
-    assert!(
-        bin.is_file(),
-        "{} missing: build with `cargo test -p memlens-tests`",
-        bin.display()
-    );
-    bin
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("memlens-workload"))
+        .find(|bin| bin.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "memlens-workload missing beside {}: build with `cargo test -p memlens-tests`",
+                exe.display()
+            )
+        })
 }
 
 /// How many times slower than this host the machine running the tests is
@@ -255,6 +256,21 @@ pub fn heap_reuse_bin() -> PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| native_bin("heapreuse.c", "gcc", &["-O2", "-g"]))
         .clone()
+}
+
+/// One process of a busy node (`tests/workloads/nodeload.c`): 2^17 distinct call paths, built
+/// `gcc -O2 -g` (no frame pointers).
+#[must_use]
+pub fn node_load_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        native_bin(
+            "nodeload.c",
+            "gcc",
+            &["-O2", "-g", "-fno-optimize-sibling-calls"],
+        )
+    })
+    .clone()
 }
 
 /// The same, linked statically and stripped (`gcc -O2 -static -s`): its allocator is in the

@@ -123,6 +123,26 @@ impl UnwoundTable {
     }
 }
 
+/// A copy of the table's slots (pointers to the stacks, not the stacks), read by the refresh
+/// while the unwinder goes on filling the table: the attribution of a busy node's census takes
+/// longer than the stack-copy ring lasts without a reader.
+pub struct UnwoundSlots(Vec<Option<Slot>>);
+
+impl UnwoundTable {
+    /// The slots as they are now.
+    #[must_use]
+    pub fn snapshot(&self) -> UnwoundSlots {
+        UnwoundSlots(self.slots.clone())
+    }
+}
+
+impl UnwoundStacks for UnwoundSlots {
+    fn unwound(&self, superblock: u64, pid: u32, ts_ns: u64) -> Option<Arc<UnwoundStack>> {
+        let slot = self.0.get(usize::try_from(superblock).ok()?)?.as_ref()?;
+        (slot.pid == pid && slot.ts_ns == ts_ns).then(|| Arc::clone(&slot.stack))
+    }
+}
+
 impl UnwoundStacks for UnwoundTable {
     fn unwound(&self, superblock: u64, pid: u32, ts_ns: u64) -> Option<Arc<UnwoundStack>> {
         let slot = self

@@ -3,5 +3,6 @@
 
 pub mod engine;
 pub mod lifecycle;
+pub mod pacing;
 pub mod refresh;
 pub mod unwind;

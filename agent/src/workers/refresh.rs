@@ -35,7 +35,9 @@ const TOP_FILES: usize = 50;
 const CATCH_UP: usize = 65_536;
 /// New stacks of live processes symbolized in the background per refresh.
 const PREFETCH_PER_REFRESH: usize = 256;
-/// Saved user stacks no record holds any more are deleted at most this often.
+/// Unwound stacks are saved for the next agent this often (a crash loses at most this much of
+/// them), and those no record holds any more deleted at most every `SAVED_STACKS_PRUNE_INTERVAL`.
+const SAVE_INTERVAL: Duration = Duration::from_secs(10);
 const SAVED_STACKS_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Owns everything one refresh reads.
@@ -60,6 +62,7 @@ pub struct Refresher {
     pub last_recorded: Option<Instant>,
     /// Whether unwound stacks are saved: the kernel's records outlive the agent.
     pub save_unwound: bool,
+    pub last_save: Option<Instant>,
     pub last_prune: Option<Instant>,
 }
 
@@ -85,19 +88,23 @@ impl Refresher {
         }
         let mut unwound = Vec::new();
         let leaks = census.as_ref().map(|census| {
-            // The copies of the allocations this census sees are unwound first.
-            let mut unwinding = self.unwinding.as_ref().and_then(|u| u.lock().ok());
-            let view = match unwinding.as_deref_mut() {
-                Some(u) => {
-                    u.drain(CATCH_UP);
-                    let view =
-                        self.attribution
-                            .update(census, &self.probes.stacks, &u.table, unix_ms());
-                    u.table.collect();
-                    if self.save_unwound {
-                        unwound = u.table.take_changed();
-                    }
-                    view
+            // The copies of the allocations this census sees are unwound first; the attribution
+            // then reads a copy of the table's slots, so the unwinder goes on meanwhile.
+            let slots = self.unwinding.as_ref().and_then(|u| {
+                let mut u = u.lock().ok()?;
+                u.drain(CATCH_UP);
+                u.table.collect();
+                if self.save_unwound && self.last_save.is_none_or(|t| t.elapsed() >= SAVE_INTERVAL)
+                {
+                    self.last_save = Some(Instant::now());
+                    unwound = u.table.take_changed();
+                }
+                Some(u.table.snapshot())
+            });
+            let view = match &slots {
+                Some(slots) => {
+                    self.attribution
+                        .update(census, &self.probes.stacks, slots, unix_ms())
                 }
                 None => self.attribution.update(
                     census,
@@ -106,7 +113,7 @@ impl Refresher {
                     unix_ms(),
                 ),
             };
-            drop(unwinding);
+            drop(slots);
             if let Ok(mut history) = self.leaks.history.write() {
                 history.record(&view.table);
             }
@@ -186,14 +193,14 @@ impl Refresher {
         self.save(unwound);
     }
 
-    /// Saves the stacks unwound since the last refresh, for the next agent.
+    /// Saves the stacks unwound since the last save, for the next agent.
     fn save(&mut self, unwound: Vec<(u64, u32, u64, Arc<UnwoundStack>)>) {
+        if unwound.is_empty() {
+            return;
+        }
         let prune = self
             .last_prune
             .is_none_or(|t| t.elapsed() >= SAVED_STACKS_PRUNE_INTERVAL);
-        if unwound.is_empty() && !prune {
-            return;
-        }
         let slots: Vec<_> = unwound
             .into_iter()
             .map(|(superblock, pid, ts_ns, stack)| {

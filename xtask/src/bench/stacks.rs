@@ -47,6 +47,7 @@ pub(super) fn many_stacks(root: &Path, depth: u32) -> Result<()> {
         ])
         .args(["--stack-entries", &(stacks * 4).max(65_536).to_string()])
         .args(["--max-stacks", &(stacks * 2).to_string(), "--refresh", "5s"])
+        .args(["--cpu-budget", "0"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

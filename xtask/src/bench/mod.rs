@@ -105,6 +105,21 @@ pub enum Bench {
         #[arg(long, default_value_t = 17)]
         depth: u32,
     },
+    /// A busy node simulated here (memory cgroups, long- and short-lived processes under 2^17
+    /// distinct stacks, cached files, OOM kills, scrapes and queries): the agent's RSS, CPU, BPF
+    /// maps, census, latencies, SQLite and drops over time, and against the targets.
+    Node {
+        #[arg(long, default_value_t = 20)]
+        minutes: u64,
+        #[arg(long, default_value_t = 1000)]
+        cgroups: usize,
+        /// Long-lived processes per cgroup.
+        #[arg(long, default_value_t = 2)]
+        services: usize,
+        /// Short-lived processes over the run.
+        #[arg(long, default_value_t = 3000)]
+        short_lived: usize,
+    },
 }
 
 pub fn run(root: &Path, which: Bench) -> Result<()> {
@@ -158,6 +173,29 @@ pub fn run(root: &Path, which: Bench) -> Result<()> {
         Bench::Exits { rounds, processes } => exits::exits(root, rounds, processes),
         Bench::Build { edits } => build::build(root, edits.max(1)),
         Bench::AllocTrace { rounds } => alloctrace::alloc_trace(root, rounds.max(1)),
+        Bench::Node {
+            minutes,
+            cgroups,
+            services,
+            short_lived,
+        } => {
+            let memlens = util::build_release(root)?;
+            util::run(Command::new("cargo").current_dir(root).args([
+                "build",
+                "--release",
+                "--package",
+                "memlens-tests",
+                "--bins",
+            ]))?;
+            util::run(
+                Command::new(root.join("target/release/memlens-node-bench"))
+                    .env("MEMLENS_BIN", memlens)
+                    .args(["--minutes", &minutes.to_string()])
+                    .args(["--cgroups", &cgroups.to_string()])
+                    .args(["--services", &services.to_string()])
+                    .args(["--short-lived", &short_lived.to_string()]),
+            )
+        }
     }
 }
 

@@ -43,9 +43,9 @@ pub struct AgentArgs {
     /// comes later than --refresh, up to a minute apart, when a cycle costs more; 0: never later.
     #[arg(long, env = "MEMLENS_CPU_BUDGET", default_value_t = 0.02, value_parser = parse_cpu_budget)]
     pub cpu_budget: f64,
-    /// Distinct (memory cgroup, file) pairs whose page cache is counted (about 64 bytes each);
-    /// events for further pairs are counted as lost.
-    #[arg(long, env = "MEMLENS_FILE_ENTRIES", default_value_t = 131_072, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    /// Distinct (memory cgroup, file) pairs whose page cache is counted (96 bytes of kernel
+    /// memory each); events for further pairs are counted as lost.
+    #[arg(long, env = "MEMLENS_FILE_ENTRIES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub file_entries: u32,
     /// Bytes of the ring buffer carrying process exits, OOM kills and cgroup changes (a power of
     /// two); events beyond it between two reads are counted as lost.

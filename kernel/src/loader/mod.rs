@@ -421,7 +421,7 @@ impl Probes {
             stack_entries: options.stack_entries,
             map_bytes: sample_entries * record
                 + u64::from(options.stack_entries) * STACK_ENTRY_BYTES
-                + u64::from(options.file_entries) * 64
+                + u64::from(options.file_entries) * 96
                 + u64::from(options.lifecycle_buffer)
                 + u64::from(options.stack_copy_buffer)
                 + stack_copy_scratch_bytes(),

@@ -100,6 +100,30 @@ struct Sample {
     drops: u64,
 }
 
+impl Sample {
+    /// The sample as a row of the report's table.
+    fn row(&self) -> String {
+        format!(
+            "| {} s | {} MiB | {} MiB | {} MiB | {:.1}% | {:.1} MiB | {} ms ({:.1} s) | {} ({}) | \
+             {:.0} ms | {:.0} ms | {:.1} MiB | {} |",
+            self.at_s,
+            self.rss_kib / 1024,
+            self.peak_kib / 1024,
+            self.anon_kib / 1024,
+            self.cpu_pct,
+            self.maps_kib as f64 / 1024.0,
+            self.census_ms,
+            self.cycle_s,
+            self.stacks,
+            self.kernel_stacks,
+            self.scrape_ms,
+            self.top_ms,
+            self.db_kib as f64 / 1024.0,
+            self.drops
+        )
+    }
+}
+
 fn status_field(path: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{path}/status"))
         .unwrap_or_default()
@@ -381,25 +405,7 @@ fn main() {
         }
         if Instant::now() >= next_sample {
             let x = sample(&agent, metrics, &db, started, &mut last);
-            eprintln!(
-                "{:>5} s  rss {} MiB (peak {})  anon {} MiB  cpu {:.1}%  maps {} MiB  census {} ms \
-                 every {:.1} s  stacks {} (kernel {})  scrape {:.0} ms  top {:.0} ms  db {} MiB  \
-                 drops {}",
-                x.at_s,
-                x.rss_kib / 1024,
-                x.peak_kib / 1024,
-                x.anon_kib / 1024,
-                x.cpu_pct,
-                x.maps_kib / 1024,
-                x.census_ms,
-                x.cycle_s,
-                x.stacks,
-                x.kernel_stacks,
-                x.scrape_ms,
-                x.top_ms,
-                x.db_kib / 1024,
-                x.drops
-            );
+            eprintln!("{}", x.row());
             samples.push(x);
             next_sample += Duration::from_secs(15);
         }
@@ -448,23 +454,7 @@ fn report(
     println!("| time | RSS | peak RSS | heap | CPU | BPF maps | census (every) | stacks (kernel map) | /metrics | top | SQLite | drops |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for x in samples.iter().step_by(4) {
-        println!(
-            "| {} s | {} MiB | {} MiB | {} MiB | {:.1}% | {:.1} MiB | {} ms ({:.1} s) | {} ({}) | {:.0} ms | {:.0} ms | {:.1} MiB | {} |",
-            x.at_s,
-            x.rss_kib / 1024,
-            x.peak_kib / 1024,
-            x.anon_kib / 1024,
-            x.cpu_pct,
-            x.maps_kib as f64 / 1024.0,
-            x.census_ms,
-            x.cycle_s,
-            x.stacks,
-            x.kernel_stacks,
-            x.scrape_ms,
-            x.top_ms,
-            x.db_kib as f64 / 1024.0,
-            x.drops
-        );
+        println!("{}", x.row());
     }
     println!();
     // Steady: from a minute after each start of the agent.

@@ -129,7 +129,7 @@ fn stacks_of_pages_allocated_before_and_during_a_restart_are_kept() {
 fn a_new_layout_starts_afresh_and_says_why_and_unload_removes_everything() {
     let pins = BpfMount::new();
     let pin_dir = pins.pin_dir().display().to_string();
-    let first = Agent::start(&["--pin-dir", pin_dir.as_str(), "--file-entries", "65536"]);
+    let first = Agent::start(&["--pin-dir", pin_dir.as_str(), "--file-entries", "32768"]);
     drop(first);
     let before: Vec<_> = std::fs::read_dir(&pin_dir)
         .expect("pin dir")

@@ -227,7 +227,7 @@ fn take_stack<C: EbpfContext>(ctx: &C, flags: u64) -> Result<u64, i64> {
     }
     // SAFETY: per-CPU map value, written above; this program does not nest on one CPU.
     let frames = unsafe { &*scratch };
-    let key = stack_key(frames, len as usize / 8);
+    let key = stack_key(frames);
     match STACKS
         .insert(&key, frames, u64::from(BPF_NOEXIST))
         .map_err(i64::from)

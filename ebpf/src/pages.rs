@@ -359,21 +359,23 @@ fn record<C: EbpfContext>(ctx: &C, frames: SampledFrames, order: u32, gfp: u64) 
         count = u64::from(MAX_SAMPLED_PER_ALLOC);
     }
     let superblocks = SUPERBLOCKS.load();
+    // One path through each iteration (every exit leaves the loop): the verifier walks this
+    // loop once per state it enters with, and a count that differed between a success and a
+    // failure branch made states it could not merge, past the 6.1 verifier's 1M-instruction
+    // budget. A lookup only fails out of range, which the check before it excludes.
     let mut recorded = 0;
-    for i in 0..u64::from(MAX_SAMPLED_PER_ALLOC) {
-        if i >= count {
-            break;
-        }
-        let superblock = frames.first_superblock + i;
+    while recorded < u64::from(MAX_SAMPLED_PER_ALLOC) && recorded < count {
+        let superblock = frames.first_superblock + recorded;
         if superblock >= superblocks {
-            counters::add(Counter::OutOfRange, count - i);
+            counters::add(Counter::OutOfRange, count - recorded);
             break;
         }
-        if let Some(slot) = PAGE_ALLOCS.get_ptr_mut(superblock as u32) {
-            // SAFETY: map value pointer of the right type.
-            unsafe { *slot = entry };
-            recorded += 1;
-        }
+        let Some(slot) = PAGE_ALLOCS.get_ptr_mut(superblock as u32) else {
+            break;
+        };
+        // SAFETY: map value pointer of the right type.
+        unsafe { *slot = entry };
+        recorded += 1;
     }
     counters::add(Counter::SampledFrames, recorded);
 }

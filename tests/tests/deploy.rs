@@ -9,7 +9,8 @@
 //!   has; the DaemonSet's args, with the ConfigMap's config file, get past the agent's argument
 //!   and config checks (run as an unprivileged user, the agent stops at its root check).
 //! - The Containerfile builds with the README's commands (`cargo xtask setup`, then the release
-//!   build) and ships the `memlens` binary alone.
+//!   build) and ships the `memlens` binary alone, its debug info stripped as the footprint
+//!   benchmark measures it.
 //! - The Grafana dashboard queries the series the agent exports, in PromQL that `promtool`
 //!   parses, through the `${DS_PROMETHEUS}` data source variable.
 
@@ -654,6 +655,10 @@ fn containerfile_builds_with_the_readme_commands() {
         setup < build,
         "`cargo xtask setup` must come before the build"
     );
+    // The footprint `cargo xtask bench node` measures is the stripped binary's (xtask's
+    // build_shipped): with its line tables the agent parses its own DWARF when it symbolizes.
+    let strip = position(&["objcopy --strip-debug target/release/memlens"]);
+    assert!(build < strip, "the binary is stripped after it is built");
     assert!(
         runs.iter().any(|r| r.contains("rustup")) || build_from.contains("rust"),
         "the build stage installs rustup's stable Rust, as the README expects"

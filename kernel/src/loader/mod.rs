@@ -5,29 +5,27 @@ mod attach;
 pub mod btf;
 mod calibrate;
 mod kernel;
+mod maps;
+mod options;
 mod page_allocs;
 pub mod pinning;
+mod sizing;
 pub mod tracefs;
 
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
+use std::sync::Arc;
 
 pub use attach::ProbeError;
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     Ebpf, EbpfLoader,
 };
-use memlens_common::{
-    counters::Counter,
-    filemap::FileKey,
-    offsets::TaskMemcgOffsets,
-    page::{StackFrames, MAX_SAMPLE_SHIFT},
-    stack_copy::{StackCopy, STACK_COPY_MAX},
-};
+pub use maps::{KernelCounters, StackMap};
+use memlens_common::{filemap::FileKey, page::MAX_SAMPLE_SHIFT, stack_copy::STACK_COPY_MAX};
+use options::ebpf_err;
+pub use options::{LoadError, LoadOptions, LoadReport};
 pub use page_allocs::PageAllocTable;
 
-use memlens_types::{status::ProgramStats, Pfn};
-
-use memlens_model::StackTable;
+use memlens_types::status::ProgramStats;
 
 use crate::{
     collectors::{lifecycle::LifecycleRing, stack_copies::StackCopyRing},
@@ -37,125 +35,6 @@ use crate::{
 /// The kernel programs, built by `cargo xtask build-ebpf` (via build.rs) for this very binary.
 pub(crate) static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memlens.bpf.o"));
-
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error(
-        "memlens agent needs root: it loads kernel programs (CAP_BPF, CAP_PERFMON) and reads \
-         /proc/kpagecgroup (CAP_SYS_ADMIN); run it as root, e.g. `sudo memlens agent`"
-    )]
-    NotRoot,
-    #[error(transparent)]
-    Btf(#[from] btf::BtfError),
-    #[error("{0}: {1}")]
-    Ebpf(&'static str, String),
-    #[error("the kernel program {0} is missing from the embedded object (a build problem)")]
-    MissingProgram(&'static str),
-    #[error("cannot find vmemmap_base: {0}")]
-    Calibration(String),
-    #[error(
-        "cannot attach to the page allocator ({0}); memlens needs the kmem:mm_page_alloc \
-         tracepoint (CONFIG_TRACEPOINTS=y)"
-    )]
-    NoPageProbe(String),
-    #[error("cannot read {0}: {1}")]
-    Io(&'static str, std::io::Error),
-    #[error("invalid setting: {0}")]
-    Config(String),
-    #[error("cannot detach the programs a previous agent left attached: {0}")]
-    Pin(#[from] pinning::PinError),
-}
-
-/// One-line form of an aya error: the verifier log goes to the debug log, not the user's
-/// terminal.
-fn ebpf_err(what: &'static str, e: impl std::fmt::Display) -> LoadError {
-    let text = e.to_string();
-    tracing::debug!("{what}: {text}");
-    LoadError::Ebpf(what, text.lines().next().unwrap_or_default().to_string())
-}
-
-/// What the agent asks of the programs.
-#[derive(Clone, Debug)]
-pub struct LoadOptions {
-    /// log2 of frames per sampled frame (6: one page in 64).
-    pub sample_shift: u32,
-    /// Upper bound on `PAGE_ALLOCS` entries; the shift is raised until the frame range fits.
-    pub max_sample_entries: u64,
-    /// Entries of the stack map.
-    pub stack_entries: u32,
-    /// Reuse a CPU's kernel stack for the same user stack within this many ns (0: never).
-    pub kernel_stack_reuse_ns: u64,
-    /// BTF of the running kernel, when not at /sys/kernel/btf/vmlinux.
-    pub btf: Option<PathBuf>,
-    /// Entries of the page-cache map: distinct (memory cgroup, file) pairs.
-    pub file_entries: u32,
-    /// Bytes of the lifecycle ring buffer (a power of two).
-    pub lifecycle_buffer: u32,
-    /// Bytes of user stack copied per sampled allocation for unwinding (0: off; at most
-    /// `STACK_COPY_MAX`).
-    pub stack_copy_bytes: u32,
-    /// Bytes of the stack-copy ring buffer (a power of two).
-    pub stack_copy_buffer: u32,
-    /// Where the maps and links are pinned to outlive the agent (see [`pinning`]); None: they
-    /// go with it.
-    pub pin_dir: Option<PathBuf>,
-}
-
-/// How the programs were loaded: the facts behind `memlens status`.
-#[derive(Clone, Debug)]
-pub struct LoadReport {
-    /// The kernel's release and optional facilities (see `kernel::describe`).
-    pub kernel: String,
-    /// The attachment in use for page allocations.
-    pub page_probe: String,
-    /// Why the preferred attachment was not used, if it was not.
-    pub page_probe_fallback: Option<String>,
-    pub vmemmap_base: Option<String>,
-    pub page_struct_size: u64,
-    /// Offsets of the task -> memory cgroup walk, or why they are unknown.
-    pub task_memcg_offsets: Result<TaskMemcgOffsets, ProbeError>,
-    /// Effective sampling: one frame in `2^sample_shift`.
-    pub sample_shift: u32,
-    /// Requested shift, when it had to be raised to bound the map.
-    pub requested_sample_shift: u32,
-    pub end_pfn: u64,
-    pub sample_entries: u64,
-    pub stack_entries: u32,
-    /// Kernel memory of the maps, in bytes.
-    pub map_bytes: u64,
-    /// Set when RLIMIT_MEMLOCK could not be raised (harmless on kernels >= 5.11).
-    pub memlock_warning: Option<String>,
-    /// The page-cache probes in use, or why there are none.
-    pub filemap_probe: Result<String, ProbeError>,
-    /// The lifecycle probes in use, or why there are none.
-    pub lifecycle_probe: Result<String, ProbeError>,
-    pub file_entries: u32,
-    /// Bytes of stack copied per sample for unwinding (0: frame pointers only).
-    pub stack_copy_bytes: u32,
-    /// Whether the records outlive the agent (pinned), or why not.
-    pub pinning: Result<pinning::PinReport, String>,
-}
-
-/// The programs' per-CPU counters (see `memlens_common::counters`), readable from any thread.
-pub struct KernelCounters(PerCpuArray<MapData, u64>);
-
-impl KernelCounters {
-    /// Every counter, summed over CPUs.
-    #[must_use]
-    pub fn totals(&self) -> BTreeMap<String, u64> {
-        Counter::ALL
-            .iter()
-            .map(|&c| {
-                let total = self
-                    .0
-                    .get(&(c as u32), 0)
-                    .map(|per_cpu| per_cpu.iter().copied().fold(0u64, u64::wrapping_add))
-                    .unwrap_or(0);
-                (c.name().to_string(), total)
-            })
-            .collect()
-    }
-}
 
 /// The loaded, attached programs and the maps the collectors read.
 pub struct Probes {
@@ -173,23 +52,6 @@ pub struct Probes {
     pub report: LoadReport,
     /// The programs' pinned links (they stay attached after the agent, through their pins).
     _pinned_links: Vec<aya::programs::links::PinnedLink>,
-}
-
-/// The programs' stack map: stack key (a hash of the stack) to instruction addresses.
-pub struct StackMap(pub(crate) HashMap<MapData, u64, StackFrames>);
-
-impl StackTable for StackMap {
-    fn addresses(&self, key: u64) -> Option<Vec<u64>> {
-        let frames = self.0.get(&key, 0).ok()?;
-        Some(
-            frames
-                .ips
-                .iter()
-                .copied()
-                .take_while(|&ip| ip != 0)
-                .collect(),
-        )
-    }
 }
 
 impl Probes {
@@ -220,7 +82,7 @@ impl Probes {
                 options.sample_shift
             )));
         }
-        let memlock_warning = raise_memlock_rlimit();
+        let memlock_warning = sizing::raise_memlock_rlimit();
         let kernel_btf = btf::KernelBtf::load(options.btf.as_deref())?;
         let page_struct_size = kernel_btf.struct_size("page")?;
         let pt_regs_sp = kernel_btf.member_offset("pt_regs", "sp")?;
@@ -244,7 +106,7 @@ impl Probes {
         }
 
         let end_pfn = physmem::end_pfn().map_err(|e| LoadError::Io("/proc/zoneinfo", e))?;
-        let (sample_shift, sample_entries) = size_samples(end_pfn, options)?;
+        let (sample_shift, sample_entries) = sizing::size_samples(end_pfn, options)?;
 
         // aya's own parse of the same BTF, for the loader's relocations.
         let aya_btf = match &options.btf {
@@ -399,7 +261,6 @@ impl Probes {
             .map_err(|e| ebpf_err("opening STACKS", e))?,
         );
 
-        let record = size_of::<memlens_common::page::PageAlloc>() as u64;
         let (pinning, pinned_links) = match pins {
             Ok(pins) => {
                 let (report, links) = pins.finish();
@@ -419,12 +280,7 @@ impl Probes {
             end_pfn: end_pfn.0,
             sample_entries,
             stack_entries: options.stack_entries,
-            map_bytes: sample_entries * record
-                + u64::from(options.stack_entries) * STACK_ENTRY_BYTES
-                + u64::from(options.file_entries) * 96
-                + u64::from(options.lifecycle_buffer)
-                + u64::from(options.stack_copy_buffer)
-                + stack_copy_scratch_bytes(),
+            map_bytes: sizing::map_bytes(sample_entries, options),
             memlock_warning,
             filemap_probe,
             file_entries: options.file_entries,
@@ -443,88 +299,5 @@ impl Probes {
             report,
             _pinned_links: pinned_links,
         })
-    }
-}
-
-/// Kernel memory of one entry of the stack map: key, value, and the hash table's element header.
-const STACK_ENTRY_BYTES: u64 = (size_of::<u64>() + size_of::<StackFrames>() + 48) as u64;
-
-/// Kernel memory of the per-CPU scratch record the stack copies are assembled in.
-fn stack_copy_scratch_bytes() -> u64 {
-    let cpus = aya::util::nr_cpus().unwrap_or(1);
-    (size_of::<StackCopy>() * cpus) as u64
-}
-
-/// The smallest shift >= the requested one whose array fits `max_sample_entries`.
-fn size_samples(end_pfn: Pfn, options: &LoadOptions) -> Result<(u32, u64), LoadError> {
-    let mut shift = options.sample_shift;
-    loop {
-        let entries = (end_pfn.0 >> shift) + 1;
-        if entries <= options.max_sample_entries {
-            if shift != options.sample_shift {
-                tracing::warn!(
-                    "sampling one page in {} instead of {} to keep the sample map at {} entries",
-                    1u64 << shift,
-                    1u64 << options.sample_shift,
-                    options.max_sample_entries
-                );
-            }
-            return Ok((shift, entries));
-        }
-        shift += 1;
-        if shift > MAX_SAMPLE_SHIFT {
-            return Err(LoadError::Config(format!(
-                "{} page frames cannot be sampled within {} entries",
-                end_pfn.0, options.max_sample_entries
-            )));
-        }
-    }
-}
-
-/// Raises RLIMIT_MEMLOCK for kernels that still charge BPF maps to it (< 5.11); a refusal is a
-/// warning, since newer kernels charge the memory cgroup instead.
-fn raise_memlock_rlimit() -> Option<String> {
-    let limit = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: setrlimit with a valid struct.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } == 0 {
-        return None;
-    }
-    let e = std::io::Error::last_os_error();
-    tracing::debug!("cannot raise RLIMIT_MEMLOCK: {e} (fine on kernels >= 5.11)");
-    Some(format!(
-        "RLIMIT_MEMLOCK not raised ({e}); fine on kernels >= 5.11"
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shift_is_raised_until_the_map_fits() {
-        let options = LoadOptions {
-            sample_shift: 6,
-            max_sample_entries: 1 << 17,
-            stack_entries: 1,
-            kernel_stack_reuse_ns: 0,
-            btf: None,
-            file_entries: 1,
-            lifecycle_buffer: 4096,
-            stack_copy_bytes: 0,
-            stack_copy_buffer: 4096,
-            pin_dir: None,
-        };
-        // 24 GiB of 4 KiB pages fits at 1 in 64.
-        assert_eq!(
-            size_samples(Pfn(6_553_600), &options).unwrap(),
-            (6, 102_401)
-        );
-        // 1 TiB does not: 1 in 2048.
-        let (shift, entries) = size_samples(Pfn(1 << 28), &options).unwrap();
-        assert_eq!(shift, 12);
-        assert!(entries <= 1 << 17);
     }
 }

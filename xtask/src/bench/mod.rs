@@ -179,7 +179,7 @@ pub fn run(root: &Path, which: Bench) -> Result<()> {
             services,
             short_lived,
         } => {
-            let memlens = util::build_release(root)?;
+            let memlens = util::build_shipped(root)?;
             util::run(Command::new("cargo").current_dir(root).args([
                 "build",
                 "--release",

@@ -48,6 +48,7 @@ use crate::{
     status::StatusSource,
     workers::{
         engine::{self, CheckRequest, Engine, EngineStats},
+        heap,
         lifecycle::{self, Drain},
         pacing::{self, Pacing},
         refresh::Refresher,
@@ -71,6 +72,7 @@ const UNWIND_BOUND: Duration = Duration::from_secs(60);
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
     check_retention(args, &config)?;
+    heap::limit_arenas();
     // Before anything touches /run or /var/lib: without root the answer is "run as root".
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -253,7 +255,10 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
             let _ended = EndOnDrop(Arc::clone(&refresh_beat));
             let mut wait = args_refresh;
             while let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(wait) {
-                wait = pacing.refresh(|| published.publish(refresher.view()));
+                wait = pacing.refresh(|| {
+                    published.publish(refresher.view());
+                    heap::release_free_memory();
+                });
                 refresh_beat.beat();
             }
             refresher.finish();

@@ -138,7 +138,7 @@ impl StatusSource {
                 "refresh",
                 CapabilityState::Ok,
                 format!(
-                    "every {:.1} s, stretched from {} so that refreshing stays within {:.1}% of a \
+                    "every {:.1} s, stretched from {} so that the agent stays within {:.1}% of a \
                      core (--cpu-budget): a refresh costs more on this node",
                     cycle.as_secs_f64(),
                     humantime::format_duration(*base),
@@ -150,7 +150,7 @@ impl StatusSource {
                 "refresh",
                 CapabilityState::Ok,
                 format!(
-                    "every {} (refreshing within {:.1}% of a core, --cpu-budget)",
+                    "every {} (the agent within {:.1}% of a core, --cpu-budget)",
                     humantime::format_duration(*base),
                     budget * 100.0
                 ),

@@ -4,11 +4,10 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    num::NonZeroUsize,
     time::{Duration, Instant},
 };
 
-use lru::LruCache;
+use hashlink::LruCache;
 use memlens_procfs::{
     open_files::{self, OpenFile},
     system,
@@ -38,7 +37,7 @@ const UNFOUND_RETRY: Duration = Duration::from_secs(300);
 /// named file per refresh was a tenth of the agent's time on a node of 10,000 cached files).
 const RECHECK: Duration = Duration::from_secs(5);
 /// Most files remembered (the least recently used go first).
-const MAX_KNOWN: NonZeroUsize = NonZeroUsize::new(200_000).expect("non-zero");
+const MAX_KNOWN: usize = 200_000;
 
 pub struct FileResolver {
     known: LruCache<FileId, OpenFile>,
@@ -71,7 +70,7 @@ impl FileResolver {
     pub fn names(&mut self, wanted: &HashSet<FileId>) -> HashMap<FileId, FileName> {
         let now = Instant::now();
         let unknown = wanted.iter().any(|id| {
-            !self.known.contains(id)
+            !self.known.contains_key(id)
                 && self
                     .unfound
                     .peek(id)
@@ -82,14 +81,14 @@ impl FileResolver {
             self.mounts = system::mounts_by_device();
             let found = open_files::scan(wanted);
             for id in wanted.iter().filter(|id| !found.contains_key(id)) {
-                if !self.known.contains(id) {
-                    self.unfound.put(*id, now);
+                if !self.known.contains_key(id) {
+                    self.unfound.insert(*id, now);
                 }
             }
             for (id, file) in found {
-                self.unfound.pop(&id);
-                self.still_there.pop(&id);
-                self.known.put(id, file);
+                self.unfound.remove(&id);
+                self.still_there.remove(&id);
+                self.known.insert(id, file);
             }
             let took = now.elapsed();
             self.next_scan = Some(Instant::now() + MIN_RESCAN.max(took * MAX_SCAN_SHARE));
@@ -123,7 +122,7 @@ impl FileResolver {
             }
         }
         let there = open_files::still_there(path, id);
-        self.still_there.put(id, (now, there));
+        self.still_there.insert(id, (now, there));
         there
     }
 }

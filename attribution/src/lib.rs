@@ -114,6 +114,8 @@ pub struct Attribution {
     leaf: LeafResolver,
     leaf_rules: HashMap<(ProcessKey, u64), LeafRule>,
     user_stacks: HashMap<u64, Arc<UserStack>>,
+    /// The frames of `user_stacks`, each kept once (see [`UserStack::frames`]).
+    frames: HashSet<Arc<UserFrame>>,
     /// The signature each process's stacks (by address signature) were interned under.
     located: HashMap<(ProcessKey, u64), u64>,
     kernel_stacks: HashMap<u64, Arc<[u64]>>,
@@ -135,6 +137,7 @@ impl Attribution {
             leaf: LeafResolver::default(),
             leaf_rules: HashMap::new(),
             user_stacks: HashMap::new(),
+            frames: HashSet::new(),
             located: HashMap::new(),
             kernel_stacks: HashMap::new(),
             remapped: HashMap::new(),
@@ -237,6 +240,8 @@ impl Attribution {
         // Keep only what the current table refers to.
         self.user_stacks
             .retain(|sig, _| view.user_stacks.contains_key(sig));
+        // Frames of no kept stack (nor of a symbol cache entry) go.
+        self.frames.retain(|f| Arc::strong_count(f) > 1);
         self.kernel_stacks
             .retain(|sig, _| view.kernel_stacks.contains_key(sig));
         self.leaf_rules
@@ -288,7 +293,7 @@ impl Attribution {
                         start_ns: start,
                     },
                     comm: memlens_procfs::process::comm(tgid).unwrap_or_else(|| comm_string(comm)),
-                    maps: maps::read_maps(tgid).unwrap_or_default(),
+                    maps: code_maps(tgid).unwrap_or_default(),
                 });
                 self.processes.insert(tgid, Arc::clone(&info));
                 (info, true)
@@ -324,11 +329,20 @@ impl Attribution {
         let fresh = Arc::new(ProcessInfo {
             key: process.key,
             comm: process.comm.clone(),
-            maps: maps::read_maps(process.key.tgid).ok()?,
+            maps: code_maps(process.key.tgid).ok()?,
         });
         self.processes.insert(process.key.tgid, Arc::clone(&fresh));
         Some(fresh)
     }
+}
+
+/// The executable mappings of process `tgid`: stacks' frames are in code, and a busy node's
+/// thousands of processes each map dozens of data regions and libraries' data segments.
+fn code_maps(tgid: u32) -> std::io::Result<Vec<Mapping>> {
+    let mut all = maps::read_maps(tgid)?;
+    all.retain(|m| m.executable);
+    all.shrink_to_fit();
+    Ok(all)
 }
 
 /// Keeps the `max_keys` largest entries; merges the rest into their cgroup's "other" entry.

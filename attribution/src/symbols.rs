@@ -9,7 +9,6 @@
 
 use std::{
     collections::HashSet,
-    num::NonZeroUsize,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -17,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lru::LruCache;
+use hashlink::LruCache;
 use memlens_procfs::Mapping;
 use memlens_symbolize::{StackAddr, Symbolizer};
 use memlens_types::stack::Frame;
@@ -25,14 +24,14 @@ use memlens_types::stack::Frame;
 use crate::{LeakView, ProcessInfo, ProcessKey, UserFrame, UserStack};
 
 /// Most cached stacks, user and kernel each (the least recently used go first).
-const MAX_STACKS: NonZeroUsize = NonZeroUsize::new(50_000).expect("non-zero");
+const MAX_STACKS: usize = 50_000;
 /// Most code locations whose names are kept.
-const MAX_LOCATIONS: NonZeroUsize = NonZeroUsize::new(100_000).expect("non-zero");
+const MAX_LOCATIONS: usize = 100_000;
 /// What blazesym keeps of the files it read is dropped this often: names found are kept per
 /// location here, so only new locations need the files again, and the memory stays what a few
-/// minutes of them take (parsed DWARF of every binary seen grew the agent past 400 MiB on a busy
-/// node).
-const FILE_CACHE_LIFETIME: Duration = Duration::from_secs(300);
+/// minute of them takes (parsed DWARF of every binary seen grew the agent past 400 MiB on a busy
+/// node; a decompressed debug section alone is megabytes).
+const FILE_CACHE_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Functions a complete user stack ends in (its outermost frame). A stack ending elsewhere was
 /// cut short by code without frame pointers.
@@ -98,7 +97,7 @@ pub struct SymbolCache {
     symbolizer: Symbolizer,
     user: LruCache<u64, Arc<SymbolizedStack>>,
     /// The names at each code location (of frames that were named).
-    locations: LruCache<UserFrame, Arc<[Frame]>>,
+    locations: LruCache<Arc<UserFrame>, Arc<[Frame]>>,
     kernel: LruCache<u64, Arc<Vec<Frame>>>,
     /// Live processes the symbolizer may have looked at, to forget them once gone.
     seen: HashSet<ProcessKey>,
@@ -160,7 +159,7 @@ impl SymbolCache {
                 let frames: Arc<[Frame]> = frames.into();
                 if frames.iter().all(|f| f.function.is_some()) {
                     self.locations
-                        .put(stack.frames[i].clone(), Arc::clone(&frames));
+                        .insert(Arc::clone(&stack.frames[i]), Arc::clone(&frames));
                 }
                 per_frame[i] = Some(frames);
             }
@@ -186,7 +185,7 @@ impl SymbolCache {
         // Names missing because the only process with the stack is gone may be found through a
         // process of the same binary later: not remembered.
         if alive || stack.frames().all(|f| f.function.is_some()) {
-            self.user.put(sig, Arc::clone(&stack));
+            self.user.insert(sig, Arc::clone(&stack));
         }
         Some(stack)
     }
@@ -211,7 +210,7 @@ impl SymbolCache {
         let addrs = view.kernel_stacks.get(&sig)?;
         let frames = Arc::new(self.symbolizer.kernel_stack(addrs));
         self.stats.symbolized.fetch_add(1, Ordering::Relaxed);
-        self.kernel.put(sig, Arc::clone(&frames));
+        self.kernel.insert(sig, Arc::clone(&frames));
         Some(frames)
     }
 
@@ -220,7 +219,7 @@ impl SymbolCache {
         let todo: Vec<u64> = view
             .symbolize_via
             .iter()
-            .filter(|(sig, p)| view.alive.contains(p) && !self.user.contains(sig))
+            .filter(|(sig, p)| view.alive.contains(p) && !self.user.contains_key(sig))
             .map(|(sig, _)| *sig)
             .take(budget)
             .collect();

@@ -19,7 +19,9 @@ use crate::{signature, Attribution, LeafCaller, ProcessInfo, ProcessKey, StackSt
 /// A user stack, innermost first, with how it was unwound.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserStack {
-    pub frames: Vec<UserFrame>,
+    /// Each distinct frame is kept once and shared by every stack through it (8 bytes a frame
+    /// here): a busy node's thousands of stacks are mostly the same few hundred frames.
+    pub frames: Box<[Arc<UserFrame>]>,
     /// How the innermost caller of a frame-pointer stack was established; `None` for unwound
     /// stacks, which follow the leaf's own unwind rule like every other frame's.
     pub leaf: Option<LeafCaller>,
@@ -236,16 +238,28 @@ impl Attribution {
     /// keeps it once; returns its signature. Where it was placed is remembered when every
     /// address was in a mapping (an address outside may be in one once the mappings are read
     /// again).
+    /// `frame`, shared with the stacks already through it.
+    fn shared_frame(&mut self, frame: UserFrame) -> Arc<UserFrame> {
+        if let Some(shared) = self.frames.get(&frame) {
+            return Arc::clone(shared);
+        }
+        let shared = Arc::new(frame);
+        self.frames.insert(Arc::clone(&shared));
+        shared
+    }
+
     pub(crate) fn intern(&mut self, process: &ProcessInfo, by_address: u64, raw: RawStack) -> u64 {
         let placed = !raw.outside(&process.maps);
         let stack = UserStack {
             frames: raw
                 .addrs
                 .iter()
-                .map(|a| UserFrame {
-                    location: CodeLocation::of(a.addr, process.key, &process.maps),
-                    return_address: a.return_address,
-                    recovered: a.recovered,
+                .map(|a| {
+                    self.shared_frame(UserFrame {
+                        location: CodeLocation::of(a.addr, process.key, &process.maps),
+                        return_address: a.return_address,
+                        recovered: a.recovered,
+                    })
                 })
                 .collect(),
             leaf: raw.leaf,

@@ -9,7 +9,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{memlens_bin, patience, require_root};
+use crate::{join_cgroup_before_exec, memlens_bin, patience, require_root, TestCgroup};
 
 /// A running `memlens agent`, stopped (by pid) on drop.
 pub struct Agent {
@@ -66,6 +66,12 @@ impl Agent {
     /// Starts the agent on a private socket with `extra` flags and waits until it answers.
     #[must_use]
     pub fn start(extra: &[&str]) -> Agent {
+        Agent::start_in(None, extra)
+    }
+
+    /// Starts the agent as [`Agent::start`] does, in `cgroup` when given (a memory limit the
+    /// agent must run within).
+    pub fn start_in(cgroup: Option<&TestCgroup>, extra: &[&str]) -> Agent {
         require_root();
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("memlens.sock");
@@ -83,6 +89,9 @@ impl Agent {
         let pins = (!extra.contains(&"--pin-dir")).then(BpfMount::new);
         if let Some(pins) = &pins {
             cmd.arg("--pin-dir").arg(pins.pin_dir());
+        }
+        if let Some(cgroup) = cgroup {
+            join_cgroup_before_exec(&mut cmd, cgroup.dir.join("cgroup.procs"));
         }
         let child = cmd
             .args(extra)

@@ -164,6 +164,40 @@ impl TestCgroup {
         self.stat("rss", "anon")
     }
 
+    /// The kernel's count of OOM kills in the cgroup (`memory.events` on v2,
+    /// `memory.oom_control` on v1).
+    #[must_use]
+    pub fn oom_kills(&self) -> u64 {
+        let file = if self.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        std::fs::read_to_string(self.dir.join(file))
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// The most memory the cgroup was ever charged (`memory.peak` on v2, 5.19+;
+    /// `memory.max_usage_in_bytes` on v1), when the kernel keeps it.
+    #[must_use]
+    pub fn peak_bytes(&self) -> Option<u64> {
+        let file = if self.v2 {
+            "memory.peak"
+        } else {
+            "memory.max_usage_in_bytes"
+        };
+        std::fs::read_to_string(self.dir.join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// Removes the cgroup now (also done on drop).
     pub fn remove(&self) {
         remove_dir_patiently(&self.dir);

@@ -99,8 +99,11 @@ fn collect<F: FnMut(u64) -> Result<u64, ()>>(
 
 /// Frames kept per stack.
 pub const MAX_FRAMES: usize = 128;
-/// Processes whose modules are kept (the least recently unwound go first).
-const MAX_PROCESSES: NonZeroUsize = NonZeroUsize::new(1024).expect("non-zero");
+/// Processes whose modules are kept (the least recently unwound go first). Sized for a busy
+/// node's allocating processes: with 2,000 of them taking turns through 1,024 entries, every
+/// copy re-read its process's mappings (half the agent's CPU on the busy-node bench); an entry
+/// is a few hundred bytes (the executable mappings, the tables shared by file).
+const MAX_PROCESSES: NonZeroUsize = NonZeroUsize::new(8192).expect("non-zero");
 /// A process's mappings are re-read at most this often when an address falls outside them: soon
 /// enough for code loaded right after a first read (a process first seen between its fork and
 /// its exec, then dlopen), rarely enough that a process full of stray addresses costs little.

@@ -51,8 +51,10 @@ impl UnwoundTable {
         superblocks: u32,
         pid: u32,
         ts_ns: u64,
-        stack: UnwoundStack,
+        mut stack: UnwoundStack,
     ) {
+        // Kept for as long as its records live: without the unwinder's spare capacity.
+        stack.frames.shrink_to_fit();
         let stack = self.intern(Arc::new(stack));
         for i in 0..u64::from(superblocks) {
             let superblock = first_superblock + i;

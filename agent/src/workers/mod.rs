@@ -2,6 +2,7 @@
 //! stack copies, the lifecycle drain, and the event engine. Each beats a [`crate::health::Heartbeat`] after every round.
 
 pub mod engine;
+pub mod heap;
 pub mod lifecycle;
 pub mod pacing;
 pub mod refresh;

@@ -7,7 +7,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    num::NonZeroUsize,
     sync::{
         atomic::{AtomicU64, Ordering},
         Mutex,
@@ -16,7 +15,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use lru::LruCache;
+use hashlink::LruCache;
 use memlens_common::lifecycle::{LifecycleEvent, LifecycleKind, RSS_UNKNOWN};
 use memlens_types::{
     lifecycle::{LifecycleRecord, RecordKind},
@@ -26,7 +25,7 @@ use memlens_types::{
 /// How long an OOM victim waits for its exit before it is recorded without one.
 const VICTIM_PATIENCE: Duration = Duration::from_secs(30);
 /// Cgroup paths remembered from mkdir events (the least recently created go first).
-const MAX_PATHS: NonZeroUsize = NonZeroUsize::new(100_000).expect("non-zero");
+const MAX_PATHS: usize = 100_000;
 /// `oom:mark_victim` reports resident memory in KiB.
 const KIB: u64 = 1024;
 
@@ -156,7 +155,7 @@ impl Lifecycle {
                 }
                 let path = comm(&event.path);
                 if kind == LifecycleKind::CgroupMkdir {
-                    self.paths.put(event.memcg, path.clone());
+                    self.paths.insert(event.memcg, path.clone());
                 }
                 out.push(LifecycleRecord {
                     ts_ms: unix_ms,

@@ -109,8 +109,11 @@ fn main() {
         "--metrics-addr",
         metrics_addr.as_str(),
     ];
+    // The agent runs within the DaemonSet's memory limit, its BPF maps charged there too.
+    let agent_cgroup = TestCgroup::new("node-agent");
+    agent_cgroup.set_limit(s.agent_limit_mib << 20);
     let started = Instant::now();
-    let mut agent = Agent::start(&agent_args);
+    let mut agent = Agent::start_in(Some(&agent_cgroup), &agent_args);
     let mut start_peaks = Vec::new();
     let mut last = (Instant::now(), cpu_ticks(agent.pid()));
     let oom_cgroup = TestCgroup::new("node-oom");
@@ -162,7 +165,7 @@ fn main() {
             let peak = status_field(agent.pid(), "VmHWM:");
             start_peaks.push(("first agent, whole first half", peak));
             drop(agent);
-            agent = Agent::start(&agent_args);
+            agent = Agent::start_in(Some(&agent_cgroup), &agent_args);
             last = (Instant::now(), cpu_ticks(agent.pid()));
             restarted = true;
             restart_at_s = started.elapsed().as_secs();
@@ -181,6 +184,8 @@ fn main() {
         status_field(agent.pid(), "VmHWM:"),
     ));
     let log = agent.log();
+    let agent_oom_kills = agent_cgroup.oom_kills();
+    let agent_cgroup_peak = agent_cgroup.peak_bytes();
     drop(agent);
     drop(oom);
     drop(services);
@@ -193,6 +198,24 @@ fn main() {
         short_started,
         ooms,
     );
+    match agent_cgroup_peak {
+        Some(peak) => println!(
+            "| agent's cgroup (limit {} MiB): peak, OOM kills | {} MiB, {agent_oom_kills} | no OOM kill |",
+            s.agent_limit_mib,
+            peak >> 20
+        ),
+        None => println!(
+            "| agent's cgroup (limit {} MiB): OOM kills | {agent_oom_kills} | no OOM kill |",
+            s.agent_limit_mib
+        ),
+    }
+    if agent_oom_kills > 0 {
+        eprintln!(
+            "the agent was OOM-killed within its {} MiB limit",
+            s.agent_limit_mib
+        );
+        std::process::exit(1);
+    }
     if log.contains("panicked") {
         eprintln!("the agent panicked:\n{log}");
         std::process::exit(1);

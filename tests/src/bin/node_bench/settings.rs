@@ -13,6 +13,8 @@ pub(crate) struct Settings {
     pub(crate) file_kib: u64,
     pub(crate) short_lived: usize,
     pub(crate) oom_every: Duration,
+    /// The memory limit of the agent's cgroup, in MiB: the DaemonSet's (deploy/memlens.yaml).
+    pub(crate) agent_limit_mib: u64,
     /// Restart the agent halfway (kernel records kept).
     pub(crate) restart: bool,
 }
@@ -29,6 +31,7 @@ impl Settings {
             file_kib: 64,
             short_lived: 3000,
             oom_every: Duration::from_secs(120),
+            agent_limit_mib: 256,
             restart: true,
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
@@ -48,6 +51,7 @@ impl Settings {
                 "--file-kib" => s.file_kib = n,
                 "--short-lived" => s.short_lived = count,
                 "--oom-every" => s.oom_every = Duration::from_secs(n.max(1)),
+                "--agent-limit-mib" => s.agent_limit_mib = n,
                 "--restart" => s.restart = n != 0,
                 other => return Err(format!("unknown setting {other}")),
             }

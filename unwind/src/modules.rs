@@ -2,43 +2,18 @@
 //!
 //! A binary's tables are read once per (device, inode) and shared by every process that maps it
 //! (a library mapped by a thousand processes is read once). Only the sections unwinding reads are
-//! used: `.eh_frame` and its index `.eh_frame_hdr`, else `.debug_frame`; not the code.
+//! kept: `.eh_frame` and its index `.eh_frame_hdr`, else `.debug_frame`; not the code.
 
-use std::{num::NonZeroUsize, ops::Deref, ops::Range, sync::Arc};
+use std::{num::NonZeroUsize, ops::Range, sync::Arc};
 
 use framehop::{ExplicitModuleSectionInfo, Module};
 use lru::LruCache;
 use memlens_procfs::Mapping;
 use memlens_symbolize::gopclntab::GoPcln;
-use memmap2::Mmap;
-use object::{CompressionFormat, Object as _, ObjectSection as _, ObjectSegment as _};
+use object::{Object as _, ObjectSection as _, ObjectSegment as _};
 
-/// Section bytes shared between the processes that map a binary: the section in a read-only
-/// mapping of the file where it is stored as is (the page cache the binary's own processes use;
-/// only the pages unwinding reads are resident, and they are not the agent's heap: a service's
-/// `.eh_frame` is megabytes), else an uncompressed copy.
-#[derive(Clone, Debug)]
-pub enum Bytes {
-    Mapped(Arc<Mmap>, Range<usize>),
-    Copied(Arc<[u8]>),
-}
-
-impl Default for Bytes {
-    fn default() -> Bytes {
-        Bytes::Copied(Arc::new([]))
-    }
-}
-
-impl Deref for Bytes {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        match self {
-            Bytes::Mapped(map, range) => map.get(range.clone()).unwrap_or_default(),
-            Bytes::Copied(bytes) => bytes,
-        }
-    }
-}
+/// Section bytes shared between the processes that map a binary.
+pub type Bytes = Arc<[u8]>;
 
 /// What unwinding needs of one binary file.
 pub struct ModuleFile {
@@ -68,28 +43,20 @@ impl ModuleFile {
     /// opened (the process is gone, or changed its mappings: worth trying again through another
     /// process), `Ok(None)` when it is not an ELF file.
     pub fn load(path: &str) -> std::io::Result<Option<ModuleFile>> {
-        let file = std::fs::File::open(path)?;
-        // SAFETY: a binary that processes map is not written in place (the kernel refuses
-        // writes to a running executable; packages replace files by renaming new ones in), and
-        // the mapping is read-only and private.
-        let map = Arc::new(unsafe { Mmap::map(&file)? });
-        Ok(Self::parse(&map))
+        // Only the headers and the unwind sections are read, not the whole (often large) file.
+        let data = object::ReadCache::new(std::fs::File::open(path)?);
+        Ok(Self::parse(&data))
     }
 
-    fn parse(map: &Arc<Mmap>) -> Option<ModuleFile> {
-        let file = object::File::parse(&map[..]).ok()?;
-        let range = |s: &object::Section<'_, '_, &[u8]>| s.address()..s.address() + s.size();
+    fn parse(data: &object::ReadCache<std::fs::File>) -> Option<ModuleFile> {
+        let file = object::File::parse(data).ok()?;
+        let range = |s: &object::Section<'_, '_, &object::ReadCache<std::fs::File>>| {
+            s.address()..s.address() + s.size()
+        };
         let section = |name: &str| {
             let s = file.section_by_name(name)?;
-            let stored = s.compressed_file_range().ok()?;
-            let bytes = if stored.format == CompressionFormat::None {
-                let start = usize::try_from(stored.offset).ok()?;
-                let end = start.checked_add(usize::try_from(stored.uncompressed_size).ok()?)?;
-                (end <= map.len()).then(|| Bytes::Mapped(Arc::clone(map), start..end))?
-            } else {
-                // `.debug_frame` may be compressed (SHF_COMPRESSED): read it uncompressed.
-                Bytes::Copied(s.uncompressed_data().ok()?.into_owned().into())
-            };
+            // `.debug_frame` may be compressed (SHF_COMPRESSED): read it uncompressed.
+            let bytes: Bytes = s.uncompressed_data().ok()?.into_owned().into();
             Some((range(&s), bytes))
         };
         let sections = Sections {

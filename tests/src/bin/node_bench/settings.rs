@@ -31,7 +31,7 @@ impl Settings {
             file_kib: 64,
             short_lived: 3000,
             oom_every: Duration::from_secs(120),
-            agent_limit_mib: 256,
+            agent_limit_mib: 512,
             restart: true,
         };
         let args: Vec<String> = std::env::args().skip(1).collect();

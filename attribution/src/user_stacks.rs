@@ -234,10 +234,6 @@ impl Attribution {
             .filter(|sig| self.user_stacks.contains_key(sig))
     }
 
-    /// Places `raw` (whose address signature is `by_address`) in the files `process` maps and
-    /// keeps it once; returns its signature. Where it was placed is remembered when every
-    /// address was in a mapping (an address outside may be in one once the mappings are read
-    /// again).
     /// `frame`, shared with the stacks already through it.
     fn shared_frame(&mut self, frame: UserFrame) -> Arc<UserFrame> {
         if let Some(shared) = self.frames.get(&frame) {
@@ -248,6 +244,10 @@ impl Attribution {
         shared
     }
 
+    /// Places `raw` (whose address signature is `by_address`) in the files `process` maps and
+    /// keeps it once; returns its signature. Where it was placed is remembered when every
+    /// address was in a mapping (an address outside may be in one once the mappings are read
+    /// again).
     pub(crate) fn intern(&mut self, process: &ProcessInfo, by_address: u64, raw: RawStack) -> u64 {
         let placed = !raw.outside(&process.maps);
         let stack = UserStack {

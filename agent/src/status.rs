@@ -138,8 +138,8 @@ impl StatusSource {
                 "refresh",
                 CapabilityState::Ok,
                 format!(
-                    "every {:.1} s, stretched from {} so that the agent stays within {:.1}% of a \
-                     core (--cpu-budget): a refresh costs more on this node",
+                    "every {:.1} s, stretched from {}: the agent has spent the burst its \
+                     --cpu-budget of {:.1}% of a core allows (refreshes, unwinding, queries)",
                     cycle.as_secs_f64(),
                     humantime::format_duration(*base),
                     budget * 100.0

@@ -77,11 +77,15 @@ impl Agent {
         let socket = dir.path().join("memlens.sock");
         let log = dir.path().join("agent.log");
         let mut cmd = Command::new(memlens_bin());
-        cmd.arg("agent")
-            .arg("--socket")
-            .arg(&socket)
-            // Censuses on time (the tests wait for them), not stretched to a CPU budget.
-            .args(["--refresh", "500ms", "--cpu-budget", "0"]);
+        cmd.arg("agent").arg("--socket").arg(&socket);
+        // Censuses on time (the tests wait for them), not stretched to a CPU budget, unless the
+        // test sets its own.
+        if !extra.contains(&"--refresh") {
+            cmd.args(["--refresh", "500ms"]);
+        }
+        if !extra.contains(&"--cpu-budget") {
+            cmd.args(["--cpu-budget", "0"]);
+        }
         if !extra.contains(&"--db") {
             // Each test's history stays in its own directory.
             cmd.arg("--db").arg(dir.path().join("history.db"));

@@ -111,6 +111,31 @@ fn anon_memory_is_attributed_to_its_cgroup_and_released() {
     }
 }
 
+/// At the default refresh and CPU budget, a workload started soon after the agent is listed
+/// and estimated within seconds: the agent's start-up (every process's mappings, the first
+/// symbolization) and the workload's first allocations are bursts its budget absorbs, not a
+/// reason to stretch the refresh to a minute (as one cycle's measure once did).
+#[test]
+fn a_workload_started_after_the_agent_is_estimated_within_seconds() {
+    let agent = Agent::start(&["--refresh", "2s", "--cpu-budget", "0.02"]);
+    // Past the agent's start-up and its first few refreshes.
+    std::thread::sleep(Duration::from_secs(10));
+    let cgroup = TestCgroup::new("fresh64");
+    let mut workload = Workload::start(&cgroup, &["anon", "64"]);
+    workload.expect_line("ready");
+    let ready = Instant::now();
+    let row = agent.wait_row(&cgroup.path, Duration::from_secs(10), |r| {
+        held(r, "anon_bytes") >= 32 * MIB
+    });
+    let status = String::from_utf8_lossy(&agent.cli(&["status"]).stdout).into_owned();
+    assert!(
+        row.as_ref()
+            .is_some_and(|r| held(r, "anon_bytes") >= 32 * MIB),
+        "64 MiB not estimated {:?} after the workload was ready: {row:?}\n{status}",
+        ready.elapsed()
+    );
+}
+
 #[test]
 fn estimate_falls_back_when_the_workload_exits() {
     let agent = Agent::start(&[]);

@@ -1,13 +1,18 @@
 //! The refresh's pace. A refresh every `--refresh` (2 s) is what a small host can afford; on a
 //! busy node a refresh (census, every cgroup's counters, attribution, history) costs more CPU
 //! than it should take from the node's workloads: 400-600 ms with 1,000 cgroups and 2,000
-//! processes here. `--cpu-budget` is the whole agent's share of a core, so the refresh gets what
-//! the rest of the agent leaves of it: the refresh thread's own CPU time is measured around each
-//! refresh, the rest of the agent's (the unwinder, at the workloads' allocation rate; queries;
-//! the exporters) over the cycle before it, and the next refresh comes when the refresh's cost
-//! fits in what is left (at most `MAX_CYCLE` apart). Figures get older on a busy node instead of
-//! the node getting slower; `memlens status` says by how much. The rest of the agent is not
-//! slowed: when it alone takes the budget, refreshes come every `MAX_CYCLE`.
+//! processes here. `--cpu-budget` is the whole agent's share of a core, kept as a token bucket:
+//! credit accrues at `budget` of wall time and every CPU second of the agent spends it (the
+//! refresh's own, measured around it, and the rest: the unwinder at the workloads' allocation
+//! rate, queries, the exporters). A refresh comes every `--refresh` while the credit covers its
+//! cost, and later (at most `MAX_CYCLE` apart) when it does not, so figures get older on a busy
+//! node instead of the node getting slower; `memlens status` says by how much.
+//!
+//! The bucket starts full and holds `BURST` of the budget: one cycle's measure was not enough,
+//! because start-up (reading every process's mappings, the first symbolization) or a workload's
+//! first allocations are bursts, and a cycle that saw one stretched the next to a minute on an
+//! idle host, so a cgroup created right after the agent started was not listed for a minute.
+//! Over any window of length `T` the agent stays within `budget × T + BURST × budget`.
 
 use std::{
     sync::{
@@ -20,11 +25,16 @@ use std::{
 /// Longest time between two refreshes, whatever they cost.
 pub const MAX_CYCLE: Duration = Duration::from_secs(60);
 
+/// The bucket's size, in wall time at the budget's rate: at 2% of a core, 2.4 s of CPU.
+const BURST: Duration = Duration::from_secs(120);
+
 /// When the next refresh comes.
 pub struct Pacing {
     base: Duration,
     budget: f64,
-    /// The previous refresh: when it started, the process's CPU time then, and its own cost.
+    /// CPU seconds the agent may spend beyond the budget's rate, in `[-burst, burst]`.
+    credit: f64,
+    /// The last refresh's end, the process's CPU time then, and the refresh's own cost.
     previous: Option<(Instant, Duration, Duration)>,
     /// The current cycle in ms, for `memlens status`.
     pub cycle_ms: Arc<AtomicU64>,
@@ -38,6 +48,7 @@ impl Pacing {
         Pacing {
             base,
             budget,
+            credit: burst(budget),
             previous: None,
             cycle_ms: Arc::new(AtomicU64::new(millis(base))),
         }
@@ -45,45 +56,58 @@ impl Pacing {
 
     /// Runs one refresh and returns how long to wait for the next.
     pub fn refresh(&mut self, refresh: impl FnOnce()) -> Duration {
-        let (wall, process) = (Instant::now(), cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID));
+        let started = Instant::now();
         let cpu = cpu_time(libc::CLOCK_THREAD_CPUTIME_ID);
         refresh();
         let used = cpu_time(libc::CLOCK_THREAD_CPUTIME_ID).saturating_sub(cpu);
-        // The rest of the agent over the last cycle: its CPU minus the last refresh's.
-        let others = self.previous.map_or(0.0, |(at, process_at, refresh_cost)| {
-            let elapsed = wall.duration_since(at).as_secs_f64();
-            let spent = process
-                .saturating_sub(process_at)
-                .saturating_sub(refresh_cost);
+        let (now, process) = (Instant::now(), cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID));
+        // The rest of the agent since the last refresh ended: its CPU minus this refresh's.
+        let mut others = 0.0;
+        if let Some((at, process_at, _)) = self.previous {
+            let elapsed = now.duration_since(at).as_secs_f64();
+            let spent = process.saturating_sub(process_at).as_secs_f64();
+            let limit = burst(self.budget);
+            self.credit = (self.credit + self.budget * elapsed - spent).clamp(-limit, limit);
             if elapsed > 0.0 {
-                spent.as_secs_f64() / elapsed
-            } else {
-                0.0
+                others = (spent - used.as_secs_f64()).max(0.0) / elapsed;
             }
-        });
-        self.previous = Some((wall, process, used));
-        let cycle = cycle_for(self.base, self.budget, used, others);
+        } else {
+            self.credit -= used.as_secs_f64();
+        }
+        self.previous = Some((now, process, used));
+        let cycle = cycle_for(self.base, self.budget, self.credit, used, others);
         self.cycle_ms.store(millis(cycle), Ordering::Relaxed);
-        cycle.saturating_sub(wall.elapsed())
+        cycle.saturating_sub(now.duration_since(started))
     }
+}
+
+fn burst(budget: f64) -> f64 {
+    budget.max(0.0) * BURST.as_secs_f64()
 }
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The cycle in which a refresh costing `used` of CPU, beside the rest of the agent at `others`
-/// of a core, keeps the agent at `budget` of one core; between `base` and `MAX_CYCLE`.
-fn cycle_for(base: Duration, budget: f64, used: Duration, others: f64) -> Duration {
+/// The cycle after which the credit, `credit` CPU seconds now and growing by what the budget
+/// leaves the rest of the agent (at `others` of a core), covers another refresh costing `used`;
+/// between `base` and `MAX_CYCLE`.
+fn cycle_for(base: Duration, budget: f64, credit: f64, used: Duration, others: f64) -> Duration {
+    let longest = MAX_CYCLE.max(base);
     if budget <= 0.0 {
+        return base;
+    }
+    let short = used.as_secs_f64() - credit;
+    if short <= 0.0 {
         return base;
     }
     let left = budget - others;
     if left <= 0.0 {
-        return MAX_CYCLE.max(base);
+        return longest;
     }
-    let needed = Duration::try_from_secs_f64(used.as_secs_f64() / left).unwrap_or(MAX_CYCLE);
-    needed.clamp(base, MAX_CYCLE.max(base))
+    Duration::try_from_secs_f64(short / left)
+        .unwrap_or(longest)
+        .clamp(base, longest)
 }
 
 /// CPU time of the calling thread or of the whole process (`clock`), user and system.
@@ -106,42 +130,58 @@ fn cpu_time(clock: libc::clockid_t) -> Duration {
 mod tests {
     use super::*;
 
+    fn spin(cpu: Duration) {
+        let start = cpu_time(libc::CLOCK_THREAD_CPUTIME_ID);
+        let mut x = 0u64;
+        while cpu_time(libc::CLOCK_THREAD_CPUTIME_ID).saturating_sub(start) < cpu {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
+        }
+    }
+
     #[test]
-    fn a_cycle_is_stretched_until_its_cpu_is_the_budget() {
+    fn a_cycle_is_stretched_until_the_credit_covers_the_refresh() {
         let base = Duration::from_secs(2);
         let ms = Duration::from_millis;
-        // 20 ms of CPU in 2 s is 1%: within 2%.
-        assert_eq!(cycle_for(base, 0.02, ms(20), 0.0), base);
-        // 300 ms is 15% of 2 s: the next refresh comes 15 s after this one.
-        assert_eq!(cycle_for(base, 0.02, ms(300), 0.0), Duration::from_secs(15));
-        // The rest of the agent at 1% leaves the refresh 1%: 30 s.
+        // Credit left: every `base`, whatever the refresh costs.
+        assert_eq!(cycle_for(base, 0.02, 1.0, ms(300), 0.0), base);
+        // 300 ms of CPU with none left, at 2%: the next refresh 15 s later.
         assert_eq!(
-            cycle_for(base, 0.02, ms(300), 0.01),
+            cycle_for(base, 0.02, 0.0, ms(300), 0.0),
+            Duration::from_secs(15)
+        );
+        // The rest of the agent at 1% leaves the refresh 1%: 30 s; 100 ms of debt adds 10 s.
+        assert_eq!(
+            cycle_for(base, 0.02, 0.0, ms(300), 0.01),
             Duration::from_secs(30)
+        );
+        assert_eq!(
+            cycle_for(base, 0.02, -0.1, ms(300), 0.01),
+            Duration::from_secs(40)
         );
         // Never more than a minute apart, even when the rest takes the whole budget; never
         // stretched without a budget.
         assert_eq!(
-            cycle_for(base, 0.02, Duration::from_secs(10), 0.0),
+            cycle_for(base, 0.02, 0.0, Duration::from_secs(10), 0.0),
             MAX_CYCLE
         );
-        assert_eq!(cycle_for(base, 0.02, ms(20), 0.03), MAX_CYCLE);
-        assert_eq!(cycle_for(base, 0.0, Duration::from_secs(10), 0.5), base);
+        assert_eq!(cycle_for(base, 0.02, 0.0, ms(20), 0.03), MAX_CYCLE);
+        assert_eq!(
+            cycle_for(base, 0.0, -5.0, Duration::from_secs(10), 0.5),
+            base
+        );
     }
 
     #[test]
-    fn a_costly_refresh_makes_the_next_one_wait_longer() {
-        let mut pacing = Pacing::new(Duration::from_millis(100), 0.5);
-        let cheap = pacing.refresh(|| {});
-        assert!(cheap <= Duration::from_millis(100));
-        // About 300 ms of CPU at half a core: the next refresh at least 500 ms later.
-        let costly = pacing.refresh(|| {
-            let start = Instant::now();
-            let mut x = 0u64;
-            while start.elapsed() < Duration::from_millis(300) {
-                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
-            }
-        });
-        assert!(pacing.cycle_ms.load(Ordering::Relaxed) >= 500, "{costly:?}");
+    fn a_burst_is_absorbed_and_a_steady_excess_is_not() {
+        // 1% of a core: a bucket of 1.2 s. A start-up burst of 300 ms leaves credit.
+        let mut pacing = Pacing::new(Duration::from_millis(10), 0.01);
+        pacing.refresh(|| spin(Duration::from_millis(300)));
+        assert_eq!(pacing.cycle_ms.load(Ordering::Relaxed), 10);
+        // Refreshes of 300 ms each spend the rest; then the cycle is what 1% allows: 30 s.
+        for _ in 0..4 {
+            pacing.refresh(|| spin(Duration::from_millis(300)));
+        }
+        let cycle = pacing.cycle_ms.load(Ordering::Relaxed);
+        assert!(cycle >= 25_000, "cycle {cycle} ms after 1.5 s of CPU");
     }
 }

@@ -100,11 +100,16 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         stack_copy_bytes: args.stack_copy,
         stack_copy_buffer: args.stack_copy_buffer,
         pin_dir: args.pin_dir.0.clone(),
+        sample_seed: args.sample_seed,
     };
     let mut probes = Probes::load(&load)?;
     let resumed = probes.report.pinning.as_ref().is_ok_and(|p| p.resumed);
     let census = match PageState::open() {
-        Ok(state) => Ok(PageCensus::new(state, probes.report.sample_shift)),
+        Ok(state) => Ok(PageCensus::new(
+            state,
+            probes.report.sample_shift,
+            probes.report.sample_seed,
+        )),
         Err(e) => {
             let why = format!(
                 "cannot open /proc/kpagecgroup and /proc/kpageflags ({e}); held-page estimates \

@@ -24,6 +24,11 @@ pub struct AgentArgs {
     /// more: see docs/benchmarks.md.
     #[arg(long, env = "MEMLENS_SAMPLE_SHIFT", default_value_t = 7, value_parser = clap::value_parser!(u32).range(0..=16))]
     pub sample_shift: u32,
+    /// Which frame of each block of 2^N is sampled comes from this seed (default: this boot's
+    /// id, the same for every agent until the next boot). Kept records were sampled with the
+    /// seed of their time: another seed starts them afresh.
+    #[arg(long, env = "MEMLENS_SAMPLE_SEED")]
+    pub sample_seed: Option<u64>,
     /// Upper bound on sampled-frame records (136 bytes each); the shift is raised to fit.
     #[arg(long, env = "MEMLENS_MAX_SAMPLE_ENTRIES", default_value_t = 524_288, value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
     pub max_sample_entries: u64,
@@ -286,6 +291,7 @@ fn with_file_defaults(
 /// The keys the config file's `[agent]` table may set: every flag but `--config` itself.
 const FILE_SETTINGS: &[&str] = &[
     "sample_shift",
+    "sample_seed",
     "max_sample_entries",
     "stack_entries",
     "kernel_stack_reuse",

@@ -121,9 +121,10 @@ impl StatusSource {
             "sampling",
             CapabilityState::Ok,
             format!(
-                "1 page in {}{shift_note}; {} sampled frames up to pfn {}; {} stack slots \
-                 ({} in use); maps {} of kernel memory",
+                "1 page in {}{shift_note}, offsets rotated by seed {:#x}; {} sampled frames up \
+                 to pfn {}; {} stack slots ({} in use); maps {} of kernel memory",
                 1u64 << r.sample_shift,
+                r.sample_seed,
                 r.sample_entries,
                 r.end_pfn,
                 r.stack_entries,

@@ -1,16 +1,18 @@
-//! The deterministic page sampling rule and the record kept per sampled page.
+//! The page sampling rule and the record kept per sampled page.
 //!
 //! Physical memory is cut into *superblocks* of `2^shift` page frames. In each superblock exactly
 //! one frame is *sampled*; which one is a fixed pseudo-random function of the superblock number
-//! ([`sampled_offset`]). Because the choice depends only on the frame number, the allocation and
-//! the later state of a sampled page always agree, whatever order, context or CPU they happen on.
+//! and a seed ([`sampled_offset`]). Because the choice depends only on the frame number (and the
+//! seed, fixed while the programs' records live), the allocation and the later state of a sampled
+//! page always agree, whatever order, context or CPU they happen on.
 //!
 //! Each sampled frame stands for the `2^shift` frames of its superblock, so the number of pages a
 //! memory cgroup holds is estimated as `2^shift` times the number of sampled frames charged to it.
-//! This is stratified sampling with one draw per stratum: the estimate is unbiased, and for a
-//! cgroup holding `N` pages its standard deviation is at most `sqrt(N * 2^shift)` pages (relative
-//! error at most `sqrt(2^shift / N)`; see `docs/design.md`). Blocks of `2^shift` frames or more,
-//! such as transparent huge pages, contain exactly `2^(order - shift)` sampled frames: no error.
+//! This is stratified sampling with one draw per stratum: over the seed the estimate is unbiased
+//! for any placement of the cgroup's pages, and for a cgroup holding `N` pages its standard
+//! deviation is at most `sqrt(N * 2^shift)` pages (relative error at most `sqrt(2^shift / N)`;
+//! see `docs/design.md`). Blocks of `2^shift` frames or more, such as transparent huge pages,
+//! contain exactly `2^(order - shift)` sampled frames: no error.
 
 /// Multiplier of Fibonacci hashing (`2^64 / golden ratio`): spreads consecutive superblock
 /// numbers evenly over the offsets. Its regular (low-discrepancy) spread beat a full mixer
@@ -63,20 +65,29 @@ pub fn stack_key(frames: &StackFrames) -> u64 {
 pub const MAX_SAMPLED_PER_ALLOC: u32 = 64;
 
 /// Offset, within superblock `superblock`, of its one sampled frame (`0..2^shift`).
+///
+/// The golden-ratio sequence rotated by `seed` (a Cranley-Patterson rotation): the spread stays
+/// regular, and each superblock's offset is uniform over seeds, which is what makes the estimate
+/// unbiased whatever the layout of a cgroup's pages. With one fixed sequence for every host and
+/// boot, a layout that repeats (a workload given back the frames it just freed) repeated its
+/// error too.
 #[inline(always)]
 #[must_use]
-pub fn sampled_offset(superblock: u64, shift: u32) -> u64 {
+pub fn sampled_offset(superblock: u64, shift: u32, seed: u64) -> u64 {
     if shift == 0 {
         return 0;
     }
-    superblock.wrapping_mul(FIBONACCI_MULTIPLIER) >> (64 - shift)
+    superblock
+        .wrapping_mul(FIBONACCI_MULTIPLIER)
+        .wrapping_add(seed)
+        >> (64 - shift)
 }
 
 /// The page frame number sampled in `superblock`.
 #[inline(always)]
 #[must_use]
-pub fn sampled_pfn(superblock: u64, shift: u32) -> u64 {
-    (superblock << shift) | sampled_offset(superblock, shift)
+pub fn sampled_pfn(superblock: u64, shift: u32, seed: u64) -> u64 {
+    (superblock << shift) | sampled_offset(superblock, shift, seed)
 }
 
 /// The sampled frames inside the naturally aligned block `[pfn, pfn + 2^order)`: `count`
@@ -90,7 +101,7 @@ pub struct SampledFrames {
 /// Which sampled frames an allocation of `2^order` frames at `pfn` contains.
 #[inline(always)]
 #[must_use]
-pub fn sampled_frames(pfn: u64, order: u32, shift: u32) -> SampledFrames {
+pub fn sampled_frames(pfn: u64, order: u32, shift: u32, seed: u64) -> SampledFrames {
     let superblock = pfn >> shift;
     if order >= shift {
         return SampledFrames {
@@ -100,7 +111,7 @@ pub fn sampled_frames(pfn: u64, order: u32, shift: u32) -> SampledFrames {
     }
     let mask = (1u64 << shift) - 1;
     let start = pfn & mask;
-    let offset = sampled_offset(superblock, shift);
+    let offset = sampled_offset(superblock, shift, seed);
     let count = u64::from(offset >= start && offset < start + (1 << order));
     SampledFrames {
         first_superblock: superblock,
@@ -201,34 +212,34 @@ mod tests {
 
     #[test]
     fn every_superblock_has_exactly_one_sampled_frame() {
-        for shift in [1, 4, 6, 8] {
+        for (shift, seed) in [(1, 0), (4, 7), (6, u64::MAX), (8, 0x1234_5678_9abc_def0)] {
             for superblock in 0..2000u64 {
                 let base = superblock << shift;
                 let sampled: u64 = (0..1u64 << shift)
-                    .map(|i| sampled_frames(base + i, 0, shift).count)
+                    .map(|i| sampled_frames(base + i, 0, shift, seed).count)
                     .sum();
                 assert_eq!(sampled, 1, "shift {shift} superblock {superblock}");
-                let pfn = sampled_pfn(superblock, shift);
+                let pfn = sampled_pfn(superblock, shift, seed);
                 assert_eq!(pfn >> shift, superblock);
-                assert_eq!(sampled_frames(pfn, 0, shift).count, 1);
+                assert_eq!(sampled_frames(pfn, 0, shift, seed).count, 1);
             }
         }
     }
 
     #[test]
     fn aligned_blocks_hold_their_share_of_sampled_frames() {
-        let shift = 6;
+        let (shift, seed) = (6, 0xfeed_f00d_dead_beef);
         for order in 0..=10u32 {
             let mut total = 0;
             let blocks = 4096u64 >> order.min(6);
             for block in 0..blocks {
                 let pfn = block << order;
-                let frames = sampled_frames(pfn, order, shift);
+                let frames = sampled_frames(pfn, order, shift, seed);
                 if order >= shift {
                     assert_eq!(frames.count, 1 << (order - shift));
                 }
                 let brute = (pfn..pfn + (1 << order))
-                    .filter(|&p| sampled_pfn(p >> shift, shift) == p)
+                    .filter(|&p| sampled_pfn(p >> shift, shift, seed) == p)
                     .count() as u64;
                 assert_eq!(frames.count, brute, "order {order} pfn {pfn}");
                 total += frames.count;
@@ -242,9 +253,22 @@ mod tests {
         let shift = 6;
         let mut hist = [0u32; 64];
         for superblock in 0..64_000u64 {
-            hist[sampled_offset(superblock, shift) as usize] += 1;
+            hist[sampled_offset(superblock, shift, 0x0123_4567_89ab_cdef) as usize] += 1;
         }
         // 1000 expected per offset: every offset used, none more than 20% off.
+        assert!(hist.iter().all(|&n| (800..1200).contains(&n)), "{hist:?}");
+    }
+
+    #[test]
+    fn a_superblocks_offset_is_uniform_over_seeds() {
+        // One superblock, seeds spread over the 64-bit range: each offset equally often, so
+        // the estimate is unbiased over the seed whatever frames a cgroup holds.
+        let shift = 4;
+        let mut hist = [0u32; 16];
+        for i in 0..16_000u64 {
+            let seed = i.wrapping_mul(0x9E37_79B9_7F4A_7C15 / 3);
+            hist[sampled_offset(12_345, shift, seed) as usize] += 1;
+        }
         assert!(hist.iter().all(|&n| (800..1200).contains(&n)), "{hist:?}");
     }
 }

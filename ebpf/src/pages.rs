@@ -39,6 +39,9 @@ const E2BIG: i64 = 7;
 /// log2 of the number of page frames per superblock (one sampled frame per superblock).
 #[no_mangle]
 static SAMPLE_SHIFT: Global<u32> = Global::new(6);
+/// Rotation of the sampled offsets (`memlens_common::page::sampled_offset`).
+#[no_mangle]
+static SAMPLE_SEED: Global<u64> = Global::new(0);
 /// Number of entries of `PAGE_ALLOCS` (superblocks covering the highest frame at load).
 #[no_mangle]
 static SUPERBLOCKS: Global<u64> = Global::new(0);
@@ -282,7 +285,7 @@ fn walk_kernel_stack<C: EbpfContext>(ctx: &C) -> u64 {
 
 #[inline(always)]
 fn on_alloc<C: EbpfContext>(ctx: &C, pfn: u64, order: u32, gfp: u64) {
-    let frames = sampled_frames(pfn, order, SAMPLE_SHIFT.load());
+    let frames = sampled_frames(pfn, order, SAMPLE_SHIFT.load(), SAMPLE_SEED.load());
     if frames.count != 0 {
         record(ctx, frames, order, gfp);
     }

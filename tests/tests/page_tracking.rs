@@ -136,6 +136,48 @@ fn a_workload_started_after_the_agent_is_estimated_within_seconds() {
     );
 }
 
+/// Small cgroups at a coarse rate: 1, 2 and 4 MiB at 1 in 512 are 0.5 to 2 sampled frames'
+/// worth, so the estimate is often 0. Its stated interval must still hold the kernel's figure:
+/// an interval from the estimate's own variance had no width at all with no frame seen.
+#[test]
+fn a_small_cgroups_interval_holds_its_memory() {
+    let agent = Agent::start(&["--sample-shift", "9"]);
+    let sizes = ["1", "2", "4"];
+    let cgroups: Vec<TestCgroup> = sizes
+        .iter()
+        .map(|mib| TestCgroup::new(&format!("small{mib}")))
+        .collect();
+    let mut workloads: Vec<Workload> = cgroups
+        .iter()
+        .zip(sizes)
+        .map(|(cgroup, mib)| Workload::start(cgroup, &["anon", mib]))
+        .collect();
+    for workload in &mut workloads {
+        workload.expect_line("ready");
+    }
+    agent.wait_censuses(2);
+    let top = agent.top();
+    for cgroup in &cgroups {
+        let row = top["cgroups"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["path"] == cgroup.path.as_str()))
+            .unwrap_or_else(|| panic!("{} not listed: {top}", cgroup.path));
+        let truth = row["anon_bytes"].as_u64().expect("anon_bytes");
+        let (estimate, error) = (held(row, "anon_bytes"), held(row, "error95_bytes"));
+        eprintln!(
+            "{}: memory.stat anon {truth}, estimate {estimate} ± {error} ({} frames)",
+            cgroup.path,
+            held(row, "frames")
+        );
+        assert!(truth >= MIB, "{row}");
+        assert!(
+            estimate.abs_diff(truth) <= error,
+            "{}: {estimate} ± {error} does not hold the kernel's {truth}",
+            cgroup.path
+        );
+    }
+}
+
 #[test]
 fn estimate_falls_back_when_the_workload_exits() {
     let agent = Agent::start(&[]);

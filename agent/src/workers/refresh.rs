@@ -73,6 +73,20 @@ impl Refresher {
             .census
             .as_ref()
             .map(|c| c.take(&self.probes.page_allocs));
+        // The cgroups' own counters are read right after the census, before the attribution
+        // (hundreds of ms on a busy node), so that the estimate and `memory.stat` in one row
+        // describe the same moment for a cgroup whose memory moves.
+        let discovery =
+            memlens_cgroup::discover(&self.layout, self.max_cgroups).unwrap_or_else(|e| {
+                tracing::warn!("cannot list cgroups: {e}");
+                Discovery::default()
+            });
+        let mut snapshot = memlens_model::snapshot::build(
+            &self.layout,
+            &discovery,
+            census.as_ref(),
+            self.page_size,
+        );
         if let Some(census) = &census {
             if self
                 .last_gc
@@ -127,17 +141,6 @@ impl Refresher {
             view
         });
         self.save(unwound);
-        let discovery =
-            memlens_cgroup::discover(&self.layout, self.max_cgroups).unwrap_or_else(|e| {
-                tracing::warn!("cannot list cgroups: {e}");
-                Discovery::default()
-            });
-        let mut snapshot = memlens_model::snapshot::build(
-            &self.layout,
-            &discovery,
-            census.as_ref(),
-            self.page_size,
-        );
         snapshot.sample_shift = self.probes.report.sample_shift;
         snapshot.counters = self.probes.counters.totals();
         snapshot.stacks_in_use = self.stacks_in_use;

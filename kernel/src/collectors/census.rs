@@ -17,12 +17,13 @@ use crate::{
 pub struct PageCensus {
     state: PageState,
     shift: u32,
+    seed: u64,
 }
 
 impl PageCensus {
     #[must_use]
-    pub fn new(state: PageState, shift: u32) -> PageCensus {
-        PageCensus { state, shift }
+    pub fn new(state: PageState, shift: u32, seed: u64) -> PageCensus {
+        PageCensus { state, shift, seed }
     }
 
     /// Reads the state of every sampled frame.
@@ -35,7 +36,7 @@ impl PageCensus {
         };
         let weight = Pages(1 << self.shift);
         for superblock in 0..table.len() {
-            let pfn = Pfn(sampled_pfn(superblock, self.shift));
+            let pfn = Pfn(sampled_pfn(superblock, self.shift, self.seed));
             census.frames += 1;
             let (memcg, flags) = match self.state.charged(pfn) {
                 Ok(Some(charged)) => charged,

@@ -107,6 +107,7 @@ impl Probes {
 
         let end_pfn = physmem::end_pfn().map_err(|e| LoadError::Io("/proc/zoneinfo", e))?;
         let (sample_shift, sample_entries) = sizing::size_samples(end_pfn, options)?;
+        let sample_seed = sizing::sample_seed(options);
 
         // aya's own parse of the same BTF, for the loader's relocations.
         let aya_btf = match &options.btf {
@@ -129,6 +130,7 @@ impl Probes {
         let stack_copy_buffer = u64::from(options.stack_copy_buffer);
         let layout = pinning::Layout {
             sample_shift,
+            sample_seed,
             sample_entries,
             stack_entries: options.stack_entries,
             file_entries: options.file_entries,
@@ -152,6 +154,7 @@ impl Probes {
         let life_offsets = lifecycle_offsets.clone().unwrap_or_default();
         loader
             .override_global("SAMPLE_SHIFT", &sample_shift, true)
+            .override_global("SAMPLE_SEED", &sample_seed, true)
             .override_global("SUPERBLOCKS", &sample_entries, true)
             .override_global("VMEMMAP_BASE", &base, true)
             .override_global("PAGE_STRUCT_SIZE", &page_struct_size, true)
@@ -277,6 +280,7 @@ impl Probes {
             task_memcg_offsets,
             sample_shift,
             requested_sample_shift: options.sample_shift,
+            sample_seed,
             end_pfn: end_pfn.0,
             sample_entries,
             stack_entries: options.stack_entries,

@@ -67,6 +67,8 @@ pub struct LoadOptions {
     /// Where the maps and links are pinned to outlive the agent (see [`pinning`]); None: they
     /// go with it.
     pub pin_dir: Option<PathBuf>,
+    /// Rotation of the sampled offsets; None: from this boot's id (see `sizing::sample_seed`).
+    pub sample_seed: Option<u64>,
 }
 
 /// How the programs were loaded: the facts behind `memlens status`.
@@ -86,6 +88,8 @@ pub struct LoadReport {
     pub sample_shift: u32,
     /// Requested shift, when it had to be raised to bound the map.
     pub requested_sample_shift: u32,
+    /// Rotation of the sampled offsets, which the census needs to find the sampled frames.
+    pub sample_seed: u64,
     pub end_pfn: u64,
     pub sample_entries: u64,
     pub stack_entries: u32,

@@ -68,6 +68,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PinError + '_ {
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Layout {
     pub sample_shift: u32,
+    /// The records' sampled frames depend on it.
+    pub sample_seed: u64,
     pub sample_entries: u64,
     pub stack_entries: u32,
     pub file_entries: u32,
@@ -79,13 +81,14 @@ impl Layout {
     /// `v<version>-<hash>`: any change of record or map size gives another name.
     pub(super) fn key(&self) -> String {
         let described = format!(
-            "page {} file {} life {} copy {} counters {COUNTER_COUNT} shift {} entries {} \
+            "page {} file {} life {} copy {} counters {COUNTER_COUNT} shift {} seed {} entries {} \
              stacks {} files {} lifebuf {} copybuf {}",
             size_of::<PageAlloc>(),
             size_of::<FileKey>(),
             size_of::<LifecycleEvent>(),
             size_of::<StackCopyHeader>(),
             self.sample_shift,
+            self.sample_seed,
             self.sample_entries,
             self.stack_entries,
             self.file_entries,
@@ -100,7 +103,7 @@ impl Layout {
 }
 
 /// FNV-1a: a hash that stays the same across builds and Rust versions.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(super) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
@@ -348,6 +351,7 @@ mod tests {
     fn layout() -> Layout {
         Layout {
             sample_shift: 7,
+            sample_seed: 0x5eed,
             sample_entries: 51_201,
             stack_entries: 8192,
             file_entries: 131_072,
@@ -367,6 +371,10 @@ mod tests {
         assert_ne!(other.key(), base);
         let mut other = layout();
         other.file_entries = 65_536;
+        assert_ne!(other.key(), base);
+        // Records sampled at other offsets are no use to the census.
+        let mut other = layout();
+        other.sample_seed += 1;
         assert_ne!(other.key(), base);
     }
 

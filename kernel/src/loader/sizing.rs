@@ -7,7 +7,26 @@ use memlens_common::{
 };
 use memlens_types::Pfn;
 
-use super::{LoadError, LoadOptions};
+use super::{pinning::fnv1a, LoadError, LoadOptions};
+
+/// Where this boot's id is: the same for every agent of one boot, different on every boot.
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+/// The rotation of the sampled offsets: `--sample-seed` when given, else this boot's id hashed.
+/// The kept records need the seed they were sampled with, and pins do not outlive a boot, so the
+/// boot id serves every agent that may read them on; different nodes and boots get different
+/// rotations, so no layout of memory is sampled the same way everywhere.
+pub(super) fn sample_seed(options: &LoadOptions) -> u64 {
+    options
+        .sample_seed
+        .unwrap_or_else(|| match std::fs::read_to_string(BOOT_ID) {
+            Ok(id) => fnv1a(id.trim().as_bytes()),
+            Err(e) => {
+                tracing::warn!("{BOOT_ID}: {e}; sampled offsets not rotated");
+                0
+            }
+        })
+}
 
 /// Kernel memory of one entry of the stack map: key, value, and the hash table's element header.
 const STACK_ENTRY_BYTES: u64 = (size_of::<u64>() + size_of::<StackFrames>() + 48) as u64;
@@ -90,6 +109,7 @@ mod tests {
             stack_copy_bytes: 0,
             stack_copy_buffer: 4096,
             pin_dir: None,
+            sample_seed: None,
         };
         // 24 GiB of 4 KiB pages fits at 1 in 64.
         assert_eq!(

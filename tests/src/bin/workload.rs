@@ -7,6 +7,9 @@
 //! `memlens-workload anon-thp <MiB>`: the same with `MADV_HUGEPAGE`, so the kernel backs it with
 //! 2 MiB transparent huge pages (order-9 allocations).
 //!
+//! `memlens-workload anon-frag <MiB>`: the same amount held as every other page of a mapping
+//! twice as large (pages kept interleaved with pages given back).
+//!
 //! `memlens-workload writefile <path> <MiB>`: writes a file of that size with buffered writes
 //! (its page cache is charged to the writer's cgroup), prints `written`, exits.
 //!
@@ -31,7 +34,7 @@ use std::{
 };
 
 const USAGE: &str =
-    "usage: memlens-workload anon <MiB> | anon-thp <MiB> | storm <MiB> <rounds> [<depth>] \
+    "usage: memlens-workload anon <MiB> | anon-thp <MiB> | anon-frag <MiB> | storm <MiB> <rounds> [<depth>] \
                      | deepleak <MiB> <MiB/s> \
                      | writefile <path> <MiB> | appendlog <path> <MiB> [<MiB/s>] | readfile <path>";
 
@@ -47,8 +50,9 @@ fn main() {
         }
     };
     match args.get(1).map(String::as_str) {
-        Some("anon") => hold(number(2) << 20, false),
-        Some("anon-thp") => hold(number(2) << 20, true),
+        Some("anon") => hold(number(2) << 20, Layout::Pages),
+        Some("anon-thp") => hold(number(2) << 20, Layout::Huge),
+        Some("anon-frag") => hold(number(2) << 20, Layout::Fragmented),
         Some("storm") => {
             let depth = args.get(4).and_then(|d| d.parse().ok()).unwrap_or(0);
             nested(depth, &|| storm(number(2) << 20, number(3)));
@@ -229,12 +233,41 @@ fn storm(len: usize, rounds: usize) {
     );
 }
 
-fn hold(len: usize, huge: bool) {
-    let addr = if huge { map_huge(len) } else { map(len) };
-    // SAFETY: addr..addr+len is our mapping.
-    let region = unsafe { std::slice::from_raw_parts_mut(addr.cast::<u8>(), len) };
-    for page in region.chunks_mut(4096) {
+/// How a held region's pages lie in memory.
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    /// Every page of one mapping, in 4 KiB pages (as THP allows: `madvise` mode maps none).
+    Pages,
+    /// Every page of a mapping asked to be backed by transparent huge pages.
+    Huge,
+    /// Every other page of a mapping twice as large: touched whole, then each odd page given
+    /// back, so the pages kept are interleaved with free ones.
+    Fragmented,
+}
+
+/// Holds `len` bytes of anonymous memory laid out as `layout` until told to free them.
+fn hold(len: usize, layout: Layout) {
+    const PAGE: usize = 4096;
+    let mapped_len = if layout == Layout::Fragmented {
+        2 * len
+    } else {
+        len
+    };
+    let addr = if layout == Layout::Huge {
+        map_huge(mapped_len)
+    } else {
+        map(mapped_len)
+    };
+    // SAFETY: addr..addr+mapped_len is our mapping.
+    let region = unsafe { std::slice::from_raw_parts_mut(addr.cast::<u8>(), mapped_len) };
+    for page in region.chunks_mut(PAGE) {
         page[0] = 1;
+    }
+    if layout == Layout::Fragmented {
+        for odd in (PAGE..mapped_len).step_by(2 * PAGE) {
+            // SAFETY: one page inside our mapping, given back; it is not read again.
+            unsafe { libc::madvise(addr.cast::<u8>().add(odd).cast(), PAGE, libc::MADV_DONTNEED) };
+        }
     }
     let mut out = std::io::stdout();
     let _ = writeln!(out, "ready");
@@ -244,7 +277,7 @@ fn hold(len: usize, huge: bool) {
         match line.as_deref() {
             Ok("free") if mapped => {
                 // SAFETY: unmapping our own mapping once; `region` is not used afterwards.
-                unsafe { libc::munmap(addr, len) };
+                unsafe { libc::munmap(addr, mapped_len) };
                 mapped = false;
                 let _ = writeln!(out, "freed");
                 let _ = out.flush();

@@ -1,26 +1,76 @@
 //! `cargo xtask bench filecache`: page-cache tracking on a cold read and a buffered write.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Instant,
 };
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 
 use super::{build_workload, ratio_table, start_agent, stop, BpfStats};
 use crate::util;
 
+/// The file system the bench's files are on.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Fs {
+    /// The root file system (a disk, not a tmpfs).
+    Root,
+    /// ext2 on a loop device: page cache in 4 KiB folios.
+    Ext2,
+}
+
+/// An ext2 file system made for the bench in an image file, unmounted and detached on drop.
+struct LoopFs {
+    device: String,
+    mount: PathBuf,
+}
+
+impl LoopFs {
+    /// An image of `mib` MiB in `dir`, on a loop device with direct I/O (no second page cache
+    /// below the one measured), formatted ext2 and mounted.
+    fn create(dir: &Path, mib: usize) -> Result<LoopFs> {
+        let image = dir.join("ext2.img");
+        std::fs::File::create(&image)?.set_len((mib as u64) << 20)?;
+        let out = Command::new("losetup")
+            .args(["--find", "--show", "--direct-io=on"])
+            .arg(&image)
+            .output()
+            .context("losetup")?;
+        if !out.status.success() {
+            bail!("losetup: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let device = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let mount = dir.join("ext2");
+        let fs = LoopFs { device, mount };
+        util::run(Command::new("mkfs.ext2").args(["-q", "-F", &fs.device]))?;
+        std::fs::create_dir_all(&fs.mount)?;
+        util::run(Command::new("mount").arg(&fs.device).arg(&fs.mount))?;
+        Ok(fs)
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).status();
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+    }
+}
+
 /// `cargo xtask bench filecache`.
-pub(super) fn file_cache(root: &Path, rounds: usize, mib: usize) -> Result<()> {
+pub(super) fn file_cache(root: &Path, rounds: usize, mib: usize, fs: Fs) -> Result<()> {
     let memlens = util::build_release(root)?;
     let workload = build_workload(root)?;
-    // On the root filesystem (a disk), not a tmpfs.
     let dir = Path::new("/var/tmp").join(format!("memlens-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let socket = dir.join("memlens.sock");
-    let data = dir.join("read.bin");
-    let written = dir.join("write.bin");
+    let loop_fs = match fs {
+        Fs::Root => None,
+        Fs::Ext2 => Some(LoopFs::create(&dir, 2 * mib + 256)?),
+    };
+    let files = loop_fs.as_ref().map_or(dir.clone(), |l| l.mount.clone());
+    let data = files.join("read.bin");
+    let written = files.join("write.bin");
     let result = (|| -> Result<()> {
         let timed = |args: &[&std::ffi::OsStr]| -> Result<f64> {
             let started = Instant::now();
@@ -83,7 +133,7 @@ pub(super) fn file_cache(root: &Path, rounds: usize, mib: usize) -> Result<()> {
         stop(&mut agent);
         drop(stats);
         let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
-        println!("## page cache: {mib} MiB cold sequential read and buffered write, {rounds} interleaved rounds");
+        println!("## page cache: {mib} MiB cold sequential read and buffered write on {fs:?}, {rounds} interleaved rounds");
         println!();
         for program in status["programs"].as_array().into_iter().flatten() {
             let name = program["name"].as_str().unwrap_or("?");
@@ -102,6 +152,7 @@ pub(super) fn file_cache(root: &Path, rounds: usize, mib: usize) -> Result<()> {
         ratio_table(&[("cold sequential read", &read), ("buffered write", &write)]);
         Ok(())
     })();
+    drop(loop_fs);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

@@ -69,6 +69,11 @@ pub enum Bench {
         /// File size in MiB.
         #[arg(long, default_value_t = 2048)]
         mib: usize,
+        /// Where the files are: `root` (the root file system; ext4 here, which caches regular
+        /// files in large folios) or `ext2` (a fresh ext2 image on a loop device with direct
+        /// I/O, which caches in 4 KiB folios: one program run per page).
+        #[arg(long, default_value = "root")]
+        fs: filecache::Fs,
     },
     /// Processes exiting one after another (status 0 and 1), untraced and with the agent,
     /// interleaved; then the exit probe's own cost, an `events check` and a `/metrics` scrape.
@@ -78,6 +83,21 @@ pub enum Bench {
         /// Processes per run.
         #[arg(long, default_value_t = 2000)]
         processes: usize,
+    },
+    /// The held-page estimate's 95% interval against `memory.stat`: workloads of every kind and
+    /// size at once, each round with an agent of its own (a random sampling seed); how often the
+    /// interval holds the kernel's figure.
+    Estimator {
+        /// Rounds per sampling rate (each starts every workload once).
+        #[arg(long, default_value_t = 60)]
+        rounds: usize,
+        /// The agent's --sample-shift; repeat to measure several rates.
+        #[arg(long, default_values_t = [7])]
+        sample_shift: Vec<u32>,
+        /// Write every comparison here as CSV (rate, workload, kernel's bytes, estimate,
+        /// half-width, sampled frames).
+        #[arg(long)]
+        runs: Option<PathBuf>,
     },
     /// Build times: a clean release build of the binary, and a one-line change in the event
     /// engine to green unit tests of its crate (and of the binary, for comparison).
@@ -169,10 +189,29 @@ pub fn run(root: &Path, which: Bench) -> Result<()> {
         }
         Bench::Stacks { depth } => stacks::many_stacks(root, depth),
         Bench::GoProfile { bits } => goprofile::go_profile(root, &bits),
-        Bench::Filecache { rounds, mib } => filecache::file_cache(root, rounds, mib),
+        Bench::Filecache { rounds, mib, fs } => filecache::file_cache(root, rounds, mib, fs),
         Bench::Exits { rounds, processes } => exits::exits(root, rounds, processes),
         Bench::Build { edits } => build::build(root, edits.max(1)),
         Bench::AllocTrace { rounds } => alloctrace::alloc_trace(root, rounds.max(1)),
+        Bench::Estimator {
+            rounds,
+            sample_shift,
+            runs,
+        } => {
+            let memlens = util::build_release(root)?;
+            build_test_bins(root)?;
+            let mut bench = Command::new(root.join("target/release/memlens-estimator-bench"));
+            bench
+                .env("MEMLENS_BIN", memlens)
+                .args(["--rounds", &rounds.to_string()]);
+            for shift in sample_shift {
+                bench.args(["--sample-shift", &shift.to_string()]);
+            }
+            if let Some(runs) = runs {
+                bench.arg("--runs").arg(runs);
+            }
+            util::run(&mut bench)
+        }
         Bench::Node {
             minutes,
             cgroups,
@@ -180,13 +219,7 @@ pub fn run(root: &Path, which: Bench) -> Result<()> {
             short_lived,
         } => {
             let memlens = util::build_shipped(root)?;
-            util::run(Command::new("cargo").current_dir(root).args([
-                "build",
-                "--release",
-                "--package",
-                "memlens-tests",
-                "--bins",
-            ]))?;
+            build_test_bins(root)?;
             util::run(
                 Command::new(root.join("target/release/memlens-node-bench"))
                     .env("MEMLENS_BIN", memlens)
@@ -200,6 +233,17 @@ pub fn run(root: &Path, which: Bench) -> Result<()> {
 }
 
 /// Builds the benchmarks' workload binary; returns its path.
+/// Builds the benches and workloads of the test crate (`target/release/memlens-*`).
+fn build_test_bins(root: &Path) -> Result<()> {
+    util::run(Command::new("cargo").current_dir(root).args([
+        "build",
+        "--release",
+        "--package",
+        "memlens-tests",
+        "--bins",
+    ]))
+}
+
 pub(super) fn build_workload(root: &Path) -> Result<PathBuf> {
     util::run(Command::new("cargo").current_dir(root).args([
         "build",

@@ -13,6 +13,26 @@ pub struct FileKey {
     pub reserved: u32,
 }
 
+/// The record of the classic tracepoints `filemap:mm_filemap_add_to_page_cache` and
+/// `mm_filemap_delete_from_page_cache` on 64-bit kernels that give the folio's order (6.x):
+/// the kernel has already read the inode number and device, so the program reads only the
+/// folio's memory cgroup. The program reads it at these fixed offsets (a tracepoint program may
+/// read its record only at offsets known when it is verified); the agent checks them against the
+/// tracepoint's `format` file and uses the raw tracepoints where they differ.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilemapRecord {
+    /// `common_type`, `common_flags`, `common_preempt_count`, `common_pid`.
+    pub common: u64,
+    /// The (head) frame of the folio.
+    pub pfn: u64,
+    pub i_ino: u64,
+    pub index: u64,
+    pub s_dev: u32,
+    /// The folio's order.
+    pub order: u8,
+}
+
 /// Offsets the page-cache programs follow, from BTF.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

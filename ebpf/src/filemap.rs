@@ -4,20 +4,27 @@
 //! The cgroup is read from the folio itself (`memcg_data`), not from the current task: so
 //! eviction by reclaim, truncation and deletes by kernel threads are taken from the right
 //! cgroup, and a cgroup reading a file another one cached (and is charged for) adds nothing.
+//!
+//! Two attachments: the classic tracepoints where their record carries the folio's order (6.x),
+//! whose record already holds the inode number and device, so one probe read (the folio's
+//! `memcg_data`, found from the record's frame number) is left; else the raw tracepoints, which
+//! walk from the folio to its inode and device (seven probe reads). On a file system that
+//! caches in 4 KiB folios the programs run once per page (docs/benchmarks.md, "Page cache").
 
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel,
-    macros::{map, raw_tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{HashMap, PerCpuArray},
     programs::RawTracePointContext,
     EbpfContext, Global,
 };
+use aya_ebpf::programs::TracePointContext;
 use memlens_common::{
     counters::Counter,
-    filemap::{FileKey, FilemapOffsets},
+    filemap::{FileKey, FilemapOffsets, FilemapRecord},
 };
 
-use crate::{counters, task};
+use crate::{counters, pages, task};
 
 const BPF_NOEXIST: u64 = 1;
 const EEXIST: i64 = 17;
@@ -68,6 +75,47 @@ pub fn filemap_add(ctx: RawTracePointContext) -> i32 {
 pub fn filemap_delete(ctx: RawTracePointContext) -> i32 {
     account(&ctx, -1);
     0
+}
+
+/// match-kernel: include/trace/events/filemap.h TP_STRUCT__entry(pfn, i_ino, index, s_dev,
+/// order) of mm_filemap_op_page_cache (checked against the format file by the agent)
+#[tracepoint]
+pub fn filemap_add_tp(ctx: TracePointContext) -> i32 {
+    account_record(&ctx, 1);
+    0
+}
+
+#[tracepoint]
+pub fn filemap_delete_tp(ctx: TracePointContext) -> i32 {
+    account_record(&ctx, -1);
+    0
+}
+
+#[inline(always)]
+fn account_record(ctx: &TracePointContext, sign: i64) {
+    let offsets = FILEMAP_OFFSETS.load();
+    if offsets.valid == 0 {
+        return;
+    }
+    let record = ctx.as_ptr() as *const FilemapRecord;
+    // SAFETY: the tracepoint's record, whose layout the agent checked; loads at fixed offsets
+    // within it, which the verifier checks against the record's size.
+    let (pfn, ino, dev, order) =
+        unsafe { ((*record).pfn, (*record).i_ino, (*record).s_dev, (*record).order) };
+    let memcg = read_u64(pages::page_of(pfn), offsets.folio_memcg_data)
+        .and_then(|data| memcg_id(data, &offsets));
+    match memcg {
+        Ok(memcg) => add(
+            &FileKey {
+                memcg,
+                ino,
+                dev,
+                reserved: 0,
+            },
+            sign * (1i64 << (order & 31)),
+        ),
+        Err(_) => counters::add(Counter::FilemapReadErrors, 1),
+    }
 }
 
 #[inline(always)]

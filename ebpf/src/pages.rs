@@ -67,6 +67,18 @@ static ALLOC_TP_FIELDS: Global<AllocTracepointFields> = Global::new(AllocTracepo
 #[no_mangle]
 static CALIBRATION_TGID: Global<u32> = Global::new(0);
 
+/// The address of frame `pfn`'s `struct page` (a probe read of it fails when out of range).
+#[inline(always)]
+pub(crate) fn page_of(pfn: u64) -> u64 {
+    let shift = PAGE_STRUCT_SHIFT.load();
+    let offset = if shift != 0 {
+        pfn << shift
+    } else {
+        pfn.wrapping_mul(PAGE_STRUCT_SIZE.load())
+    };
+    VMEMMAP_BASE.load().wrapping_add(offset)
+}
+
 /// Latest allocation of each sampled frame, indexed by superblock number.
 #[map]
 static PAGE_ALLOCS: Array<PageAlloc> = Array::with_max_entries(1, BPF_F_MMAPABLE);

@@ -4,7 +4,11 @@ use aya::{
     programs::{RawTracePoint, TracePoint},
     Ebpf,
 };
-use memlens_common::{lifecycle::LifecycleOffsets, page::AllocTracepointFields};
+use core::mem::offset_of;
+
+use memlens_common::{
+    filemap::FilemapRecord, lifecycle::LifecycleOffsets, page::AllocTracepointFields,
+};
 
 use super::{
     btf, ebpf_err,
@@ -230,25 +234,124 @@ pub(super) fn lifecycle(
     Ok("tracepoints sched:sched_process_exit, oom:mark_victim, cgroup:cgroup_mkdir, cgroup:cgroup_rmdir".into())
 }
 
-/// Attaches the page-cache add and delete programs (raw tracepoints).
+/// The page-cache tracepoints: (raw program, classic program, link name, tracepoint).
+const FILEMAP_POINTS: [(&str, &str, &str, &str); 2] = [
+    (
+        "filemap_add",
+        "filemap_add_tp",
+        "filemap_add",
+        "mm_filemap_add_to_page_cache",
+    ),
+    (
+        "filemap_delete",
+        "filemap_delete_tp",
+        "filemap_delete",
+        "mm_filemap_delete_from_page_cache",
+    ),
+];
+
+/// Whether both page-cache tracepoints' records are laid out as [`FilemapRecord`] says (on
+/// 64-bit 6.x kernels; earlier ones have no `order`).
+pub(super) fn filemap_record_matches() -> Result<(), String> {
+    let root = tracefs::root().map_err(|e| e.to_string())?;
+    for (_, _, _, tracepoint) in FILEMAP_POINTS {
+        let format =
+            tracefs::Format::read(&root, "filemap", tracepoint).map_err(|e| e.to_string())?;
+        record_layout_matches(&format)?;
+    }
+    Ok(())
+}
+
+fn record_layout_matches(format: &tracefs::Format) -> Result<(), String> {
+    let expected = [
+        ("pfn", offset_of!(FilemapRecord, pfn), 8),
+        ("i_ino", offset_of!(FilemapRecord, i_ino), 8),
+        ("s_dev", offset_of!(FilemapRecord, s_dev), 4),
+        ("order", offset_of!(FilemapRecord, order), 1),
+    ];
+    for (name, offset, size) in expected {
+        match format.field(name) {
+            Ok(f) if f.offset as usize == offset && f.size == size => {}
+            Ok(f) => {
+                return Err(format!(
+                    "{}: {name} at {} ({} bytes), not {offset} ({size})",
+                    format.tracepoint, f.offset, f.size
+                ))
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
+}
+
+/// Attaches the page-cache add and delete programs: the classic tracepoints when `classic` says
+/// their records can be used (and `struct page` addresses are known), else the raw ones.
 pub(super) fn filemap(
     ebpf: &mut Ebpf,
+    classic: Result<(), String>,
     mut pins: Option<&mut Pinning>,
 ) -> Result<String, ProbeError> {
-    for (program, tracepoint) in [
-        ("filemap_add", "mm_filemap_add_to_page_cache"),
-        ("filemap_delete", "mm_filemap_delete_from_page_cache"),
-    ] {
+    if classic.is_ok() {
+        for (_, program, link, tracepoint) in FILEMAP_POINTS {
+            load_and_attach::<TracePoint>(ebpf, program, &format!("filemap:{tracepoint}"), |p| {
+                attach_tracepoint(p, link, ("filemap", tracepoint), pins.as_deref_mut())
+            })?;
+        }
+        return Ok(
+            "tracepoints filemap:mm_filemap_add_to_page_cache, mm_filemap_delete_from_page_cache"
+                .into(),
+        );
+    }
+    for (program, _, link, tracepoint) in FILEMAP_POINTS {
         load_and_attach::<RawTracePoint>(ebpf, program, tracepoint, |p| {
-            attach_raw(p, program, tracepoint, pins.as_deref_mut())
+            attach_raw(p, link, tracepoint, pins.as_deref_mut())
         })?;
     }
-    Ok("raw tracepoints mm_filemap_add_to_page_cache, mm_filemap_delete_from_page_cache".into())
+    let why = classic.err().unwrap_or_default();
+    Ok(format!(
+        "raw tracepoints mm_filemap_add_to_page_cache, mm_filemap_delete_from_page_cache (the \
+         tracepoints' records are not used: {why})"
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `events/filemap/mm_filemap_add_to_page_cache/format` of this machine's 6.18.
+    const FILEMAP_FORMAT_6_18: &str = "name: mm_filemap_add_to_page_cache
+ID: 600
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:unsigned long pfn;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:unsigned long i_ino;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:unsigned long index;\toffset:24;\tsize:8;\tsigned:0;
+\tfield:dev_t s_dev;\toffset:32;\tsize:4;\tsigned:0;
+\tfield:unsigned char order;\toffset:36;\tsize:1;\tsigned:0;
+";
+
+    #[test]
+    fn the_filemap_record_is_used_only_where_it_carries_the_order() {
+        let format =
+            |text: &str| tracefs::Format::parse("filemap/mm_filemap_add_to_page_cache", text);
+        assert_eq!(record_layout_matches(&format(FILEMAP_FORMAT_6_18)), Ok(()));
+        // Kernels before the order field (6.1): the raw tracepoints, which read the folio's.
+        let without_order: String = FILEMAP_FORMAT_6_18
+            .lines()
+            .filter(|l| !l.contains("order"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let why = record_layout_matches(&format(&without_order)).unwrap_err();
+        assert!(why.contains("order"), "{why}");
+        // Another layout (a 32-bit kernel's 4-byte longs): not read at our offsets.
+        let moved = FILEMAP_FORMAT_6_18.replace("offset:16;\tsize:8", "offset:12;\tsize:4");
+        let why = record_layout_matches(&format(&moved)).unwrap_err();
+        assert!(why.contains("i_ino at 12"), "{why}");
+    }
 
     #[test]
     fn the_oom_victims_memory_is_optional() {

@@ -224,7 +224,13 @@ impl Probes {
         ));
         let filemap_probe = match (&task_memcg_offsets, &filemap_offsets) {
             (Err(e), _) | (_, Err(e)) => Err(e.clone()),
-            (Ok(_), Ok(_)) => attach::filemap(&mut ebpf, pins.as_mut().ok()),
+            (Ok(_), Ok(_)) => {
+                let classic = match &vmemmap_base {
+                    Ok(_) => attach::filemap_record_matches(),
+                    Err(e) => Err(format!("struct page addresses unknown: {e}")),
+                };
+                attach::filemap(&mut ebpf, classic, pins.as_mut().ok())
+            }
         };
         match &filemap_probe {
             Ok(how) => tracing::info!("page cache: {how}"),

@@ -70,8 +70,9 @@ pub enum Bench {
         #[arg(long, default_value_t = 2048)]
         mib: usize,
         /// Where the files are: `root` (the root file system; ext4 here, which caches regular
-        /// files in large folios) or `ext2` (a fresh ext2 image on a loop device with direct
-        /// I/O, which caches in 4 KiB folios: one program run per page).
+        /// files in large folios) or `ext4-journal` (a fresh ext4 image on a loop device with
+        /// direct I/O, mounted `data=journal`, which caches in 4 KiB folios: a program run per
+        /// page).
         #[arg(long, default_value = "root")]
         fs: filecache::Fs,
     },

@@ -339,7 +339,7 @@ format:
         let format =
             |text: &str| tracefs::Format::parse("filemap/mm_filemap_add_to_page_cache", text);
         assert_eq!(record_layout_matches(&format(FILEMAP_FORMAT_6_18)), Ok(()));
-        // Kernels before the order field (6.1): the raw tracepoints, which read the folio's.
+        // A record without the order field: the raw tracepoints, which read the folio's.
         let without_order: String = FILEMAP_FORMAT_6_18
             .lines()
             .filter(|l| !l.contains("order"))

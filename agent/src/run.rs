@@ -101,6 +101,7 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         stack_copy_buffer: args.stack_copy_buffer,
         pin_dir: args.pin_dir.0.clone(),
         sample_seed: args.sample_seed,
+        filemap_probe: args.filemap_probe.into(),
     };
     let mut probes = Probes::load(&load)?;
     let resumed = probes.report.pinning.as_ref().is_ok_and(|p| p.resumed);

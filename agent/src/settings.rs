@@ -64,6 +64,11 @@ pub struct AgentArgs {
     /// beyond it are counted as lost and keep their frame-pointer stack.
     #[arg(long, env = "MEMLENS_STACK_COPY_BUFFER", default_value_t = 1 << 22, value_parser = parse_ring_size)]
     pub stack_copy_buffer: u32,
+    /// How the page-cache programs attach: `auto` uses the classic filemap tracepoints where
+    /// their record carries the inode, device and order (one probe read per event), else the raw
+    /// ones; `raw` always the raw ones (seven probe reads per event).
+    #[arg(long, env = "MEMLENS_FILEMAP_PROBE", value_enum, default_value_t = FilemapProbeArg::Auto)]
+    pub filemap_probe: FilemapProbeArg,
     /// Where the kernel maps and program links are pinned (a BPF file system) so that what the
     /// programs record outlives the agent: they stay attached while it restarts, and the next
     /// agent reads on. `none`: everything goes with the agent. `memlens unload` removes them.
@@ -288,6 +293,23 @@ fn with_file_defaults(
     Ok(command)
 }
 
+/// `--filemap-probe`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilemapProbeArg {
+    Auto,
+    Raw,
+}
+
+impl From<FilemapProbeArg> for memlens_kernel::loader::FilemapProbe {
+    fn from(arg: FilemapProbeArg) -> Self {
+        match arg {
+            FilemapProbeArg::Auto => Self::Auto,
+            FilemapProbeArg::Raw => Self::Raw,
+        }
+    }
+}
+
 /// The keys the config file's `[agent]` table may set: every flag but `--config` itself.
 const FILE_SETTINGS: &[&str] = &[
     "sample_shift",
@@ -301,6 +323,7 @@ const FILE_SETTINGS: &[&str] = &[
     "lifecycle_buffer",
     "stack_copy",
     "stack_copy_buffer",
+    "filemap_probe",
     "pin_dir",
     "btf",
     "max_cgroups",

@@ -22,7 +22,7 @@ use aya::{
 pub use maps::{KernelCounters, StackMap};
 use memlens_common::{filemap::FileKey, page::MAX_SAMPLE_SHIFT, stack_copy::STACK_COPY_MAX};
 use options::ebpf_err;
-pub use options::{LoadError, LoadOptions, LoadReport};
+pub use options::{FilemapProbe, LoadError, LoadOptions, LoadReport};
 pub use page_allocs::PageAllocTable;
 
 use memlens_types::status::ProgramStats;
@@ -225,9 +225,12 @@ impl Probes {
         let filemap_probe = match (&task_memcg_offsets, &filemap_offsets) {
             (Err(e), _) | (_, Err(e)) => Err(e.clone()),
             (Ok(_), Ok(_)) => {
-                let classic = match &vmemmap_base {
-                    Ok(_) => attach::filemap_record_matches(),
-                    Err(e) => Err(format!("struct page addresses unknown: {e}")),
+                let classic = match (&vmemmap_base, options.filemap_probe) {
+                    (_, FilemapProbe::Raw) => Err("--filemap-probe raw".to_string()),
+                    (Ok(_), FilemapProbe::Auto) => attach::filemap_record_matches(),
+                    (Err(e), FilemapProbe::Auto) => {
+                        Err(format!("struct page addresses unknown: {e}"))
+                    }
                 };
                 attach::filemap(&mut ebpf, classic, pins.as_mut().ok())
             }

@@ -69,6 +69,18 @@ pub struct LoadOptions {
     pub pin_dir: Option<PathBuf>,
     /// Rotation of the sampled offsets; None: from this boot's id (see `sizing::sample_seed`).
     pub sample_seed: Option<u64>,
+    /// How the page-cache programs attach.
+    pub filemap_probe: FilemapProbe,
+}
+
+/// How the page-cache programs attach (see `ebpf/src/filemap.rs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FilemapProbe {
+    /// The classic tracepoints where their record can be used, else the raw ones.
+    #[default]
+    Auto,
+    /// The raw tracepoints (the folio walked to its inode and device).
+    Raw,
 }
 
 /// How the programs were loaded: the facts behind `memlens status`.

@@ -110,6 +110,7 @@ mod tests {
             stack_copy_buffer: 4096,
             pin_dir: None,
             sample_seed: None,
+            filemap_probe: crate::loader::FilemapProbe::Auto,
         };
         // 24 GiB of 4 KiB pages fits at 1 in 64.
         assert_eq!(

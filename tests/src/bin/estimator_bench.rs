@@ -34,62 +34,38 @@ struct Class {
     args: &'static [&'static str],
 }
 
+const fn class(name: &'static str, kind: Kind, args: &'static [&'static str]) -> Class {
+    Class { name, kind, args }
+}
+
 const CLASSES: &[Class] = &[
-    Class {
-        name: "anon 1 MiB",
-        kind: Kind::Anon,
-        args: &["anon", "1"],
-    },
-    Class {
-        name: "anon 4 MiB",
-        kind: Kind::Anon,
-        args: &["anon", "4"],
-    },
-    Class {
-        name: "anon 16 MiB",
-        kind: Kind::Anon,
-        args: &["anon", "16"],
-    },
-    Class {
-        name: "anon 64 MiB",
-        kind: Kind::Anon,
-        args: &["anon", "64"],
-    },
-    Class {
-        name: "anon 256 MiB",
-        kind: Kind::Anon,
-        args: &["anon", "256"],
-    },
-    Class {
-        name: "anon 1 GiB",
-        kind: Kind::Anon,
-        args: &["anon", "1024"],
-    },
-    Class {
-        name: "anon 16 MiB, every other page",
-        kind: Kind::Anon,
-        args: &["anon-frag", "16"],
-    },
-    Class {
-        name: "anon 128 MiB, every other page",
-        kind: Kind::Anon,
-        args: &["anon-frag", "128"],
-    },
-    Class {
-        name: "anon 64 MiB, huge pages",
-        kind: Kind::Anon,
-        args: &["anon-thp", "64"],
-    },
-    Class {
-        name: "page cache 8 MiB",
-        kind: Kind::File,
-        args: &["writefile", "{file}", "8"],
-    },
-    Class {
-        name: "page cache 128 MiB",
-        kind: Kind::File,
-        args: &["writefile", "{file}", "128"],
-    },
+    class("anon 1 MiB", Kind::Anon, &["anon", "1"]),
+    class("anon 4 MiB", Kind::Anon, &["anon", "4"]),
+    class("anon 16 MiB", Kind::Anon, &["anon", "16"]),
+    class("anon 64 MiB", Kind::Anon, &["anon", "64"]),
+    class("anon 256 MiB", Kind::Anon, &["anon", "256"]),
+    class("anon 1 GiB", Kind::Anon, &["anon", "1024"]),
+    class(
+        "anon 16 MiB, every other page",
+        Kind::Anon,
+        &["anon-frag", "16"],
+    ),
+    class(
+        "anon 128 MiB, every other page",
+        Kind::Anon,
+        &["anon-frag", "128"],
+    ),
+    class("anon 64 MiB, huge pages", Kind::Anon, &["anon-thp", "64"]),
+    class(
+        "page cache 8 MiB",
+        Kind::File,
+        &["writefile", "{file}", "8"],
+    ),
+    class(
+        "page cache 128 MiB",
+        Kind::File,
+        &["writefile", "{file}", "128"],
+    ),
 ];
 
 /// One comparison: the estimate, its stated half-width, the kernel's figure.

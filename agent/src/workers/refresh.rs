@@ -26,7 +26,7 @@ use memlens_unwind::table::UnwoundTable;
 use super::unwind::Unwinding;
 
 /// Stack collection runs at most this often; a kernel stack reused from the per-CPU memo is at
-/// most `settings::MAX_KERNEL_STACK_REUSE` old, far less than two collections apart.
+/// most `settings::values::MAX_KERNEL_STACK_REUSE` old, far less than two collections apart.
 const STACK_GC_INTERVAL: Duration = Duration::from_secs(10);
 /// Files kept per cgroup in the file-cache view.
 const TOP_FILES: usize = 50;

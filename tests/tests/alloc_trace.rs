@@ -153,8 +153,11 @@ fn first_of(answer: &Value, pid: u32) -> &Value {
 #[test]
 fn a_cgroup_trace_names_the_cpp_vector_and_the_rust_vec_that_leak() {
     memlens_tests::require_root();
-    let agent = Agent::start(&[]);
+    // The cgroup is made after the agent's first refresh and traced before another, as a user
+    // traces one right after `mkdir`, by the path the shell shows.
+    let agent = Agent::start(&["--refresh", "10m"]);
     let cgroup = TestCgroup::new("alloctrace-cpp-rust");
+    let shell_path = cgroup.dir.display().to_string();
     // g++ -O2, no frame pointers: a std::vector that only grows (operator new -> malloc), 48 MiB
     // at 4 MiB/s; Rust's release profile: a Vec per request kept in a cache, 24 MiB at 2 MiB/s.
     let mut cpp = Workload::start_program(&cgroup, &vector_leak_bin(), &["48", "4"]);
@@ -163,7 +166,7 @@ fn a_cgroup_trace_names_the_cpp_vector_and_the_rust_vec_that_leak() {
     let answer = trace(
         &agent,
         "14s",
-        &["--cgroup", &cgroup.path, "--top", "50", "--budget", "2"],
+        &["--cgroup", &shell_path, "--top", "50", "--budget", "2"],
     );
     let status = &answer["trace"];
     let traced: Vec<&Value> = status["processes"]

@@ -50,12 +50,23 @@ pub(super) fn processes(
         (None, Some(wanted), None) => {
             let rows = view.select(wanted);
             if rows.is_empty() {
-                return Err(missing(format!(
-                    "no memory cgroup matches {:?}",
-                    wanted.to_string()
-                )));
+                // A cgroup made since the last refresh: its processes are read from the
+                // cgroup file system anyway, so a path that exists there is enough.
+                match wanted
+                    .hierarchy_path(&view.mounts)
+                    .filter(|p| state.memory_root.join(p.trim_start_matches('/')).is_dir())
+                {
+                    Some(path) => vec![path],
+                    None => {
+                        return Err(missing(format!(
+                            "no memory cgroup matches {:?}",
+                            wanted.to_string()
+                        )))
+                    }
+                }
+            } else {
+                rows.iter().map(|r| r.path.clone()).collect()
             }
-            rows.iter().map(|r| r.path.clone()).collect()
         }
         (None, None, Some(uid)) => {
             let paths: Vec<String> = view

@@ -55,13 +55,20 @@
 //! metrics_addr = "0.0.0.0:9464"
 //! ```
 
-use std::fmt;
-use std::io;
-use std::path::{Path, PathBuf};
+mod error;
+mod sections;
+mod serde_forms;
+
+use std::path::Path;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
+
+use error::describe;
+pub use error::ConfigError;
+pub use sections::{
+    EventsConfig, FileCacheConfig, Filters, LeakConfig, NamespaceFilter, RestartConfig,
+};
 
 /// The whole config file. An empty file is [`Config::default`].
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -81,195 +88,6 @@ pub struct Config {
     /// checks them against its own definition of those flags; the engine does not read them.
     #[serde(skip_serializing_if = "toml::Table::is_empty")]
     pub agent: toml::Table,
-}
-
-/// The leak detector: forecasts each cgroup's memory from a trend over `lookback`.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LeakConfig {
-    pub enabled: bool,
-    /// How often the detector runs.
-    #[serde(with = "duration")]
-    pub interval: Duration,
-    /// How much history the trend is fitted on.
-    #[serde(with = "duration")]
-    pub lookback: Duration,
-    /// How far ahead the forecast must cross `threshold` × limit to raise a leak.
-    #[serde(with = "duration")]
-    pub horizon: Duration,
-    /// Share of the memory limit the forecast must cross, in (0, 1].
-    pub threshold: f64,
-    /// Fewest samples in `lookback` for a trend to count (at least 3).
-    pub min_samples: usize,
-    /// Slower growth is never a leak.
-    pub min_growth_bytes_per_hour: u64,
-    /// A leak in a cgroup of native processes (no allocation profile of their own): how long
-    /// the agent traces their allocator for the event's evidence, once per event; "0s": never
-    /// (the evidence then says how to run a trace by hand). Every allocator call of the traced
-    /// processes traps while traced, so the window is short and its cost bounded below.
-    #[serde(with = "duration")]
-    pub allocation_trace: Duration,
-    /// CPUs such a trace may cost the processes (calls per second x measured cost per call)
-    /// before it stops itself (checked every 250 ms).
-    pub allocation_trace_budget_cpus: f64,
-}
-
-impl Default for LeakConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            interval: Duration::from_hours(1),
-            lookback: Duration::from_hours(6),
-            horizon: Duration::from_hours(2),
-            threshold: 0.9,
-            min_samples: 10,
-            min_growth_bytes_per_hour: 1 << 20,
-            allocation_trace: Duration::from_secs(10),
-            allocation_trace_budget_cpus: 0.05,
-        }
-    }
-}
-
-/// The file-cache breakdown attached to memory events.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FileCacheConfig {
-    pub enabled: bool,
-    /// How many of the largest cached files to report, 1..=50.
-    pub top_files: usize,
-}
-
-impl Default for FileCacheConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            top_files: 5,
-        }
-    }
-}
-
-/// The restart detector: containers that restart repeatedly within a window.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RestartConfig {
-    pub enabled: bool,
-    /// How often the detector runs.
-    #[serde(with = "duration")]
-    pub interval: Duration,
-    /// The window restarts are counted in.
-    #[serde(with = "duration")]
-    pub window: Duration,
-    /// Restarts of one container within `window` that make its group abnormal (at least 1).
-    pub min_restarts: u32,
-}
-
-impl Default for RestartConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            interval: Duration::from_mins(30),
-            window: Duration::from_mins(30),
-            min_restarts: 2,
-        }
-    }
-}
-
-/// Event bookkeeping.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EventsConfig {
-    /// An event recovered less than this ago is reopened instead of a new one raised.
-    #[serde(with = "duration")]
-    pub silence: Duration,
-    /// Most events kept (at least 1); the oldest recovered ones are dropped beyond it.
-    pub max_events: usize,
-}
-
-impl Default for EventsConfig {
-    fn default() -> Self {
-        Self {
-            silence: Duration::from_mins(30),
-            max_events: 10_000,
-        }
-    }
-}
-
-/// Which subjects raise events. An empty list allows everything.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Filters {
-    pub hosts: Vec<String>,
-    pub namespaces: Vec<NamespaceFilter>,
-}
-
-/// Namespaces allowed, optionally only in one cluster.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct NamespaceFilter {
-    pub cluster_name: Option<String>,
-    /// One name or a list (`namespace = "a"` or `namespace = ["a", "b"]`); never empty.
-    #[serde(deserialize_with = "one_or_many")]
-    pub namespace: Vec<String>,
-}
-
-impl Filters {
-    /// Whether events on `host` are allowed: always when `hosts` is empty.
-    pub fn host_allowed(&self, host: &str) -> bool {
-        self.hosts.is_empty() || self.hosts.iter().any(|h| h == host)
-    }
-
-    /// A subject with a known namespace passes when some entry names it (and its
-    /// `cluster_name`, when the entry has one, equals `cluster`); a subject without a namespace
-    /// (not a pod) passes only when no namespace filter is configured.
-    pub fn namespace_allowed(&self, cluster: Option<&str>, namespace: Option<&str>) -> bool {
-        if self.namespaces.is_empty() {
-            return true;
-        }
-        let Some(namespace) = namespace else {
-            return false;
-        };
-        self.namespaces.iter().any(|f| {
-            f.namespace.iter().any(|n| n == namespace)
-                && f.cluster_name.as_deref().is_none_or(|c| Some(c) == cluster)
-        })
-    }
-}
-
-/// Why a config could not be loaded. `key` is the full dotted path, e.g. `leak.lookback`.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read the config file {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
-    #[error("{}{}{message}", location(path.as_deref(), *line), key_prefix(key))]
-    Parse {
-        path: Option<PathBuf>,
-        line: Option<usize>,
-        key: String,
-        message: String,
-    },
-    #[error("{}{key}: {message}", location(path.as_deref(), None))]
-    Invalid {
-        path: Option<PathBuf>,
-        key: String,
-        message: String,
-    },
-}
-
-fn location(path: Option<&Path>, line: Option<usize>) -> String {
-    match (path, line) {
-        (Some(p), Some(l)) => format!("{}:{l}: ", p.display()),
-        (Some(p), None) => format!("{}: ", p.display()),
-        (None, Some(l)) => format!("line {l}: "),
-        (None, None) => String::new(),
-    }
-}
-
-fn key_prefix(key: &str) -> String {
-    if key.is_empty() {
-        String::new()
-    } else {
-        format!("{key}: ")
-    }
 }
 
 impl Config {
@@ -373,107 +191,13 @@ impl Config {
     }
 }
 
-/// Turns serde's messages into "what was expected, what was found" and puts an unknown or
-/// missing key into the key path.
-fn describe(key: String, message: &str) -> (String, String) {
-    let ticked: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
-    if message.starts_with("unknown field") {
-        let expected = ticked.get(1..).unwrap_or_default().join(", ");
-        return (key, format!("unknown key (expected one of: {expected})"));
-    }
-    if let (true, Some(field)) = (message.starts_with("missing field"), ticked.first()) {
-        let key = if key.is_empty() {
-            (*field).to_owned()
-        } else {
-            format!("{key}.{field}")
-        };
-        return (key, "required key is missing".into());
-    }
-    let Some((found, expected)) = message
-        .strip_prefix("invalid type: ")
-        .and_then(|rest| rest.split_once(", expected "))
-    else {
-        return (key, message.trim_end().to_owned());
-    };
-    let found = match found.split([' ', '`', '"']).next().unwrap_or_default() {
-        "string" => "a string",
-        "integer" => "an integer",
-        "floating" => "a number",
-        "boolean" => "a boolean",
-        "sequence" => "a list",
-        "map" => "a table",
-        _ => found,
-    };
-    let expected = match expected {
-        "u8" | "u16" | "u32" | "u64" | "usize" | "i32" | "i64" => "an integer",
-        "f32" | "f64" => "a number",
-        "a sequence" => "a list",
-        e if e.starts_with("struct ") => "a table",
-        e => e,
-    };
-    (key, format!("expected {expected}, found {found}"))
-}
-
-/// Deserializes one string or a list of strings.
-fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
-    struct OneOrMany;
-    impl<'de> Visitor<'de> for OneOrMany {
-        type Value = Vec<String>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a namespace name or a list of names")
-        }
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(vec![v.to_owned()])
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut names = Vec::new();
-            while let Some(name) = seq.next_element::<String>()? {
-                names.push(name);
-            }
-            Ok(names)
-        }
-    }
-    deserializer.deserialize_any(OneOrMany)
-}
-
-/// Durations as humantime strings ("90s", "30m", "6h"), strictly positive.
-mod duration {
-    use super::{de, fmt, Deserializer, Duration, Visitor};
-
-    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_duration(*d))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        struct Humantime;
-        impl Visitor<'_> for Humantime {
-            type Value = Duration;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration such as 30m or 6h")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
-                match humantime::parse_duration(v) {
-                    Ok(d) if !d.is_zero() => Ok(d),
-                    Err(e) if !v.trim_start().starts_with('-') => Err(E::custom(format_args!(
-                        "invalid duration {v:?}: {e}; use e.g. 90s, 30m or 6h"
-                    ))),
-                    _ => Err(E::custom(format_args!(
-                        "invalid duration {v:?}: must be a positive duration such as 30m or 6h"
-                    ))),
-                }
-            }
-        }
-        deserializer.deserialize_str(Humantime)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// The `toml` example of the module doc, verbatim.
     fn doc_example() -> String {
-        include_str!("config.rs")
+        include_str!("mod.rs")
             .lines()
             .filter_map(|l| l.strip_prefix("//!"))
             .map(|l| l.strip_prefix(' ').unwrap_or(l))

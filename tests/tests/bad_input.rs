@@ -210,6 +210,21 @@ fn malformed_api_requests_get_http_errors() {
 }
 
 #[test]
+fn a_cgroup_made_after_the_last_census_is_named_as_such() {
+    // Refreshes are paced (up to a minute apart on a busy node): a cgroup made since the last
+    // one is not "no such cgroup".
+    let agent = Agent::start(&["--refresh", "10m"]);
+    let cgroup = memlens_tests::TestCgroup::new("after-census");
+    let shell_path = cgroup.dir.display().to_string();
+    for command in ["top", "leaks"] {
+        let out = agent.cli(&[command, "--cgroup", &shell_path]);
+        assert_clean_failure(&out, "was made after the agent's last census");
+    }
+    let out = agent.cli(&["top", "--cgroup", &format!("{shell_path}-not-made")]);
+    assert_clean_failure(&out, "no memory cgroup matches");
+}
+
+#[test]
 fn status_has_one_line_per_capability() {
     let agent = Agent::start(&[]);
     let out = agent.cli(&["status"]);

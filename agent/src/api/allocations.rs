@@ -52,17 +52,9 @@ pub(super) fn processes(
             if rows.is_empty() {
                 // A cgroup made since the last refresh: its processes are read from the
                 // cgroup file system anyway, so a path that exists there is enough.
-                match wanted
-                    .hierarchy_path(&view.mounts)
-                    .filter(|p| state.memory_root.join(p.trim_start_matches('/')).is_dir())
-                {
+                match state.unlisted_cgroup(&view, wanted) {
                     Some(path) => vec![path],
-                    None => {
-                        return Err(missing(format!(
-                            "no memory cgroup matches {:?}",
-                            wanted.to_string()
-                        )))
-                    }
+                    None => return Err(missing(state.no_cgroup(&view, wanted))),
                 }
             } else {
                 rows.iter().map(|r| r.path.clone()).collect()

@@ -22,6 +22,12 @@ fn run(
     export: bool,
 ) -> Result<(LeaksResponse, Vec<LeakEntry>), Failure> {
     query::run(&state.views, &state.leaks, q, export).map_err(|e| {
+        if let (QueryError::BadRequest(_), Some(wanted)) = (&e, &q.cgroup) {
+            let view = state.views.latest();
+            if view.select(wanted).is_empty() {
+                return (StatusCode::NOT_FOUND, state.no_cgroup(&view, wanted));
+            }
+        }
         let code = match e {
             QueryError::BadRequest(_) => StatusCode::BAD_REQUEST,
             QueryError::Gone(_) => StatusCode::GONE,

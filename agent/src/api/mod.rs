@@ -19,8 +19,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use memlens_attribution::{query::LeakSources, Views};
+use memlens_attribution::{query::LeakSources, view::View, Views};
 use memlens_runtimes::go_heap::GoHeapReader;
+use memlens_types::{selector::CgroupSelector, unix_ms};
 
 use crate::{health::Health, status::StatusSource, workers::engine::CheckRequest};
 
@@ -44,6 +45,29 @@ pub struct AppState {
     pub traces: Arc<crate::traces::Traces>,
     /// Bytes of stack a trace copies per sample.
     pub stack_copy_bytes: u32,
+}
+
+impl AppState {
+    /// The hierarchy path of the cgroup `wanted` names when `view` does not list it but the
+    /// cgroup file system has it: made since `view`'s census (refreshes are paced, up to a
+    /// minute apart on a busy node).
+    fn unlisted_cgroup(&self, view: &View, wanted: &CgroupSelector) -> Option<String> {
+        wanted
+            .hierarchy_path(&view.mounts)
+            .filter(|p| self.memory_root.join(p.trim_start_matches('/')).is_dir())
+    }
+
+    /// Why `wanted` names no cgroup of `view`: none by that name, or one made since its census.
+    fn no_cgroup(&self, view: &View, wanted: &CgroupSelector) -> String {
+        match self.unlisted_cgroup(view, wanted) {
+            Some(path) => format!(
+                "memory cgroup {path} was made after the agent's last census ({} s ago): it is \
+                 listed from the next one",
+                unix_ms().saturating_sub(view.snapshot.taken_at_unix_ms) / 1000
+            ),
+            None => format!("no memory cgroup matches {:?}", wanted.to_string()),
+        }
+    }
 }
 
 /// Serves the API on `socket` (and `/metrics` on `metrics_addr`) until SIGTERM or SIGINT.

@@ -301,10 +301,7 @@ async fn top(
         Some(wanted) => {
             let chosen = view.select(wanted);
             if chosen.is_empty() {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    format!("no memory cgroup matches {:?}", wanted.to_string()),
-                );
+                return error(StatusCode::NOT_FOUND, state.no_cgroup(&view, wanted));
             }
             chosen
         }

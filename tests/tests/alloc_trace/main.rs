@@ -4,7 +4,6 @@
 
 use std::{
     os::unix::fs::FileExt as _,
-    path::Path,
     time::{Duration, Instant},
 };
 
@@ -15,22 +14,25 @@ use memlens_tests::{
 };
 use serde_json::Value;
 
+mod lifetime;
+mod redis;
+
 /// `memlens leaks --allocations --json --for <window> <args>`: `{allocations, pages, trace}`.
-fn trace(agent: &Agent, window: &str, args: &[&str]) -> Value {
+pub(crate) fn trace(agent: &Agent, window: &str, args: &[&str]) -> Value {
     let mut all = vec!["leaks", "--allocations", "--json", "--for", window];
     all.extend_from_slice(args);
     agent.json(&all)
 }
 
 /// The entries of the trace's answer, most held first.
-fn entries(answer: &Value) -> &Vec<Value> {
+pub(crate) fn entries(answer: &Value) -> &Vec<Value> {
     answer["allocations"]["by_inuse"]
         .as_array()
         .expect("by_inuse")
 }
 
 /// Bytes held (estimated) by the entries whose stack names `function`.
-fn held_by(answer: &Value, function: &str) -> u64 {
+pub(crate) fn held_by(answer: &Value, function: &str) -> u64 {
     entries(answer)
         .iter()
         .filter(|e| {
@@ -45,7 +47,7 @@ fn held_by(answer: &Value, function: &str) -> u64 {
 }
 
 /// The "leaked <bytes>" line a workload prints when done.
-fn leaked(workload: &mut Workload) -> u64 {
+pub(crate) fn leaked(workload: &mut Workload) -> u64 {
     let line = workload.read_line();
     line.strip_prefix("leaked ")
         .and_then(|n| n.parse().ok())
@@ -206,82 +208,9 @@ fn a_cgroup_trace_names_the_cpp_vector_and_the_rust_vec_that_leak() {
     rust.send("exit");
 }
 
-#[test]
-fn a_traced_process_that_exits_ends_the_trace_with_its_results_kept_across_a_restart() {
-    memlens_tests::require_root();
-    let cgroup = TestCgroup::new("alloctrace-exit");
-    let db = tempfile::tempdir().expect("tempdir");
-    let db_path = db.path().join("history.db").display().to_string();
-    let agent = Agent::start(&["--db", &db_path]);
-    // 30 steps at 10 a second (7.5 MiB kept) once the trace is attached, then it is told to
-    // exit.
-    let mut workload = Workload::start_program(&cgroup, &heap_reuse_bin(), &["30", "10", "wait"]);
-    workload.expect_line("ready");
-    let pid = workload.pid();
-    let answer = std::thread::scope(|s| {
-        let tracing = s.spawn(|| trace(&agent, "60s", &["--pid", &pid.to_string()]));
-        wait_attached(pid);
-        workload.send("go");
-        let kept = leaked(&mut workload);
-        workload.send("exit");
-        assert!(workload.wait().success());
-        let answer = tracing.join().expect("the trace");
-        (answer, kept)
-    });
-    let (answer, kept) = answer;
-    let status = &answer["trace"];
-    eprintln!(
-        "ended {} after {} s; probes cost {:.2} us per allocating call, {:.2} us per free",
-        status["end"],
-        status["elapsed_seconds"],
-        status["alloc_call_cost_us"].as_f64().unwrap_or(0.0),
-        status["free_call_cost_us"].as_f64().unwrap_or(0.0)
-    );
-    assert_eq!(status["end"], "processes_exited", "{status}");
-    assert!(
-        status["elapsed_seconds"].as_f64().expect("elapsed")
-            < memlens_tests::patience(Duration::from_secs(20)).as_secs_f64(),
-        "{status}"
-    );
-    assert_eq!(status["processes"][0]["exited"], true, "{status}");
-    // What it sampled before it exited is kept, and named.
-    let names = stack_names(&entries(&answer)[0]);
-    assert!(names.iter().any(|n| n == "remember_request"), "{names:?}");
-    assert_near(
-        "the leak's held bytes at exit",
-        held_by(&answer, "remember_request"),
-        kept,
-        0.25,
-    );
-    // `memlens status` names the last trace.
-    let status_text = String::from_utf8_lossy(&agent.cli(&["status"]).stdout).into_owned();
-    assert!(
-        status_text
-            .lines()
-            .any(|l| l.starts_with("allocator traces") && l.contains("ProcessesExited")),
-        "{status_text}"
-    );
-    // The results outlive the agent (and the process): asked again by id after a restart.
-    let id = status["id"].as_u64().expect("id").to_string();
-    drop(agent);
-    let agent = Agent::start(&["--db", &db_path]);
-    let again = agent.json(&["leaks", "--allocations", "--json", "--trace", &id]);
-    assert_eq!(again["trace"]["end"], "processes_exited", "{again}");
-    assert_eq!(
-        held_by(&again, "remember_request"),
-        held_by(&answer, "remember_request")
-    );
-    let out = agent.cli(&["leaks", "--allocations", "--trace", "999"]);
-    assert!(
-        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no trace 999"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Bytes of `pid`'s mapping of libc's code that differ from the file: the breakpoints the
 /// kernel wrote for uprobes (0xcc), none when no probe is attached.
-fn patched_libc_bytes(pid: u32) -> usize {
+pub(crate) fn patched_libc_bytes(pid: u32) -> usize {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
     let line = maps
         .lines()
@@ -308,47 +237,12 @@ fn patched_libc_bytes(pid: u32) -> usize {
 }
 
 /// Waits until a trace's breakpoints are in `pid`'s libc (its probes are attached).
-fn wait_attached(pid: u32) {
+pub(crate) fn wait_attached(pid: u32) {
     let deadline = Instant::now() + memlens_tests::patience(Duration::from_secs(20));
     while patched_libc_bytes(pid) == 0 {
         assert!(Instant::now() < deadline, "the trace never attached");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-#[test]
-fn no_probe_is_left_when_the_agent_is_killed_mid_trace() {
-    memlens_tests::require_root();
-    let agent = Agent::start(&[]);
-    let cgroup = TestCgroup::new("alloctrace-kill");
-    let mut workload = Workload::start_program(&cgroup, &heap_reuse_bin(), &["600", "10", "0"]);
-    workload.expect_line("ready");
-    let pid = workload.pid();
-    assert_eq!(patched_libc_bytes(pid), 0, "no probe before the trace");
-    let mut cli = agent.cli_child(&[
-        "leaks",
-        "--allocations",
-        "--pid",
-        &pid.to_string(),
-        "--for",
-        "120s",
-    ]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut patched = 0;
-    while Instant::now() < deadline && patched == 0 {
-        std::thread::sleep(Duration::from_millis(200));
-        patched = patched_libc_bytes(pid);
-    }
-    eprintln!("{patched} bytes of libc's code patched while traced");
-    assert!(patched > 0, "the trace never attached");
-    agent.kill_hard();
-    let _ = cli.wait();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline && patched_libc_bytes(pid) != 0 {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(patched_libc_bytes(pid), 0, "a probe outlived the agent");
-    workload.send("exit");
 }
 
 #[test]
@@ -429,105 +323,4 @@ fn trace_requests_that_cannot_run_say_why() {
     let _ = running.kill();
     let _ = running.wait();
     first.send("exit");
-}
-
-/// Runs `redis-benchmark` against `port`: `count` SETs of 256-byte values under random keys (new
-/// keys, so the server's memory grows); how long it took.
-fn fill_redis(port: u16, count: u32) -> Duration {
-    let started = Instant::now();
-    let out = std::process::Command::new("redis-benchmark")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-t",
-            "set",
-            "-d",
-            "256",
-        ])
-        .args(["-r", "100000000", "-n", &count.to_string(), "-c", "8", "-q"])
-        .output()
-        .expect("run redis-benchmark (Debian's redis-tools)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    started.elapsed()
-}
-
-#[test]
-fn a_trace_of_redis_names_its_key_insertion_path_through_jemalloc() {
-    memlens_tests::require_root();
-    let agent = Agent::start(&[]);
-    let cgroup = TestCgroup::new("alloctrace-redis");
-    // A port of our own on loopback; no persistence.
-    let port = 20_000 + (std::process::id() % 20_000) as u16;
-    let mut redis = Workload::start_program(
-        &cgroup,
-        Path::new("/usr/bin/redis-server"),
-        &[
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--loglevel",
-            "warning",
-        ],
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let untraced = fill_redis(port, 20_000);
-    let pid = redis.pid().to_string();
-    let (answer, traced) = std::thread::scope(|s| {
-        let tracing = s.spawn(|| {
-            trace(
-                &agent,
-                "12s",
-                &["--pid", &pid, "--top", "10", "--budget", "2"],
-            )
-        });
-        // The trace attaches within a second or two.
-        std::thread::sleep(Duration::from_secs(3));
-        let traced = fill_redis(port, 20_000);
-        (tracing.join().expect("the trace"), traced)
-    });
-    let status = &answer["trace"];
-    eprintln!(
-        "redis-benchmark, 20,000 SETs: {untraced:?} untraced, {traced:?} traced ({:.1}x); trace \
-         cost {:.2} CPUs on average, {:.2} us per allocating call, {:.2} us per free",
-        traced.as_secs_f64() / untraced.as_secs_f64(),
-        status["mean_cost_cpus"].as_f64().unwrap_or(0.0),
-        status["alloc_call_cost_us"].as_f64().unwrap_or(0.0),
-        status["free_call_cost_us"].as_f64().unwrap_or(0.0),
-    );
-    assert_eq!(status["processes"][0]["allocator"], "jemalloc", "{status}");
-    let first = stack_names(&entries(&answer)[0]);
-    eprintln!("first: {first:?}");
-    let insertion = [
-        "createStringObject",
-        "dbAdd",
-        "setKey",
-        "setGenericCommand",
-        "dictAddRaw",
-    ];
-    assert!(
-        first.iter().any(|n| insertion.contains(&n.as_str())),
-        "the key insertion path first: {first:?}"
-    );
-    // 20,000 new keys of 256 bytes: their values alone are 5 MB, held by the server.
-    let held = answer["allocations"]["processes"][0]["inuse_bytes"]
-        .as_u64()
-        .expect("inuse_bytes");
-    eprintln!("held: {held}");
-    assert!(held > 5_000_000, "{held}");
-    redis.stop();
 }

@@ -37,6 +37,9 @@ pub enum SelectorError {
     Empty,
     #[error("a cgroup name cannot contain control characters")]
     Control,
+    /// No cgroup is named `.` or `..`: a path with them would leave the hierarchy.
+    #[error("a cgroup path cannot contain \".\" or \"..\" components")]
+    DotComponent,
 }
 
 impl FromStr for CgroupSelector {
@@ -49,6 +52,9 @@ impl FromStr for CgroupSelector {
         }
         if text.chars().any(char::is_control) {
             return Err(SelectorError::Control);
+        }
+        if text.split('/').any(|c| c == "." || c == "..") {
+            return Err(SelectorError::DotComponent);
         }
         if text.bytes().all(|b| b.is_ascii_digit()) {
             if let Ok(id) = text.parse() {
@@ -232,6 +238,12 @@ mod tests {
             "a\nb".parse::<CgroupSelector>(),
             Err(SelectorError::Control)
         );
+        for path in ["/sys/fs/cgroup/memory/../../etc", "..", "a/./b"] {
+            assert_eq!(
+                path.parse::<CgroupSelector>(),
+                Err(SelectorError::DotComponent)
+            );
+        }
     }
 
     #[test]

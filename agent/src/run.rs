@@ -110,6 +110,7 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
             state,
             probes.report.sample_shift,
             probes.report.sample_seed,
+            usize::try_from(args.census_frames).unwrap_or(usize::MAX),
         )),
         Err(e) => {
             let why = format!(

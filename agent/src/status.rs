@@ -163,8 +163,8 @@ impl StatusSource {
                 "page census",
                 if c.read_errors == 0 { CapabilityState::Ok } else { CapabilityState::Degraded },
                 format!(
-                    "/proc/kpagecgroup + /proc/kpageflags: {} frames read, {} charged, {} errors, {} ms",
-                    c.frames, c.charged_frames, c.read_errors, c.duration_ms
+                    "/proc/kpagecgroup + /proc/kpageflags: {} frames read of {}, {} charged, {} errors, {} ms",
+                    c.frames_read, c.frames, c.charged_frames, c.read_errors, c.duration_ms
                 ),
             ),
             (None, None) => add("page census", CapabilityState::Degraded, "no census yet".into()),

@@ -76,8 +76,10 @@ impl HeldPages {
 pub struct Census {
     pub by_memcg: HashMap<MemcgId, HeldPages>,
     pub shift: u32,
-    /// Sampled frames examined.
+    /// Sampled frames counted (every one, by its last read state).
     pub frames: u64,
+    /// Of those, frames whose state this census read (the rest were read by earlier ones).
+    pub frames_read: u64,
     /// Of those, frames charged to some memory cgroup.
     pub charged_frames: u64,
     /// Frames whose state could not be read.

@@ -51,6 +51,7 @@ pub fn build(
         skipped_cgroups: discovery.skipped,
         census: census.map(|c| CensusSummary {
             frames: c.frames,
+            frames_read: c.frames_read,
             charged_frames: c.charged_frames,
             read_errors: c.read_errors,
             duration_ms: u64::try_from(c.duration.as_millis()).unwrap_or(u64::MAX),

@@ -63,6 +63,10 @@ pub struct HeldEstimate {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CensusSummary {
     pub frames: u64,
+    /// Frames whose state this census read; the others' is from earlier censuses (a census
+    /// past its frame budget sweeps).
+    #[serde(default)]
+    pub frames_read: u64,
     pub charged_frames: u64,
     pub read_errors: u64,
     pub duration_ms: u64,

@@ -71,7 +71,7 @@ impl Refresher {
     pub fn view(&mut self) -> View {
         let census = self
             .census
-            .as_ref()
+            .as_mut()
             .map(|c| c.take(&self.probes.page_allocs));
         // The cgroups' own counters are read right after the census, before the attribution
         // (hundreds of ms on a busy node), so that the estimate and `memory.stat` in one row

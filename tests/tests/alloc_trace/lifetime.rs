@@ -21,7 +21,7 @@ fn a_traced_process_that_exits_ends_the_trace_with_its_results_kept_across_a_res
     let pid = workload.pid();
     let answer = std::thread::scope(|s| {
         let tracing = s.spawn(|| trace(&agent, "60s", &["--pid", &pid.to_string()]));
-        wait_attached(pid);
+        wait_attached(pid, "/libc.so");
         workload.send("go");
         let kept = leaked(&mut workload);
         workload.send("exit");

@@ -74,7 +74,7 @@ fn a_trace_names_the_leak_that_reuses_the_churns_heap() {
                 &["--pid", &pid, "--top", "20", "--pprof", &pprof_arg],
             )
         });
-        wait_attached(workload.pid());
+        wait_attached(workload.pid(), "/libc.so");
         workload.send("go");
         let kept = leaked(&mut workload);
         (tracing.join().expect("the trace"), kept)
@@ -211,11 +211,17 @@ fn a_cgroup_trace_names_the_cpp_vector_and_the_rust_vec_that_leak() {
 /// Bytes of `pid`'s mapping of libc's code that differ from the file: the breakpoints the
 /// kernel wrote for uprobes (0xcc), none when no probe is attached.
 pub(crate) fn patched_libc_bytes(pid: u32) -> usize {
+    patched_bytes(pid, "/libc.so")
+}
+
+/// Bytes of `pid`'s mapping of the code of `library` (a part of its path) that differ from the
+/// file.
+fn patched_bytes(pid: u32, library: &str) -> usize {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
     let line = maps
         .lines()
-        .find(|l| l.contains("r-xp") && l.contains("/libc.so"))
-        .expect("libc's code mapping");
+        .find(|l| l.contains("r-xp") && l.contains(library))
+        .unwrap_or_else(|| panic!("no code mapping of {library} in {pid}"));
     let fields: Vec<&str> = line.split_whitespace().collect();
     let (start, end) = fields[0].split_once('-').expect("range");
     let start = u64::from_str_radix(start, 16).expect("start");
@@ -236,10 +242,11 @@ pub(crate) fn patched_libc_bytes(pid: u32) -> usize {
         .count()
 }
 
-/// Waits until a trace's breakpoints are in `pid`'s libc (its probes are attached).
-pub(crate) fn wait_attached(pid: u32) {
+/// Waits until a trace's breakpoints are in `pid`'s mapping of `library` (its allocator's probes
+/// are attached).
+pub(crate) fn wait_attached(pid: u32, library: &str) {
     let deadline = Instant::now() + memlens_tests::patience(Duration::from_secs(20));
-    while patched_libc_bytes(pid) == 0 {
+    while patched_bytes(pid, library) == 0 {
         assert!(Instant::now() < deadline, "the trace never attached");
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -7,7 +7,7 @@ use std::{
 
 use memlens_tests::{stack_names, Agent, TestCgroup, Workload};
 
-use crate::{entries, trace};
+use crate::{entries, trace, wait_attached};
 
 /// Runs `redis-benchmark` against `port`: `count` SETs of 256-byte values under random keys (new
 /// keys, so the server's memory grows); how long it took.
@@ -65,17 +65,24 @@ fn a_trace_of_redis_names_its_key_insertion_path_through_jemalloc() {
     }
     let untraced = fill_redis(port, 20_000);
     let pid = redis.pid().to_string();
+    let started = Instant::now();
     let (answer, traced) = std::thread::scope(|s| {
         let tracing = s.spawn(|| {
             trace(
                 &agent,
-                "12s",
+                "20s",
                 &["--pid", &pid, "--top", "10", "--budget", "2"],
             )
         });
-        // The trace attaches within a second or two.
-        std::thread::sleep(Duration::from_secs(3));
+        // Every SET traced: the fill starts once jemalloc's entry points carry the probes.
+        wait_attached(redis.pid(), "/libjemalloc.so");
         let traced = fill_redis(port, 20_000);
+        // Slowed 5-14x by the trace here: a slower host may need a longer window, not a lower bound.
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the fill outlasted the trace's window: {:?}",
+            started.elapsed()
+        );
         (tracing.join().expect("the trace"), traced)
     });
     let status = &answer["trace"];

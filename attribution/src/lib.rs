@@ -23,12 +23,21 @@ use std::{
     time::{Duration, Instant},
 };
 
-use memlens_model::{census::Census, user_stack::UnwoundStacks, StackTable};
+use memlens_model::{
+    census::{AllocRecords, Census},
+    user_stack::UnwoundStacks,
+    StackTable,
+};
 use memlens_procfs::{maps, Mapping};
 use memlens_symbolize::leaf::{LeafResolver, LeafRule};
 pub use memlens_types::stack::{LeafCaller, StackStop, UnwindMethod};
 use memlens_types::{MemcgId, PageKind};
 pub use user_stacks::{CodeLocation, UserFrame, UserStack};
+
+/// Hash tables keyed by our own ids (pids, stack keys, signatures): hashed once per held frame
+/// each census, where SipHash took a fifth of the refresh on a large host.
+pub type FastMap<K, V> = foldhash::HashMap<K, V>;
+type FastSet<T> = foldhash::HashSet<T>;
 pub use view::{View, Views};
 
 /// Signature of the stacks merged into a cgroup's "other" entry once the table is full.
@@ -77,7 +86,7 @@ impl Held {
 pub struct LeakTable {
     pub taken_at_unix_ms: u64,
     pub shift: u32,
-    pub entries: HashMap<LeakKey, Held>,
+    pub entries: FastMap<LeakKey, Held>,
     /// Distinct stacks merged into their cgroup's "other" entry because of the cap.
     pub overflow_keys: u64,
 }
@@ -108,19 +117,38 @@ pub struct LeakView {
 pub struct Attribution {
     max_keys: usize,
     /// Stack map contents by key (a key names one stack; kept until the collector deletes it).
-    stack_ips: HashMap<u64, Arc<[u64]>>,
+    stack_ips: FastMap<u64, Arc<[u64]>>,
     /// The latest process seen with each pid.
-    processes: HashMap<u32, Arc<ProcessInfo>>,
+    processes: FastMap<u32, Arc<ProcessInfo>>,
     leaf: LeafResolver,
-    leaf_rules: HashMap<(ProcessKey, u64), LeafRule>,
+    leaf_rules: FastMap<(ProcessKey, u64), LeafRule>,
     user_stacks: HashMap<u64, Arc<UserStack>>,
     /// The frames of `user_stacks`, each kept once (see [`UserStack::frames`]).
-    frames: HashSet<Arc<UserFrame>>,
+    frames: FastSet<Arc<UserFrame>>,
     /// The signature each process's stacks (by address signature) were interned under.
-    located: HashMap<(ProcessKey, u64), u64>,
-    kernel_stacks: HashMap<u64, Arc<[u64]>>,
+    located: FastMap<(ProcessKey, u64), u64>,
+    kernel_stacks: FastMap<u64, Arc<[u64]>>,
     /// When each process's mappings were last re-read for an address outside them.
-    remapped: HashMap<ProcessKey, Instant>,
+    remapped: FastMap<ProcessKey, Instant>,
+    /// What the last census's held frames were attributed to, in superblock order.
+    memo: Vec<(u64, FrameMemo)>,
+}
+
+/// What one held frame's allocation was attributed to: the next census takes it as it is while
+/// the frame holds the same allocation (most frames, census after census), instead of placing its
+/// stacks again (hashing every address of both stacks, for each of a million frames on a large
+/// host).
+#[derive(Clone, Copy, Debug)]
+struct FrameMemo {
+    /// The allocation (the record's time and thread).
+    ts_ns: u64,
+    pid: u32,
+    /// Signature of its kernel stack (`NONE`: none).
+    kernel: u64,
+    /// Address signature of its user stack in its process (`NONE`: none).
+    by_address: u64,
+    /// Whether that stack is the unwound copy (else the frame-pointer walk, or none).
+    unwound: bool,
 }
 
 /// A process's mappings are re-read at most this often for addresses outside them (code it
@@ -132,15 +160,16 @@ impl Attribution {
     pub fn new(max_keys: usize) -> Attribution {
         Attribution {
             max_keys,
-            stack_ips: HashMap::new(),
-            processes: HashMap::new(),
+            stack_ips: FastMap::default(),
+            processes: FastMap::default(),
             leaf: LeafResolver::default(),
-            leaf_rules: HashMap::new(),
+            leaf_rules: FastMap::default(),
             user_stacks: HashMap::new(),
-            frames: HashSet::new(),
-            located: HashMap::new(),
-            kernel_stacks: HashMap::new(),
-            remapped: HashMap::new(),
+            frames: FastSet::default(),
+            located: FastMap::default(),
+            kernel_stacks: FastMap::default(),
+            remapped: FastMap::default(),
+            memo: Vec::new(),
         }
     }
 
@@ -152,56 +181,107 @@ impl Attribution {
     }
 
     /// Aggregates one census; a record's user stack is its unwound one when `unwound` has it,
-    /// else the kernel's frame-pointer walk.
+    /// else the kernel's frame-pointer walk. A frame whose record `records` no longer has (it
+    /// was allocated again since the census read it) is left out.
     pub fn update(
         &mut self,
         census: &Census,
+        records: &dyn AllocRecords,
         stacks: &dyn StackTable,
         unwound: &dyn UnwoundStacks,
         unix_ms: u64,
     ) -> LeakView {
         let weight = f64::from(1u32 << census.shift.min(31));
         let mut view = LeakView::default();
-        let mut checked: HashMap<u32, (Arc<ProcessInfo>, bool)> = HashMap::new();
-        let mut entries: HashMap<LeakKey, Held> = HashMap::new();
-        let mut via: HashMap<u64, ProcessKey> = HashMap::new();
+        let mut checked: FastMap<u32, (Arc<ProcessInfo>, bool)> = FastMap::default();
+        let mut entries: FastMap<LeakKey, Held> = FastMap::default();
+        let mut via: FastMap<u64, ProcessKey> = FastMap::default();
+        // The census lists its frames in superblock order, and so does the memo it leaves: the
+        // last census's memo is walked alongside (no hashing, a million frames on a large host).
+        let mut memo = Vec::with_capacity(census.tracked.len());
+        let last_memo = std::mem::take(&mut self.memo);
+        let mut last_memo = last_memo.iter().peekable();
         for frame in &census.tracked {
-            let record = &frame.record;
+            let Some(record) = records.record_of(frame) else {
+                continue;
+            };
+            let record = &record;
             let (mut process, alive) = checked
                 .entry(record.tgid)
                 .or_insert_with(|| self.process(record.tgid, record.ts_ns, &record.comm))
                 .clone();
-            if alive {
-                view.alive.insert(process.key);
-            }
-            let kernel = self.stack(stacks, record.kernel_stack).map_or(NONE, |ips| {
-                let sig = signature(ips.iter().map(|a| (*a, false)));
-                self.kernel_stacks.entry(sig).or_insert(ips);
-                sig
-            });
-            let raw = match unwound.unwound(frame.superblock, record.pid, record.ts_ns) {
-                Some(stack) => Some(Attribution::unwound_stack(&stack)),
-                None => self
-                    .stack(stacks, record.user_stack)
-                    .map(|ips| self.walked_stack(&process, alive, &ips, frame)),
+            // What the last census made of this allocation, if the frame still holds it.
+            let last = std::iter::from_fn(|| last_memo.next_if(|(s, _)| *s <= frame.superblock))
+                .last()
+                .filter(|(s, m)| {
+                    *s == frame.superblock && m.ts_ns == record.ts_ns && m.pid == record.pid
+                })
+                .map(|(_, m)| *m);
+            let kernel = match last {
+                Some(m) if m.kernel == NONE || self.kernel_stacks.contains_key(&m.kernel) => {
+                    m.kernel
+                }
+                _ => self.stack(stacks, record.kernel_stack).map_or(NONE, |ips| {
+                    let sig = signature(ips.iter().map(|a| (*a, false)));
+                    self.kernel_stacks.entry(sig).or_insert(ips);
+                    sig
+                }),
             };
-            let user = match raw {
-                None => NONE,
-                Some(raw) => {
-                    let by_address = raw.address_signature();
-                    match self.placed(process.key, by_address) {
-                        Some(sig) => sig,
-                        None => {
-                            if alive && raw.outside(&process.maps) {
-                                if let Some(fresh) = self.remap(&process) {
-                                    checked.insert(record.tgid, (Arc::clone(&fresh), true));
-                                    view.processes.insert(fresh.key, Arc::clone(&fresh));
-                                    process = fresh;
+            // A stack from the frame-pointer walk gives way to the copy once that is unwound.
+            let copy = match last {
+                Some(m) if m.unwound => None,
+                _ => unwound.unwound(frame.superblock, record.pid, record.ts_ns),
+            };
+            let last = last.filter(|m| m.unwound || copy.is_none());
+            let placed = last.and_then(|m| match m.by_address {
+                NONE => Some((NONE, m)),
+                by_address => self.placed(process.key, by_address).map(|sig| (sig, m)),
+            });
+            let user = match placed {
+                Some((user, m)) => {
+                    memo.push((frame.superblock, FrameMemo { kernel, ..m }));
+                    user
+                }
+                None => {
+                    let copy = copy
+                        .or_else(|| unwound.unwound(frame.superblock, record.pid, record.ts_ns));
+                    let unwound = copy.is_some();
+                    let raw = match copy {
+                        Some(stack) => Some(Attribution::unwound_stack(&stack)),
+                        None => self
+                            .stack(stacks, record.user_stack)
+                            .map(|ips| self.walked_stack(&process, alive, &ips, record)),
+                    };
+                    let (user, by_address) = match raw {
+                        None => (NONE, NONE),
+                        Some(raw) => {
+                            let by_address = raw.address_signature();
+                            let user = match self.placed(process.key, by_address) {
+                                Some(sig) => sig,
+                                None => {
+                                    if alive && raw.outside(&process.maps) {
+                                        if let Some(fresh) = self.remap(&process) {
+                                            checked.insert(record.tgid, (Arc::clone(&fresh), true));
+                                            process = fresh;
+                                        }
+                                    }
+                                    self.intern(&process, by_address, raw)
                                 }
-                            }
-                            self.intern(&process, by_address, raw)
+                            };
+                            (user, by_address)
                         }
-                    }
+                    };
+                    memo.push((
+                        frame.superblock,
+                        FrameMemo {
+                            ts_ns: record.ts_ns,
+                            pid: record.pid,
+                            kernel,
+                            by_address,
+                            unwound,
+                        },
+                    ));
+                    user
                 }
             };
             // Symbolized through a process that still runs, if one has the stack.
@@ -223,6 +303,12 @@ impl Attribution {
                 pages: weight,
                 objects,
             });
+        }
+        self.memo = memo;
+        for (process, alive) in checked.into_values() {
+            if alive {
+                view.alive.insert(process.key);
+            }
             view.processes.entry(process.key).or_insert(process);
         }
         let overflow_keys = cap(&mut entries, self.max_keys);
@@ -347,7 +433,7 @@ fn code_maps(tgid: u32) -> std::io::Result<Vec<Mapping>> {
 
 /// Keeps the `max_keys` largest entries; merges the rest into their cgroup's "other" entry.
 /// Returns how many entries were merged.
-fn cap(entries: &mut HashMap<LeakKey, Held>, max_keys: usize) -> u64 {
+fn cap(entries: &mut FastMap<LeakKey, Held>, max_keys: usize) -> u64 {
     if entries.len() <= max_keys {
         return 0;
     }
@@ -407,7 +493,7 @@ mod tests {
 
     #[test]
     fn the_cap_merges_the_smallest_stacks_into_other_per_cgroup() {
-        let mut entries: HashMap<LeakKey, Held> = (1..=5u64)
+        let mut entries: FastMap<LeakKey, Held> = (1..=5u64)
             .map(|n| {
                 (
                     key(n),

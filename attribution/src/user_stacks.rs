@@ -7,10 +7,8 @@
 
 use std::sync::Arc;
 
-use memlens_model::{
-    census::TrackedFrame,
-    user_stack::{FoundBy, UnwoundStack},
-};
+use memlens_common::page::PageAlloc;
+use memlens_model::user_stack::{FoundBy, UnwoundStack};
 use memlens_procfs::{maps, Mapping};
 use memlens_symbolize::{leaf::LeafRule, StackAddr};
 
@@ -131,16 +129,15 @@ impl RawStack {
 }
 
 impl Attribution {
-    /// The user stack of `frame` from the kernel's frame-pointer walk `ips`, with its frameless
-    /// leaf's caller recovered when the leaf's unwind rule says where it is.
+    /// The user stack of the allocation `record` from the kernel's frame-pointer walk `ips`, with
+    /// its frameless leaf's caller recovered when the leaf's unwind rule says where it is.
     pub(crate) fn walked_stack(
         &mut self,
         process: &Arc<ProcessInfo>,
         alive: bool,
         ips: &[u64],
-        frame: &TrackedFrame,
+        record: &PageAlloc,
     ) -> RawStack {
-        let record = &frame.record;
         let leaf_ip = ips[0];
         let rule = if record.user_sp == 0 {
             LeafRule::Unknown

@@ -122,7 +122,7 @@ pub fn build(
 /// it is charged to; the kernel's counters are hierarchical, so the estimate is made so too).
 fn hierarchical(
     discovery: &Discovery,
-    local: &HashMap<MemcgId, HeldPages>,
+    local: &foldhash::HashMap<MemcgId, HeldPages>,
 ) -> HashMap<MemcgId, HeldPages> {
     let mut totals: Vec<HeldPages> = discovery
         .cgroups
@@ -172,12 +172,14 @@ mod tests {
             frames: 1,
             ..HeldPages::default()
         };
-        let local = HashMap::from([
+        let local: foldhash::HashMap<_, _> = [
             (MemcgId(1), held(1)),
             (MemcgId(2), held(10)),
             (MemcgId(3), held(100)),
             (MemcgId(4), held(1000)),
-        ]);
+        ]
+        .into_iter()
+        .collect();
         let totals = hierarchical(&discovery, &local);
         assert_eq!(totals[&MemcgId(3)].anon, Pages(100));
         assert_eq!(totals[&MemcgId(2)].anon, Pages(110));

@@ -125,22 +125,37 @@ impl UnwoundTable {
     }
 }
 
-/// A copy of the table's slots (pointers to the stacks, not the stacks), read by the refresh
-/// while the unwinder goes on filling the table: the attribution of a busy node's census takes
-/// longer than the stack-copy ring lasts without a reader.
-pub struct UnwoundSlots(Vec<Option<Slot>>);
+/// A copy of some of the table's slots (pointers to the stacks, not the stacks), read by the
+/// refresh while the unwinder goes on filling the table: the attribution of a busy node's census
+/// takes longer than the stack-copy ring lasts without a reader. Only the census's held frames are
+/// copied: the table has a slot for every sampled frame (3 million at 1 in 2 here), and copying
+/// all of them each refresh took more memory and time than the attribution itself.
+pub struct UnwoundSlots(Vec<(u64, Slot)>);
 
 impl UnwoundTable {
-    /// The slots as they are now.
+    /// The slots of `superblocks` (in any order) as they are now.
     #[must_use]
-    pub fn snapshot(&self) -> UnwoundSlots {
-        UnwoundSlots(self.slots.clone())
+    pub fn snapshot_of(&self, superblocks: impl IntoIterator<Item = u64>) -> UnwoundSlots {
+        let mut slots: Vec<(u64, Slot)> = superblocks
+            .into_iter()
+            .filter_map(|superblock| {
+                let slot = self
+                    .slots
+                    .get(usize::try_from(superblock).ok()?)?
+                    .as_ref()?;
+                Some((superblock, slot.clone()))
+            })
+            .collect();
+        slots.sort_unstable_by_key(|(superblock, _)| *superblock);
+        slots.dedup_by_key(|(superblock, _)| *superblock);
+        UnwoundSlots(slots)
     }
 }
 
 impl UnwoundStacks for UnwoundSlots {
     fn unwound(&self, superblock: u64, pid: u32, ts_ns: u64) -> Option<Arc<UnwoundStack>> {
-        let slot = self.0.get(usize::try_from(superblock).ok()?)?.as_ref()?;
+        let i = self.0.binary_search_by_key(&superblock, |(s, _)| *s).ok()?;
+        let slot = &self.0.get(i)?.1;
         (slot.pid == pid && slot.ts_ns == ts_ns).then(|| Arc::clone(&slot.stack))
     }
 }
@@ -229,5 +244,28 @@ mod tests {
             1,
             "0x1 is referred to by no slot any more"
         );
+    }
+
+    #[test]
+    fn a_snapshot_holds_the_asked_slots_and_answers_like_the_table() {
+        let mut table = UnwoundTable::new(8);
+        table.insert(1, 1, 10, 1000, stack(0x1));
+        table.insert(4, 2, 11, 2000, stack(0x2));
+        let slots = table.snapshot_of([5, 1, 7, 5, 9]);
+        assert_eq!(
+            slots.0.len(),
+            2,
+            "7 has no slot, 9 is out of range, 5 is asked twice"
+        );
+        assert_eq!(
+            slots.unwound(5, 11, 2000).map(|s| s.frames[0].addr),
+            Some(0x2)
+        );
+        assert!(slots.unwound(1, 10, 1000).is_some());
+        assert!(slots.unwound(1, 10, 1001).is_none(), "a later allocation");
+        assert!(slots.unwound(4, 11, 2000).is_none(), "not asked for");
+        // The unwinder goes on: the snapshot does not change.
+        table.insert(1, 1, 12, 3000, stack(0x3));
+        assert!(slots.unwound(1, 10, 1000).is_some());
     }
 }

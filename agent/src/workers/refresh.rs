@@ -113,15 +113,22 @@ impl Refresher {
                     self.last_save = Some(Instant::now());
                     unwound = u.table.take_changed();
                 }
-                Some(u.table.snapshot())
+                Some(
+                    u.table
+                        .snapshot_of(census.tracked.iter().map(|f| f.superblock)),
+                )
             });
             let view = match &slots {
-                Some(slots) => {
-                    self.attribution
-                        .update(census, &self.probes.stacks, slots, unix_ms())
-                }
+                Some(slots) => self.attribution.update(
+                    census,
+                    &self.probes.page_allocs,
+                    &self.probes.stacks,
+                    slots,
+                    unix_ms(),
+                ),
                 None => self.attribution.update(
                     census,
+                    &self.probes.page_allocs,
                     &self.probes.stacks,
                     &UnwoundTable::new(0),
                     unix_ms(),

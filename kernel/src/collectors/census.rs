@@ -118,12 +118,12 @@ impl PageCensus {
             // The record is the frame's only if the frame was read since it was written: an
             // allocation not read yet may be another cgroup's.
             let record = latest.filter(|a| a.ts_ns == known.record_ts);
-            if let Some(record) = record {
+            if record.is_some() {
                 census.tracked.push(TrackedFrame {
                     superblock: superblock as u64,
                     memcg,
                     kind,
-                    record,
+                    record_ts: known.record_ts,
                 });
             }
             census

@@ -20,7 +20,7 @@ impl StackGc {
     pub fn collect(
         &mut self,
         stacks: &mut StackMap,
-        referenced: &HashSet<u64>,
+        referenced: &HashSet<u64, impl std::hash::BuildHasher>,
     ) -> (usize, Vec<u64>) {
         let ids: Vec<u64> = stacks.0.keys().filter_map(Result::ok).collect();
         let unreferenced: HashSet<u64> = ids

@@ -5,6 +5,7 @@ use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use aya::maps::{Map, MapData};
 use memlens_common::page::PageAlloc;
+use memlens_model::census::AllocRecords;
 
 use super::{ebpf_err, LoadError};
 
@@ -103,5 +104,11 @@ impl Drop for PageAllocTable {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what new() mapped.
         unsafe { libc::munmap(self.base as *mut libc::c_void, self.mapped_len) };
+    }
+}
+
+impl AllocRecords for PageAllocTable {
+    fn record(&self, superblock: u64) -> Option<PageAlloc> {
+        self.get(superblock)
     }
 }

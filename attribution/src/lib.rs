@@ -539,3 +539,6 @@ mod tests {
         assert_eq!(comm_string(b"leak\0\0\0\0\0\0\0\0\0\0\0\0"), "leak");
     }
 }
+
+#[cfg(test)]
+mod update_tests;

@@ -76,13 +76,15 @@ impl UnwoundTable {
         changed
             .into_iter()
             .filter_map(|superblock| {
-                let slot = self
-                    .slots
-                    .get(usize::try_from(superblock).ok()?)?
-                    .as_ref()?;
+                let slot = self.slot(superblock)?;
                 Some((superblock, slot.pid, slot.ts_ns, Arc::clone(&slot.stack)))
             })
             .collect()
+    }
+
+    /// Superblock `superblock`'s slot, if written.
+    fn slot(&self, superblock: u64) -> Option<&Slot> {
+        self.slots.get(usize::try_from(superblock).ok()?)?.as_ref()
     }
 
     fn intern(&mut self, stack: Arc<UnwoundStack>) -> Arc<UnwoundStack> {
@@ -138,13 +140,7 @@ impl UnwoundTable {
     pub fn snapshot_of(&self, superblocks: impl IntoIterator<Item = u64>) -> UnwoundSlots {
         let mut slots: Vec<(u64, Slot)> = superblocks
             .into_iter()
-            .filter_map(|superblock| {
-                let slot = self
-                    .slots
-                    .get(usize::try_from(superblock).ok()?)?
-                    .as_ref()?;
-                Some((superblock, slot.clone()))
-            })
+            .filter_map(|superblock| Some((superblock, self.slot(superblock)?.clone())))
             .collect();
         slots.sort_unstable_by_key(|(superblock, _)| *superblock);
         slots.dedup_by_key(|(superblock, _)| *superblock);
@@ -162,10 +158,7 @@ impl UnwoundStacks for UnwoundSlots {
 
 impl UnwoundStacks for UnwoundTable {
     fn unwound(&self, superblock: u64, pid: u32, ts_ns: u64) -> Option<Arc<UnwoundStack>> {
-        let slot = self
-            .slots
-            .get(usize::try_from(superblock).ok()?)?
-            .as_ref()?;
+        let slot = self.slot(superblock)?;
         (slot.pid == pid && slot.ts_ns == ts_ns).then(|| Arc::clone(&slot.stack))
     }
 }

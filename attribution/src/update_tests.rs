@@ -4,9 +4,8 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use memlens_common::page::PageAlloc;
 use memlens_model::{
-    census::{AllocRecords, Census, TrackedFrame},
+    census::{AllocRecords, Census, PageAlloc, TrackedFrame},
     user_stack::{UnwoundStack, UnwoundStacks},
     StackTable,
 };

@@ -7,8 +7,10 @@
 
 use std::sync::Arc;
 
-use memlens_common::page::PageAlloc;
-use memlens_model::user_stack::{FoundBy, UnwoundStack};
+use memlens_model::{
+    census::PageAlloc,
+    user_stack::{FoundBy, UnwoundStack},
+};
 use memlens_procfs::{maps, Mapping};
 use memlens_symbolize::{leaf::LeafRule, StackAddr};
 

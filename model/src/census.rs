@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use memlens_common::page::PageAlloc;
+/// The probes' record of a sampled allocation, as the attribution reads it.
+pub use memlens_common::page::PageAlloc;
 use memlens_types::{MemcgId, PageKind, Pages};
 
 /// Estimated pages one memory cgroup holds (charged to it directly, not via descendants).

@@ -98,9 +98,11 @@ fn stacks_of_pages_allocated_before_and_during_a_restart_are_kept() {
         held_before / MIB,
         held_during / MIB
     );
-    // What the first agent attributed, kept. khugepaged may have collapsed some of the leak into
-    // huge pages since (THP `always`, as in the VM guests): those pages were allocated again, by
-    // khugepaged, and their records say so.
+    // What the agents attributed, kept. khugepaged may have collapsed some of either leak into
+    // huge pages since (THP `always`, as in the VM guests; in one 6.12 guest run 114 of the
+    // 128 MiB within four minutes): those pages were allocated again, by khugepaged, their records
+    // say so, and which process's pages a collapse replaced is not recorded (a limitation of its
+    // own, not of the restart). They count for either process, never twice.
     let collapsed: u64 = report["by_held"]
         .as_array()
         .expect("by_held")
@@ -108,8 +110,11 @@ fn stacks_of_pages_allocated_before_and_during_a_restart_are_kept() {
         .filter(|e| e["comm"] == "khugepaged")
         .map(|e| e["held_bytes"].as_u64().expect("held_bytes"))
         .sum();
+    eprintln!("collapsed by khugepaged since: {} MiB", collapsed / MIB);
+    let wanted_before = held_first * 9 / 10;
+    let short_before = wanted_before.saturating_sub(held_before);
     assert!(
-        held_before + collapsed >= held_first * 9 / 10,
+        short_before <= collapsed,
         "allocated before the restart: {} MiB through the chain after it (and {} MiB collapsed \
          by khugepaged), {} MiB before: {report:#}",
         held_before / MIB,
@@ -117,9 +122,11 @@ fn stacks_of_pages_allocated_before_and_during_a_restart_are_kept() {
         held_first / MIB
     );
     assert!(
-        held_during >= 48 * MIB,
-        "allocated while no agent ran: {} MiB of 64 through the chain: {report:#}",
-        held_during / MIB
+        held_during + (collapsed - short_before) >= 48 * MIB,
+        "allocated while no agent ran: {} MiB of 64 through the chain (and {} MiB collapsed by \
+         khugepaged not counted for the earlier process): {report:#}",
+        held_during / MIB,
+        (collapsed - short_before) / MIB
     );
     before.send("exit");
     during.send("exit");

@@ -285,6 +285,7 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
             stack_entries: u64::from(args.stack_entries),
             file_entries: u64::from(args.file_entries),
             pods,
+            snapshot_part: Arc::default(),
         },
         health,
         memory_root,

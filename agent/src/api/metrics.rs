@@ -1,7 +1,13 @@
 //! `GET /metrics`: the Prometheus exposition of the latest snapshot, built off the async threads
 //! (it symbolizes the largest stacks, from the cache when it can).
+//!
+//! The snapshot's series (every cgroup's, their files' and stacks') are encoded once per snapshot
+//! and kept for the scrapes until the next one: scrapes come every 15 s or so, a busy node's
+//! snapshots up to a minute apart, and those series were nearly all of a scrape's time (71 ms at
+//! the median with 1,000 cgroups). Open events, lifecycle counts and the agent's own figures
+//! change between snapshots and are encoded at each scrape.
 
-use std::sync::{atomic::Ordering, Arc};
+use std::sync::{atomic::Ordering, Arc, Mutex, Weak};
 
 use axum::{
     extract::{MatchedPath, Request, State},
@@ -13,7 +19,7 @@ use axum::{
 use memlens_attribution::{query, View};
 pub use memlens_exporters::prometheus::ApiLatency;
 use memlens_exporters::prometheus::{
-    classic_text, AgentFigures, CgroupLabels, Exposition, RouteLabels,
+    join, AgentFigures, CgroupLabels, Exposition, Part, RouteLabels,
 };
 use memlens_kernel::collectors::lifecycle::LifecycleStats;
 use memlens_pods::PodDirectory;
@@ -38,6 +44,15 @@ pub struct MetricsSources {
     pub stack_entries: u64,
     pub file_entries: u64,
     pub pods: PodDirectory,
+    /// The latest snapshot's series, encoded.
+    pub snapshot_part: Arc<Mutex<Option<SnapshotPart>>>,
+}
+
+/// A snapshot's series and the view they were encoded from (a weak reference: the views are
+/// kept by `Views`, and while this one is held no other view can take its address).
+pub struct SnapshotPart {
+    view: Weak<View>,
+    part: Arc<Part>,
 }
 
 /// Times every request by route (bounded: the router's own patterns, or "unmatched").
@@ -81,9 +96,15 @@ fn labels(pods: &PodDirectory, path: &str, workload: &Workload) -> CgroupLabels 
     l
 }
 
-fn exposition(state: &AppState, view: &View) -> Result<String, String> {
-    let sources = &state.metrics;
-    let pods = &sources.pods;
+/// The series of `view`'s snapshot, encoded once per view.
+fn snapshot_part(state: &AppState, view: &Arc<View>) -> Result<Arc<Part>, String> {
+    let cache = &state.metrics.snapshot_part;
+    if let Some(kept) = cache.lock().ok().as_deref().and_then(Option::as_ref) {
+        if Weak::ptr_eq(&kept.view, &Arc::downgrade(view)) {
+            return Ok(Arc::clone(&kept.part));
+        }
+    }
+    let pods = &state.metrics.pods;
     let snapshot = &view.snapshot;
     let mut e = Exposition::new();
     e.cgroups(&snapshot.cgroups, &|row| {
@@ -102,6 +123,25 @@ fn exposition(state: &AppState, view: &View) -> Result<String, String> {
         TOP_STACKS,
         STACK_CGROUPS,
     ));
+    let part = Arc::new(
+        e.encode_part()
+            .map_err(|err| format!("encoding the metrics: {err}"))?,
+    );
+    if let Ok(mut kept) = cache.lock() {
+        *kept = Some(SnapshotPart {
+            view: Arc::downgrade(view),
+            part: Arc::clone(&part),
+        });
+    }
+    Ok(part)
+}
+
+fn exposition(state: &AppState, view: &Arc<View>, openmetrics: bool) -> Result<String, String> {
+    let snapshot_part = snapshot_part(state, view)?;
+    let sources = &state.metrics;
+    let pods = &sources.pods;
+    let snapshot = &view.snapshot;
+    let mut e = Exposition::new();
     match Reader::open(&state.db).and_then(|r| r.open_events()) {
         Ok(open) => e.events(&open),
         Err(err) => tracing::warn!("metrics: open events not counted: {err}"),
@@ -143,8 +183,10 @@ fn exposition(state: &AppState, view: &View) -> Result<String, String> {
         },
         &sources.latency,
     );
-    e.encode()
-        .map_err(|err| format!("encoding the metrics: {err}"))
+    let live = e
+        .encode_part()
+        .map_err(|err| format!("encoding the metrics: {err}"))?;
+    Ok(join(&[&snapshot_part, &live], openmetrics))
 }
 
 /// OpenMetrics to scrapers that ask for it (Prometheus does), the classic text format otherwise.
@@ -155,7 +197,7 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
     let view = state.views.latest();
-    match tokio::task::spawn_blocking(move || exposition(&state, &view)).await {
+    match tokio::task::spawn_blocking(move || exposition(&state, &view, openmetrics)).await {
         Ok(Ok(text)) if openmetrics => (
             [(
                 header::CONTENT_TYPE,
@@ -169,7 +211,7 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
                 header::CONTENT_TYPE,
                 "text/plain; version=0.0.4; charset=utf-8",
             )],
-            classic_text(&text),
+            text,
         )
             .into_response(),
         Ok(Err(message)) => error(StatusCode::INTERNAL_SERVER_ERROR, message),

@@ -11,6 +11,9 @@ pub(crate) struct Sample {
     pub(crate) rss_kib: u64,
     pub(crate) peak_kib: u64,
     pub(crate) anon_kib: u64,
+    /// Resident pages of the BPF maps the agent maps (the record array, the ring buffers): in
+    /// its RSS, and counted again in the maps' own memory.
+    pub(crate) mapped_maps_kib: u64,
     pub(crate) cpu_pct: f64,
     pub(crate) maps_kib: u64,
     pub(crate) census_ms: u64,
@@ -28,10 +31,11 @@ impl Sample {
     /// The sample as a row of the report's table.
     pub(crate) fn row(&self) -> String {
         format!(
-            "| {} s | {} MiB | {} MiB | {} MiB | {:.1}% | {:.1} MiB | {} ms ({:.1} s) | {} ({}) | \
-             {:.0} ms | {:.0} ms | {:.1} MiB | {} |",
+            "| {} s | {} MiB | {} MiB | {} MiB | {} MiB | {:.1}% | {:.1} MiB | {} ms ({:.1} s) | \
+             {} ({}) | {:.0} ms | {:.0} ms | {:.1} MiB | {} |",
             self.at_s,
             self.rss_kib / 1024,
+            self.mapped_maps_kib / 1024,
             self.peak_kib / 1024,
             self.anon_kib / 1024,
             self.cpu_pct,
@@ -74,6 +78,27 @@ pub(crate) fn cpu_ticks(pid: u32) -> u64 {
 }
 
 /// Kernel memory of the BPF maps `pid` holds open (their fdinfo's `memlock`), in KiB.
+/// Resident KiB of the agent's mappings of BPF maps (`/proc/<pid>/smaps`).
+fn mapped_maps_kib(pid: u32) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut in_map = false;
+    let mut kib = 0;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header: `start-end perms offset dev inode [path]`.
+            in_map = line.contains("anon_inode:bpf-map");
+        } else if in_map && first == "Rss:" {
+            kib += fields
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    kib
+}
+
 fn map_kib(pid: u32) -> u64 {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return 0;
@@ -168,6 +193,7 @@ pub(crate) fn sample(
         rss_kib: status_field(pid, "VmRSS:"),
         peak_kib: status_field(pid, "VmHWM:"),
         anon_kib: status_field(pid, "RssAnon:"),
+        mapped_maps_kib: mapped_maps_kib(pid),
         cpu_pct,
         maps_kib: map_kib(pid),
         census_ms,

@@ -41,6 +41,10 @@ pub enum Bench {
         /// to copy and unwind).
         #[arg(long, default_value_t = 0)]
         depth: usize,
+        /// Instead of the storm, Debian's python3 filling a dict of this many strings (and a
+        /// list from it): a real workload's page allocation rate.
+        #[arg(long)]
+        python: Option<usize>,
         /// The agent's --sample-shift; repeat to compare several rates in the same run.
         #[arg(long, default_values_t = [7])]
         sample_shift: Vec<u32>,
@@ -153,6 +157,7 @@ pub fn run(root: &Path, which: Bench) -> Result<()> {
             mib,
             passes,
             depth,
+            python,
             sample_shift,
             stack_copy,
             no_peer,
@@ -172,7 +177,12 @@ pub fn run(root: &Path, which: Bench) -> Result<()> {
             storm::storm(
                 root,
                 rounds,
-                &storm::Storm { mib, passes, depth },
+                &storm::Storm {
+                    mib,
+                    passes,
+                    depth,
+                    python,
+                },
                 &configs,
                 &agent_args,
             )

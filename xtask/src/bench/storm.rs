@@ -228,9 +228,17 @@ pub(super) fn storm(
              allocations/s, {:.0}% of their kernel stacks reused{copying}",
             config.name(),
             count as f64 / secs,
-            if count > 0 { run_ns as f64 / count as f64 } else { 0.0 },
+            if count > 0 {
+                run_ns as f64 / count as f64
+            } else {
+                0.0
+            },
             sampled as f64 / secs,
-            if sampled > 0 { 100.0 * reused as f64 / sampled as f64 } else { 0.0 }
+            if sampled > 0 {
+                100.0 * reused as f64 / sampled as f64
+            } else {
+                0.0
+            }
         );
     }
     Ok(())

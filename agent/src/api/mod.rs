@@ -80,6 +80,7 @@ pub async fn serve(socket: &Path, metrics_addr: Option<SocketAddr>, state: AppSt
             .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
         tracing::info!("metrics on http://{addr}/metrics");
         let router = server::metrics_router(state.clone());
+        tokio::spawn(metrics::prebuild(state.clone()));
         tokio::spawn(async move {
             if let Err(e) = axum::serve(tcp, router).await {
                 tracing::warn!("metrics listener failed: {e}");

@@ -9,6 +9,7 @@
 
 mod classic;
 mod labels;
+mod parts;
 
 use std::collections::BTreeMap;
 
@@ -16,6 +17,7 @@ pub use classic::classic_text;
 pub use labels::{ApiLatency, CgroupLabels, Label, RouteLabels};
 use labels::{EventLabels, FileLabels, KindLabels, NameLabels, StackLabels};
 use memlens_types::{cgroups::CgroupRow, event::EventKind, files::CachedFile, leaks::CgroupStack};
+pub use parts::{join, Part};
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -349,52 +351,6 @@ impl Exposition {
         encode(&mut out, &self.registry)?;
         Ok(out)
     }
-
-    /// This exposition's series as one part of a larger one (see [`join`]); its families must
-    /// not recur in the other parts.
-    pub fn encode_part(&self) -> Result<Part, std::fmt::Error> {
-        let mut openmetrics = self.encode()?;
-        openmetrics.truncate(openmetrics.trim_end_matches(EOF).len());
-        let classic = classic_text(&openmetrics);
-        Ok(Part {
-            openmetrics,
-            classic,
-        })
-    }
-}
-
-/// OpenMetrics' end marker.
-const EOF: &str = "# EOF\n";
-
-/// Series encoded apart from the rest of their exposition, in both text formats.
-#[derive(Debug, Default)]
-pub struct Part {
-    openmetrics: String,
-    classic: String,
-}
-
-/// One exposition of `parts`: OpenMetrics (with its end marker) or the classic text format.
-#[must_use]
-pub fn join(parts: &[&Part], openmetrics: bool) -> String {
-    let text = |p: &&Part| {
-        if openmetrics {
-            p.openmetrics.len()
-        } else {
-            p.classic.len()
-        }
-    };
-    let mut out = String::with_capacity(parts.iter().map(text).sum::<usize>() + EOF.len());
-    for part in parts {
-        out.push_str(if openmetrics {
-            &part.openmetrics
-        } else {
-            &part.classic
-        });
-    }
-    if openmetrics {
-        out.push_str(EOF);
-    }
-    out
 }
 
 impl Default for Exposition {
@@ -479,42 +435,6 @@ mod tests {
             "{classic}"
         );
         assert!(!classic.contains("# EOF"), "{classic}");
-    }
-
-    #[test]
-    fn parts_encoded_apart_join_into_the_whole() {
-        let rows = [row("/a"), row("/b")];
-        let labels = |r: &CgroupRow| CgroupLabels {
-            id: r.path.as_str().into(),
-            ..CgroupLabels::default()
-        };
-        let events = BTreeMap::from([(EventKind::LeakSuspected, 2)]);
-        let latency = ApiLatency::default();
-        let mut whole = Exposition::new();
-        whole.cgroups(&rows, &labels);
-        whole.events(&events);
-        whole.agent(&AgentFigures::default(), &latency);
-        let whole = whole.encode().unwrap();
-        let mut snapshot = Exposition::new();
-        snapshot.cgroups(&rows, &labels);
-        let mut live = Exposition::new();
-        live.events(&events);
-        live.agent(&AgentFigures::default(), &latency);
-        let (snapshot, live) = (snapshot.encode_part().unwrap(), live.encode_part().unwrap());
-        // A family's series come in its hash table's order: the same lines, in any order.
-        let lines = |text: &str| {
-            let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-            lines.sort();
-            lines
-        };
-        let joined = join(&[&snapshot, &live], true);
-        assert_eq!(lines(&joined), lines(&whole));
-        assert!(joined.ends_with("\n# EOF\n"), "{joined}");
-        assert_eq!(joined.matches("# EOF").count(), 1);
-        assert_eq!(
-            lines(&join(&[&snapshot, &live], false)),
-            lines(&classic_text(&whole))
-        );
     }
 
     #[test]

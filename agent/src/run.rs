@@ -204,7 +204,6 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         last_recorded: None,
         save_unwound: probes_pinned,
         last_save: None,
-        last_prune: None,
     };
     let views = Arc::new(Views::new(refresher.view()));
     let published = Arc::clone(&views);
@@ -325,8 +324,8 @@ fn resume_stacks(store: &mut Store, resumed: bool, table: &mut UnwoundTable) -> 
     match store.load_unwound() {
         Ok(saved) => {
             let n = saved.len();
-            for (tag, stack) in saved {
-                table.restore(tag.superblock, tag.pid, tag.ts_ns, stack);
+            for (slot, stack) in saved {
+                table.restore(slot, stack);
             }
             tracing::info!("{n} user stacks of the kept records restored");
             n

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-pub use memlens_types::stack::{FoundBy, StackStop, UnwoundFrame, UnwoundStack};
+pub use memlens_types::stack::{
+    FoundBy, SavedSlot, SavedStackId, StackStop, UnwoundChanges, UnwoundFrame, UnwoundStack,
+};
 
 /// One sampled allocation's stack copy.
 #[derive(Clone, Copy, Debug)]

@@ -19,7 +19,6 @@ pub use events::Applied;
 pub use lifecycle::MAX_LIFECYCLE_ROWS;
 use rusqlite::{Connection, OpenFlags};
 pub use traces::MAX_TRACES;
-pub use unwound::SlotTag;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -1,5 +1,7 @@
 //! Symbolized stack frames, as the API serves them.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// One frame of a symbolized stack, innermost first.
@@ -92,6 +94,40 @@ pub struct UnwoundStack {
     /// Why the unwinding stopped before the end of the stack; `None` when it reached the end
     /// the unwind tables mark (the program's or the thread's entry).
     pub stop: Option<StackStop>,
+}
+
+/// The key of an unwound stack saved in the agent's database, given when it is first saved:
+/// identical stacks share one, and keys only grow, so a saved stack is appended, never put in the
+/// middle of what is on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SavedStackId(pub u64);
+
+/// A superblock's sampled-page record as its unwound stack is saved: the allocation's thread
+/// and time (the record's tag) and the key of its stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SavedSlot {
+    pub superblock: u64,
+    pub pid: u32,
+    pub ts_ns: u64,
+    pub stack: SavedStackId,
+}
+
+/// What changed in the agent's unwound stacks since they were last saved.
+#[derive(Debug, Default)]
+pub struct UnwoundChanges {
+    /// Superblocks written, by superblock.
+    pub slots: Vec<SavedSlot>,
+    /// Stacks not saved before, by key.
+    pub stacks: Vec<(SavedStackId, Arc<UnwoundStack>)>,
+    /// Keys of saved stacks no superblock holds any more.
+    pub forgotten: Vec<SavedStackId>,
+}
+
+impl UnwoundChanges {
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty() && self.stacks.is_empty() && self.forgotten.is_empty()
+    }
 }
 
 /// How a user stack was unwound, taken over its frames.

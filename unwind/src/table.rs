@@ -5,14 +5,19 @@
 //! with the allocation's thread and time, and is used only while the record carries the same
 //! tag. So the table is bounded by the record array by construction. Identical stacks are
 //! stored once. The slots written since the last [`UnwoundTable::take_changed`] are remembered,
-//! for the agent to save (the kernel's records outlive it, the copies do not).
+//! for the agent to save (the kernel's records outlive it, the copies do not), and so is which
+//! stacks are saved already, under which key: a busy node unwinds about 15,000 new stacks a
+//! minute, and saving only those, appended under growing keys, and deleting by key the ones no
+//! slot holds any more, costs a fraction of what finding each stack's place by its hash did.
 
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
 };
 
-use memlens_model::user_stack::{UnwoundStack, UnwoundStacks};
+use memlens_model::user_stack::{
+    SavedSlot, SavedStackId, UnwoundChanges, UnwoundStack, UnwoundStacks,
+};
 
 #[derive(Clone)]
 struct Slot {
@@ -24,9 +29,14 @@ struct Slot {
 /// Unwound stacks by superblock.
 pub struct UnwoundTable {
     slots: Vec<Option<Slot>>,
-    interned: HashMap<Arc<UnwoundStack>, ()>,
+    /// Each distinct stack once, with its key once it has been saved.
+    interned: HashMap<Arc<UnwoundStack>, Option<SavedStackId>>,
     /// Superblocks written since the last `take_changed`.
     changed: HashSet<u64>,
+    /// Saved stacks no slot holds any more, to be deleted at the next save.
+    forgotten: Vec<SavedStackId>,
+    /// The key the next newly saved stack gets.
+    next_key: u64,
     /// Copies whose superblocks were outside the table (not expected: it is sized like the
     /// record array).
     pub out_of_range: u64,
@@ -40,6 +50,8 @@ impl UnwoundTable {
             slots: vec![None; usize::try_from(superblocks).unwrap_or(0)],
             interned: HashMap::new(),
             changed: HashSet::new(),
+            forgotten: Vec::new(),
+            next_key: 1,
             out_of_range: 0,
         }
     }
@@ -55,7 +67,7 @@ impl UnwoundTable {
     ) {
         // Kept for as long as its records live: without the unwinder's spare capacity.
         stack.frames.shrink_to_fit();
-        let stack = self.intern(Arc::new(stack));
+        let stack = self.intern(Arc::new(stack), None);
         for i in 0..u64::from(superblocks) {
             let superblock = first_superblock + i;
             if self.put(superblock, pid, ts_ns, Arc::clone(&stack)) {
@@ -65,21 +77,60 @@ impl UnwoundTable {
     }
 
     /// Puts back a stack saved by an earlier agent for the record it was unwound for.
-    pub fn restore(&mut self, superblock: u64, pid: u32, ts_ns: u64, stack: Arc<UnwoundStack>) {
-        let stack = self.intern(stack);
-        self.put(superblock, pid, ts_ns, stack);
+    pub fn restore(&mut self, slot: SavedSlot, stack: Arc<UnwoundStack>) {
+        self.next_key = self.next_key.max(slot.stack.0.saturating_add(1));
+        let stack = self.intern(stack, Some(slot.stack));
+        self.put(slot.superblock, slot.pid, slot.ts_ns, stack);
     }
 
-    /// The slots written since the last call: (superblock, thread, time, stack).
-    pub fn take_changed(&mut self) -> Vec<(u64, u32, u64, Arc<UnwoundStack>)> {
-        let changed = std::mem::take(&mut self.changed);
-        changed
-            .into_iter()
-            .filter_map(|superblock| {
-                let slot = self.slot(superblock)?;
-                Some((superblock, slot.pid, slot.ts_ns, Arc::clone(&slot.stack)))
-            })
-            .collect()
+    /// What to save: the slots written since the last call, the stacks they hold that were not
+    /// saved before (given their keys now), and the saved stacks no slot holds any more (as of
+    /// the last [`UnwoundTable::collect`]). Slots come by superblock and new stacks by key, the
+    /// order they are stored in.
+    pub fn take_changed(&mut self) -> UnwoundChanges {
+        let mut superblocks: Vec<u64> = self.changed.drain().collect();
+        superblocks.sort_unstable();
+        let mut changes = UnwoundChanges {
+            forgotten: std::mem::take(&mut self.forgotten),
+            ..UnwoundChanges::default()
+        };
+        changes.forgotten.sort_unstable();
+        for superblock in superblocks {
+            let Some(slot) = self
+                .slots
+                .get(usize::try_from(superblock).unwrap_or(usize::MAX))
+                .and_then(Option::as_ref)
+            else {
+                continue;
+            };
+            let key = self.interned.entry(Arc::clone(&slot.stack)).or_default();
+            let key = *key.get_or_insert_with(|| {
+                let key = SavedStackId(self.next_key);
+                self.next_key += 1;
+                changes.stacks.push((key, Arc::clone(&slot.stack)));
+                key
+            });
+            changes.slots.push(SavedSlot {
+                superblock,
+                pid: slot.pid,
+                ts_ns: slot.ts_ns,
+                stack: key,
+            });
+        }
+        changes
+    }
+
+    /// The last save did not happen: everything is saved again next time, under new keys (the
+    /// database may hold some of the old ones; a stack under a key no slot names is deleted when
+    /// the next agent loads them).
+    pub fn save_failed(&mut self) {
+        for key in self.interned.values_mut() {
+            *key = None;
+        }
+        self.forgotten.clear();
+        self.changed = (0..self.slots.len() as u64)
+            .filter(|&superblock| self.slot(superblock).is_some())
+            .collect();
     }
 
     /// Superblock `superblock`'s slot, if written.
@@ -87,11 +138,11 @@ impl UnwoundTable {
         self.slots.get(usize::try_from(superblock).ok()?)?.as_ref()
     }
 
-    fn intern(&mut self, stack: Arc<UnwoundStack>) -> Arc<UnwoundStack> {
+    fn intern(&mut self, stack: Arc<UnwoundStack>, key: Option<SavedStackId>) -> Arc<UnwoundStack> {
         match self.interned.get_key_value(&stack) {
-            Some((kept, ())) => Arc::clone(kept),
+            Some((kept, _)) => Arc::clone(kept),
             None => {
-                self.interned.insert(Arc::clone(&stack), ());
+                self.interned.insert(Arc::clone(&stack), key);
                 stack
             }
         }
@@ -114,10 +165,16 @@ impl UnwoundTable {
         }
     }
 
-    /// Forgets the stacks no slot refers to any more.
+    /// Forgets the stacks nothing refers to any more (the saved ones at the next save).
     pub fn collect(&mut self) {
-        self.interned
-            .retain(|stack, ()| Arc::strong_count(stack) > 1);
+        let forgotten = &mut self.forgotten;
+        self.interned.retain(|stack, key| {
+            let kept = Arc::strong_count(stack) > 1;
+            if let (false, Some(key)) = (kept, key) {
+                forgotten.push(*key);
+            }
+            kept
+        });
     }
 
     /// Distinct stacks held.
@@ -205,23 +262,71 @@ mod tests {
     #[test]
     fn written_slots_are_handed_out_once_and_restored_ones_not_at_all() {
         let mut table = UnwoundTable::new(8);
+        table.insert(3, 1, 9, 900, stack(0x3));
         table.insert(2, 2, 10, 1000, stack(0x1));
-        table.insert(3, 1, 11, 2000, stack(0x2));
-        let mut changed = table.take_changed();
-        changed.sort_by_key(|c| c.0);
+        table.insert(4, 1, 11, 2000, stack(0x1));
+        let changes = table.take_changed();
+        let slot = |superblock, pid, ts_ns, key| SavedSlot {
+            superblock,
+            pid,
+            ts_ns,
+            stack: SavedStackId(key),
+        };
         assert_eq!(
-            changed
+            changes.slots,
+            [
+                slot(2, 10, 1000, 1),
+                slot(3, 10, 1000, 1),
+                slot(4, 11, 2000, 1)
+            ],
+            "by superblock; superblock 3 holds the later allocation"
+        );
+        assert_eq!(
+            changes
+                .stacks
                 .iter()
-                .map(|(sb, pid, ts, s)| (*sb, *pid, *ts, s.frames[0].addr))
+                .map(|(key, s)| (key.0, s.frames[0].addr))
                 .collect::<Vec<_>>(),
-            [(2, 10, 1000, 0x1), (3, 11, 2000, 0x2)],
-            "superblock 3 holds the later allocation"
+            [(1, 0x1)],
+            "0x3 was overwritten before it was saved"
         );
         assert!(table.take_changed().is_empty());
-        table.restore(5, 12, 3000, Arc::new(stack(0x1)));
+        table.restore(slot(5, 12, 3000, 7), Arc::new(stack(0x2)));
         assert!(table.take_changed().is_empty());
         assert!(table.unwound(5, 12, 3000).is_some());
-        assert_eq!(table.distinct(), 2, "the restored stack is the kept 0x1");
+        table.insert(6, 1, 13, 4000, stack(0x2));
+        table.insert(7, 1, 14, 5000, stack(0x4));
+        let changes = table.take_changed();
+        assert_eq!(
+            changes.slots,
+            [slot(6, 13, 4000, 7), slot(7, 14, 5000, 8)],
+            "the restored stack keeps its key; new keys come after it"
+        );
+        assert_eq!(changes.stacks.len(), 1);
+    }
+
+    #[test]
+    fn saved_stacks_no_slot_holds_are_forgotten_once() {
+        let mut table = UnwoundTable::new(4);
+        table.insert(0, 1, 1, 1, stack(0x1));
+        table.insert(1, 1, 1, 2, stack(0x2));
+        table.take_changed();
+        // Both superblocks taken by a newer allocation.
+        table.insert(0, 2, 1, 3, stack(0x3));
+        table.collect();
+        let changes = table.take_changed();
+        assert_eq!(changes.forgotten, [SavedStackId(1), SavedStackId(2)]);
+        assert_eq!(changes.stacks.len(), 1);
+        table.collect();
+        assert!(table.take_changed().forgotten.is_empty());
+        table.save_failed();
+        let again = table.take_changed();
+        assert_eq!(
+            again.slots.iter().map(|s| s.stack.0).collect::<Vec<_>>(),
+            [4, 4],
+            "after a failed save, every slot and stack again, under new keys"
+        );
+        assert_eq!(again.stacks.len(), 1);
     }
 
     #[test]

@@ -18,8 +18,8 @@ use memlens_kernel::{
     collectors::{census::PageCensus, page_cache::PageCacheCollector, stack_gc::StackGc},
     Probes,
 };
-use memlens_model::user_stack::UnwoundStack;
-use memlens_store::{SlotTag, Store};
+use memlens_model::user_stack::UnwoundChanges;
+use memlens_store::Store;
 use memlens_types::{selector::MountPoint, unix_ms, PageSize};
 use memlens_unwind::table::UnwoundTable;
 
@@ -35,10 +35,9 @@ const TOP_FILES: usize = 50;
 const CATCH_UP: usize = 65_536;
 /// New stacks of live processes symbolized in the background per refresh.
 const PREFETCH_PER_REFRESH: usize = 256;
-/// Unwound stacks are saved for the next agent this often (a crash loses at most this much of
-/// them), and those no record holds any more deleted at most every `SAVED_STACKS_PRUNE_INTERVAL`.
+/// Unwound stacks are saved for the next agent at most this often (a crash loses at most this
+/// much of them, or a refresh interval when that is longer).
 const SAVE_INTERVAL: Duration = Duration::from_secs(10);
-const SAVED_STACKS_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Owns everything one refresh reads.
 pub struct Refresher {
@@ -63,7 +62,6 @@ pub struct Refresher {
     /// Whether unwound stacks are saved: the kernel's records outlive the agent.
     pub save_unwound: bool,
     pub last_save: Option<Instant>,
-    pub last_prune: Option<Instant>,
 }
 
 impl Refresher {
@@ -100,7 +98,7 @@ impl Refresher {
                 self.last_gc = Some(Instant::now());
             }
         }
-        let mut unwound = Vec::new();
+        let mut unwound = UnwoundChanges::default();
         let leaks = census.as_ref().map(|census| {
             // The copies of the allocations this census sees are unwound first; the attribution
             // then reads a copy of the table's slots, so the unwinder goes on meanwhile.
@@ -203,32 +201,17 @@ impl Refresher {
         self.save(unwound);
     }
 
-    /// Saves the stacks unwound since the last save, for the next agent.
-    fn save(&mut self, unwound: Vec<(u64, u32, u64, Arc<UnwoundStack>)>) {
-        if unwound.is_empty() {
+    /// Saves the stacks unwound since the last save, for the next agent; when that fails,
+    /// everything is saved again next time.
+    fn save(&mut self, changes: UnwoundChanges) {
+        if changes.is_empty() {
             return;
         }
-        let prune = self
-            .last_prune
-            .is_none_or(|t| t.elapsed() >= SAVED_STACKS_PRUNE_INTERVAL);
-        let slots: Vec<_> = unwound
-            .into_iter()
-            .map(|(superblock, pid, ts_ns, stack)| {
-                (
-                    SlotTag {
-                        superblock,
-                        pid,
-                        ts_ns,
-                    },
-                    stack,
-                )
-            })
-            .collect();
-        if prune {
-            self.last_prune = Some(Instant::now());
-        }
-        if let Err(e) = self.store.save_unwound(&slots, prune) {
+        if let Err(e) = self.store.save_unwound(&changes) {
             tracing::warn!("unwound stacks not saved for the next agent: {e}");
+            if let Some(mut u) = self.unwinding.as_ref().and_then(|u| u.lock().ok()) {
+                u.table.save_failed();
+            }
         }
     }
 }

@@ -243,7 +243,6 @@ pub fn run(root: &Path, which: Bench) -> Result<()> {
     }
 }
 
-/// Builds the benchmarks' workload binary; returns its path.
 /// Builds the benches and workloads of the test crate (`target/release/memlens-*`).
 fn build_test_bins(root: &Path) -> Result<()> {
     util::run(Command::new("cargo").current_dir(root).args([

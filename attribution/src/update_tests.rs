@@ -97,8 +97,8 @@ fn unchanged_frames_keep_their_stacks_and_a_later_copy_or_allocation_replaces_th
         (WALK_KEY, vec![code(inner), code(outer)]),
     ]));
     let mut records = Records((1..=3).map(|sb| (sb, record(ts + sb))).collect());
-    let copy = Arc::new(UnwoundStack {
-        frames: vec![
+    let copy = Arc::new(UnwoundStack::new(
+        &[
             UnwoundFrame {
                 addr: code(outer),
                 found_by: FoundBy::Registers,
@@ -108,8 +108,8 @@ fn unchanged_frames_keep_their_stacks_and_a_later_copy_or_allocation_replaces_th
                 found_by: FoundBy::UnwindTables,
             },
         ],
-        stop: None,
-    });
+        None,
+    ));
     let mut copies = Copies(HashMap::from([(3, Arc::clone(&copy))]));
     let census = Census {
         shift: 7,

@@ -197,8 +197,7 @@ impl Attribution {
     /// A stack unwound in userspace from a copy of the stack.
     pub(crate) fn unwound_stack(stack: &UnwoundStack) -> RawStack {
         let addrs = stack
-            .frames
-            .iter()
+            .frames()
             .map(|f| StackAddr {
                 addr: f.addr,
                 return_address: f.found_by != FoundBy::Registers,
@@ -206,12 +205,11 @@ impl Attribution {
             })
             .collect();
         let by_tables = stack
-            .frames
-            .iter()
+            .frames()
             .skip(1)
             .filter(|f| f.found_by == FoundBy::UnwindTables)
             .count();
-        let method = match stack.frames.len().saturating_sub(1) {
+        let method = match stack.len().saturating_sub(1) {
             callers if by_tables == callers => UnwindMethod::UnwindTables,
             _ if by_tables > 0 => UnwindMethod::Mixed,
             _ => UnwindMethod::FramePointers,

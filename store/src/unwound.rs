@@ -22,15 +22,10 @@ const FRAME_BYTES: usize = 9;
 /// A stack's frames as saved: 9 bytes a frame (a busy node saves hundreds of stacks a second;
 /// JSON took four times the room).
 fn encode(stack: &UnwoundStack) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(stack.frames.len() * FRAME_BYTES);
-    for f in &stack.frames {
+    let mut bytes = Vec::with_capacity(stack.len() * FRAME_BYTES);
+    for f in stack.frames() {
         bytes.extend_from_slice(&f.addr.to_le_bytes());
-        bytes.push(match f.found_by {
-            FoundBy::Registers => 0,
-            FoundBy::UnwindTables => 1,
-            FoundBy::FramePointer => 2,
-            FoundBy::RecoveredLeaf => 3,
-        });
+        bytes.push(f.found_by.bits());
     }
     bytes
 }
@@ -45,10 +40,7 @@ fn decode(bytes: &[u8]) -> Result<Vec<UnwoundFrame>, String> {
             let mut addr = [0; 8];
             addr.copy_from_slice(&f[..8]);
             let found_by = match f[8] {
-                0 => FoundBy::Registers,
-                1 => FoundBy::UnwindTables,
-                2 => FoundBy::FramePointer,
-                3 => FoundBy::RecoveredLeaf,
+                kind @ 0..=3 => FoundBy::from_bits(kind),
                 other => return Err(format!("frame kind {other}")),
             };
             Ok(UnwoundFrame {
@@ -120,13 +112,12 @@ impl Store {
                     None => {
                         let frames: Vec<u8> = row.get(4)?;
                         let stop: Option<String> = row.get(5)?;
-                        let stack = Arc::new(UnwoundStack {
-                            frames: decode(&frames).map_err(|e| corrupt(4, e))?,
-                            stop: stop
-                                .map(|s| serde_json::from_str(&s))
+                        let stack = Arc::new(UnwoundStack::new(
+                            &decode(&frames).map_err(|e| corrupt(4, e))?,
+                            stop.map(|s| serde_json::from_str(&s))
                                 .transpose()
                                 .map_err(|e| corrupt(5, e))?,
-                        });
+                        ));
                         stacks.insert(key, Arc::clone(&stack));
                         stack
                     }
@@ -162,8 +153,8 @@ mod tests {
     use super::*;
 
     fn stack(addr: u64) -> Arc<UnwoundStack> {
-        Arc::new(UnwoundStack {
-            frames: vec![
+        Arc::new(UnwoundStack::new(
+            &[
                 UnwoundFrame {
                     addr,
                     found_by: FoundBy::Registers,
@@ -173,8 +164,8 @@ mod tests {
                     found_by: FoundBy::UnwindTables,
                 },
             ],
-            stop: Some(StackStop::CopyEnded { bytes: 16384 }),
-        })
+            Some(StackStop::CopyEnded { bytes: 16384 }),
+        ))
     }
 
     fn slot(superblock: u64, key: u64) -> SavedSlot {
@@ -283,6 +274,6 @@ mod tests {
             [slot(4, 2), slot(5, 1), slot(6, 1)],
             "keys in the old hashes' order"
         );
-        assert_eq!(loaded[0].1.frames[0].addr, 0x1000);
+        assert_eq!(loaded[0].1.frame(0).map(|f| f.addr), Some(0x1000));
     }
 }

@@ -4,17 +4,18 @@
 //! works across mount namespaces and for deleted binaries), and after it exited through the
 //! binary's path only if that file is still the very one that was mapped (same device and inode);
 //! otherwise frames show as `[unknown] module+offset`, never as a wrong name. Kernel stacks come
-//! from kallsyms. blazesym caches parsed binaries by device and inode, so the same library
-//! mapped by a thousand processes is parsed once.
+//! from kallsyms, read only for addresses not named yet. blazesym caches parsed binaries by device
+//! and inode, so the same library mapped by a thousand processes is parsed once.
 
 pub mod gopclntab;
+mod kallsyms;
 pub mod leaf;
 
 use std::{num::NonZeroUsize, os::unix::fs::MetadataExt as _, path::Path};
 
 use blazesym::symbolize::{
     evict,
-    source::{Elf, Kernel, Process, Source},
+    source::{Elf, Process, Source},
     Input, Symbolized, Symbolizer as Blaze,
 };
 use lru::LruCache;
@@ -189,27 +190,25 @@ impl Symbolizer {
             .filter(|a| !self.kernel.contains(a))
             .collect();
         if !missing.is_empty() {
-            let source = Source::Kernel(Kernel::default());
-            let results = self.blaze.symbolize(&source, Input::AbsAddr(&missing)).ok();
-            for (i, &addr) in missing.iter().enumerate() {
-                let frames = results
-                    .as_ref()
-                    .and_then(|r| r.get(i))
-                    .and_then(|s| match s {
-                        Symbolized::Sym(sym) => Some(vec![Frame {
-                            addr,
-                            function: Some(sym.name.to_string()),
-                            module: Some("[kernel]".into()),
-                            module_offset: None,
-                            file: None,
-                            line: None,
-                            inlined: false,
-                            recovered: false,
-                        }]),
-                        Symbolized::Unknown(_) => None,
-                    })
-                    .unwrap_or_else(|| vec![unknown_frame(addr, None, false)]);
-                self.kernel.put(addr, frames);
+            let names = kallsyms::function_names(&missing).unwrap_or_else(|e| {
+                tracing::debug!("kernel functions not named: {e}");
+                vec![None; missing.len()]
+            });
+            for (addr, name) in missing.into_iter().zip(names) {
+                let frame = match name {
+                    Some(name) => Frame {
+                        addr,
+                        function: Some(name),
+                        module: Some("[kernel]".into()),
+                        module_offset: None,
+                        file: None,
+                        line: None,
+                        inlined: false,
+                        recovered: false,
+                    },
+                    None => unknown_frame(addr, None, false),
+                };
+                self.kernel.put(addr, vec![frame]);
             }
         }
         let frames: Vec<Frame> = addrs
@@ -221,13 +220,13 @@ impl Symbolizer {
         frames[skip..].to_vec()
     }
 
-    /// Drops what blazesym cached for a process that is gone.
     /// Drops everything blazesym keeps of the files it read (symbol tables, parsed DWARF: tens
     /// of MiB for a large binary with debug information), keeping the kernel's names.
     pub fn drop_file_caches(&mut self) {
         self.blaze = Symbolizer::blaze();
     }
 
+    /// Drops what blazesym cached for a process that is gone.
     pub fn forget_process(&mut self, pid: u32) {
         let _ = self
             .blaze

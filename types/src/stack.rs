@@ -77,6 +77,30 @@ pub enum FoundBy {
     RecoveredLeaf,
 }
 
+impl FoundBy {
+    /// Two bits naming the variant.
+    #[must_use]
+    pub fn bits(self) -> u8 {
+        match self {
+            FoundBy::Registers => 0,
+            FoundBy::UnwindTables => 1,
+            FoundBy::FramePointer => 2,
+            FoundBy::RecoveredLeaf => 3,
+        }
+    }
+
+    /// The variant the low two bits of `bits` name.
+    #[must_use]
+    pub fn from_bits(bits: u8) -> FoundBy {
+        match bits & 3 {
+            0 => FoundBy::Registers,
+            1 => FoundBy::UnwindTables,
+            2 => FoundBy::FramePointer,
+            _ => FoundBy::RecoveredLeaf,
+        }
+    }
+}
+
 /// One frame of an unwound stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct UnwoundFrame {
@@ -88,12 +112,83 @@ pub struct UnwoundFrame {
 
 /// A user stack unwound in userspace from a copy the kernel program took, innermost first; the
 /// agent keeps them across restarts.
+///
+/// Held for every sampled allocation on record (tens of thousands of distinct stacks on a busy
+/// node), so stored packed: the addresses, then how each frame was found in two bits, 8.25
+/// bytes a frame where a list of [`UnwoundFrame`] takes 16.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "StackFrames", into = "StackFrames")]
 pub struct UnwoundStack {
-    pub frames: Vec<UnwoundFrame>,
+    addrs: Box<[u64]>,
+    /// `FoundBy` of frame `i` in bits `2 * (i % 4)` of byte `i / 4`.
+    found_by: Box<[u8]>,
     /// Why the unwinding stopped before the end of the stack; `None` when it reached the end
     /// the unwind tables mark (the program's or the thread's entry).
     pub stop: Option<StackStop>,
+}
+
+impl UnwoundStack {
+    #[must_use]
+    pub fn new(frames: &[UnwoundFrame], stop: Option<StackStop>) -> UnwoundStack {
+        let mut found_by = vec![0u8; frames.len().div_ceil(4)];
+        for (i, f) in frames.iter().enumerate() {
+            found_by[i / 4] |= f.found_by.bits() << (2 * (i % 4));
+        }
+        UnwoundStack {
+            addrs: frames.iter().map(|f| f.addr).collect(),
+            found_by: found_by.into_boxed_slice(),
+            stop,
+        }
+    }
+
+    /// The frames, innermost first.
+    pub fn frames(&self) -> impl ExactSizeIterator<Item = UnwoundFrame> + '_ {
+        self.addrs
+            .iter()
+            .enumerate()
+            .map(|(i, &addr)| UnwoundFrame {
+                addr,
+                found_by: FoundBy::from_bits(self.found_by[i / 4] >> (2 * (i % 4))),
+            })
+    }
+
+    /// Frame `i` (0 is the innermost).
+    #[must_use]
+    pub fn frame(&self, i: usize) -> Option<UnwoundFrame> {
+        self.frames().nth(i)
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.addrs.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.addrs.is_empty()
+    }
+}
+
+/// [`UnwoundStack`] as it is written out: its frames listed.
+#[derive(Serialize, Deserialize)]
+struct StackFrames {
+    frames: Vec<UnwoundFrame>,
+    stop: Option<StackStop>,
+}
+
+impl From<StackFrames> for UnwoundStack {
+    fn from(s: StackFrames) -> UnwoundStack {
+        UnwoundStack::new(&s.frames, s.stop)
+    }
+}
+
+impl From<UnwoundStack> for StackFrames {
+    fn from(s: UnwoundStack) -> StackFrames {
+        StackFrames {
+            frames: s.frames().collect(),
+            stop: s.stop,
+        }
+    }
 }
 
 /// The key of an unwound stack saved in the agent's database, given when it is first saved:
@@ -176,5 +271,37 @@ impl std::fmt::Display for StackStop {
             StackStop::NoProgress => f.write_str("the unwind rules did not advance"),
             StackStop::FrameLimit { frames } => write!(f, "more than {frames} frames"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_packed_stack_gives_its_frames_back_and_is_written_as_a_list() {
+        let kinds = [
+            FoundBy::Registers,
+            FoundBy::RecoveredLeaf,
+            FoundBy::UnwindTables,
+            FoundBy::FramePointer,
+            FoundBy::UnwindTables,
+        ];
+        let frames: Vec<UnwoundFrame> = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, &found_by)| UnwoundFrame {
+                addr: u64::MAX - i as u64,
+                found_by,
+            })
+            .collect();
+        let stack = UnwoundStack::new(&frames, Some(StackStop::NoProgress));
+        assert_eq!(stack.frames().collect::<Vec<_>>(), frames);
+        assert_eq!(stack.frame(4), Some(frames[4]));
+        assert_eq!(stack.len(), 5);
+        let json = serde_json::to_value(&stack).unwrap();
+        assert_eq!(json["frames"][1]["found_by"], "recovered_leaf");
+        let back: UnwoundStack = serde_json::from_value(json).unwrap();
+        assert_eq!(back, stack);
     }
 }

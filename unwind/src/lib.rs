@@ -207,8 +207,7 @@ impl Unwinder {
         let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         s.busy_ns.fetch_add(ns, Ordering::Relaxed);
         if unwound
-            .frames
-            .iter()
+            .frames()
             .skip(1)
             .all(|f| f.found_by != FoundBy::UnwindTables)
         {
@@ -280,7 +279,7 @@ impl Unwinder {
             &mut read,
         );
         let stop = collect(&mut iter, &mut frames, sample, Some(&check));
-        UnwoundStack { frames, stop }
+        UnwoundStack::new(&frames, stop)
     }
 
     /// Frame pointers only, every address taken as it is: for a process whose mappings are
@@ -296,7 +295,7 @@ impl Unwinder {
         );
         let mut frames = Vec::new();
         let stop = collect(&mut iter, &mut frames, sample, None);
-        UnwoundStack { frames, stop }
+        UnwoundStack::new(&frames, stop)
     }
 
     /// Makes sure the process with pid `tgid` is known, and is still the one it was.
@@ -449,17 +448,14 @@ mod tests {
             .expect("thread");
         assert_eq!(stack.stop, None, "{stack:?}");
         // capture, six `middle`s, the closure and std's thread start-up, glibc's start_thread.
-        assert!(stack.frames.len() >= 9, "{} frames", stack.frames.len());
-        assert_eq!(stack.frames[0].found_by, FoundBy::Registers);
-        assert!(stack.frames[1..]
+        let frames: Vec<UnwoundFrame> = stack.frames().collect();
+        assert!(frames.len() >= 9, "{} frames", frames.len());
+        assert_eq!(frames[0].found_by, FoundBy::Registers);
+        assert!(frames[1..]
             .iter()
             .all(|f| f.found_by == FoundBy::UnwindTables));
         // The six calls of `middle` return to the same instruction.
-        let middle_returns = stack
-            .frames
-            .iter()
-            .filter(|f| f.addr == stack.frames[2].addr)
-            .count();
+        let middle_returns = frames.iter().filter(|f| f.addr == frames[2].addr).count();
         assert!(middle_returns >= 5, "{stack:?}");
         assert_eq!(stats.samples.load(Ordering::Relaxed), 1);
     }

@@ -63,10 +63,8 @@ impl UnwoundTable {
         superblocks: u32,
         pid: u32,
         ts_ns: u64,
-        mut stack: UnwoundStack,
+        stack: UnwoundStack,
     ) {
-        // Kept for as long as its records live: without the unwinder's spare capacity.
-        stack.frames.shrink_to_fit();
         let stack = self.intern(Arc::new(stack), None);
         for i in 0..u64::from(superblocks) {
             let superblock = first_superblock + i;
@@ -227,13 +225,13 @@ mod tests {
     use super::*;
 
     fn stack(addr: u64) -> UnwoundStack {
-        UnwoundStack {
-            frames: vec![UnwoundFrame {
+        UnwoundStack::new(
+            &[UnwoundFrame {
                 addr,
                 found_by: FoundBy::Registers,
             }],
-            stop: None,
-        }
+            None,
+        )
     }
 
     #[test]
@@ -252,7 +250,10 @@ mod tests {
         table.insert(3, 1, 12, 2000, stack(0x2));
         assert!(table.unwound(3, 10, 1000).is_none());
         assert_eq!(
-            table.unwound(3, 12, 2000).map(|s| s.frames[0].addr),
+            table
+                .unwound(3, 12, 2000)
+                .and_then(|s| s.frame(0))
+                .map(|f| f.addr),
             Some(0x2)
         );
         table.insert(7, 2, 1, 1, stack(0x1));
@@ -285,7 +286,7 @@ mod tests {
             changes
                 .stacks
                 .iter()
-                .map(|(key, s)| (key.0, s.frames[0].addr))
+                .map(|(key, s)| (key.0, s.frame(0).map_or(0, |f| f.addr)))
                 .collect::<Vec<_>>(),
             [(1, 0x1)],
             "0x3 was overwritten before it was saved"
@@ -356,7 +357,10 @@ mod tests {
             "7 has no slot, 9 is out of range, 5 is asked twice"
         );
         assert_eq!(
-            slots.unwound(5, 11, 2000).map(|s| s.frames[0].addr),
+            slots
+                .unwound(5, 11, 2000)
+                .and_then(|s| s.frame(0))
+                .map(|f| f.addr),
             Some(0x2)
         );
         assert!(slots.unwound(1, 10, 1000).is_some());

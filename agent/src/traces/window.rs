@@ -220,12 +220,7 @@ fn take(
             let frames = if stack.stack.is_empty() {
                 Vec::new()
             } else {
-                unwinder
-                    .unwind(&stack)
-                    .frames
-                    .iter()
-                    .map(|f| f.addr)
-                    .collect()
+                unwinder.unwind(&stack).frames().map(|f| f.addr).collect()
             };
             recorder.record(TraceEvent::Sample {
                 id,

@@ -34,7 +34,7 @@ use memlens_kernel::{
 use memlens_pods::{LogDirs, PodDirectory};
 use memlens_runtimes::go_heap::GoHeapReader;
 use memlens_store::Store;
-use memlens_unwind::{table::UnwoundTable, UnwindStats, Unwinder};
+use memlens_unwind::{table::UnwoundTable, ProcessEnds, UnwindStats, Unwinder};
 
 use crate::{
     api::{
@@ -123,13 +123,16 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
     };
     let lifecycle_ring = probes.lifecycle.take();
     let unwind_stats = Arc::new(UnwindStats::default());
+    let process_ends = lifecycle_ring
+        .is_some()
+        .then(|| Arc::new(ProcessEnds::default()));
     let mut restored_stacks = 0;
     let unwinding = probes.stack_copies.take().map(|ring| {
         let mut table = UnwoundTable::new(probes.report.sample_entries);
         restored_stacks = resume_stacks(&mut store, resumed, &mut table);
         Arc::new(Mutex::new(Unwinding::new(
             ring,
-            Unwinder::new(Arc::clone(&unwind_stats)),
+            Unwinder::new(Arc::clone(&unwind_stats), process_ends.clone()),
             table,
         )))
     });
@@ -217,6 +220,7 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
                 leaks: leaks.clone(),
                 stats: Arc::clone(&lifecycle_stats),
                 heartbeat: health.worker("lifecycle", LIFECYCLE_BOUND),
+                ends: unwinding.as_ref().and(process_ends),
             },
             &args.db,
             args.retention,

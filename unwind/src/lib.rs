@@ -19,8 +19,8 @@ pub mod table;
 use std::{
     num::NonZeroUsize,
     sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
@@ -108,8 +108,46 @@ const MAX_PROCESSES: NonZeroUsize = NonZeroUsize::new(8192).expect("non-zero");
 /// enough for code loaded right after a first read (a process first seen between its fork and
 /// its exec, then dlopen), rarely enough that a process full of stray addresses costs little.
 const REMAP_INTERVAL: Duration = Duration::from_millis(200);
-/// How often a kept process is checked to still be the one with its pid.
+/// How often a kept process is checked to still be the one with its pid (its start time read
+/// from `/proc/<pid>/stat`): when the processes' ends are not known, and when they are (a pid
+/// taken again is then seen at the next copy), as a backstop. Reading the start time every 5 s
+/// for each of a busy node's 2,000 allocating processes was a fifth of the unwinder's CPU.
 const RECHECK_INTERVAL: Duration = Duration::from_secs(5);
+const RECHECK_INTERVAL_WITH_ENDS: Duration = Duration::from_secs(60);
+/// Process ends kept for the unwinder between two of its rounds; beyond, every kept process is
+/// checked again instead.
+const MAX_PENDING_ENDS: usize = 65_536;
+
+/// Processes that ended (pid and `CLOCK_MONOTONIC` ns), as the lifecycle programs report them,
+/// for the unwinder: a copy taken after its pid's process ended is another process's.
+#[derive(Debug, Default)]
+pub struct ProcessEnds {
+    pending: Mutex<Vec<(u32, u64)>>,
+    overflowed: AtomicBool,
+}
+
+impl ProcessEnds {
+    pub fn push(&self, tgid: u32, ts_ns: u64) {
+        let Ok(mut pending) = self.pending.lock() else {
+            return;
+        };
+        if pending.len() < MAX_PENDING_ENDS {
+            pending.push((tgid, ts_ns));
+        } else {
+            self.overflowed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The ends pushed since the last call, and whether some did not fit.
+    fn take(&self) -> (Vec<(u32, u64)>, bool) {
+        let ends = self
+            .pending
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default();
+        (ends, self.overflowed.swap(false, Ordering::Relaxed))
+    }
+}
 
 /// What the unwinder has done, readable from any thread.
 #[derive(Debug, Default)]
@@ -157,6 +195,8 @@ struct Process {
     code: Vec<Code>,
     mapped_at: Instant,
     checked_at: Instant,
+    /// When the process with this pid ended, if it did.
+    ended_ns: Option<u64>,
 }
 
 impl Process {
@@ -183,16 +223,44 @@ pub struct Unwinder {
     files: ModuleFiles,
     cache: CacheX86_64,
     stats: Arc<UnwindStats>,
+    ends: Option<Arc<ProcessEnds>>,
+    recheck: Duration,
 }
 
 impl Unwinder {
+    /// An unwinder told of processes' ends through `ends`, when the lifecycle programs run.
     #[must_use]
-    pub fn new(stats: Arc<UnwindStats>) -> Unwinder {
+    pub fn new(stats: Arc<UnwindStats>, ends: Option<Arc<ProcessEnds>>) -> Unwinder {
         Unwinder {
             processes: LruCache::new(MAX_PROCESSES),
             files: ModuleFiles::default(),
             cache: CacheX86_64::new(),
             stats,
+            recheck: if ends.is_some() {
+                RECHECK_INTERVAL_WITH_ENDS
+            } else {
+                RECHECK_INTERVAL
+            },
+            ends,
+        }
+    }
+
+    /// Marks the kept processes that ended since the last call.
+    pub fn note_ends(&mut self) {
+        let Some(ends) = &self.ends else {
+            return;
+        };
+        let (ended, overflowed) = ends.take();
+        for (tgid, ts_ns) in ended {
+            if let Some(p) = self.processes.peek_mut(&tgid) {
+                p.ended_ns = Some(ts_ns);
+            }
+        }
+        if overflowed {
+            let long_ago = Instant::now().checked_sub(self.recheck);
+            for (_, p) in self.processes.iter_mut() {
+                p.checked_at = long_ago.unwrap_or(p.checked_at);
+            }
         }
     }
 
@@ -229,7 +297,7 @@ impl Unwinder {
     }
 
     fn unwind_inner(&mut self, sample: &StackSample<'_>) -> UnwoundStack {
-        if self.ensure_process(sample.tgid).is_none() {
+        if self.ensure_process(sample.tgid, sample.ts_ns).is_none() {
             // Gone before its mappings could be read: frame pointers, unchecked, as the
             // kernel's walk would have given.
             return self.walk_unknown(sample);
@@ -298,15 +366,17 @@ impl Unwinder {
         UnwoundStack::new(&frames, stop)
     }
 
-    /// Makes sure the process with pid `tgid` is known, and is still the one it was.
-    fn ensure_process(&mut self, tgid: u32) -> Option<()> {
+    /// Makes sure the process with pid `tgid` at `ts_ns` is known, and is the one kept.
+    fn ensure_process(&mut self, tgid: u32, ts_ns: u64) -> Option<()> {
         if let Some(p) = self.processes.get_mut(&tgid) {
-            if p.checked_at.elapsed() < RECHECK_INTERVAL {
+            let reused = p.ended_ns.is_some_and(|ended| ts_ns > ended);
+            if !reused && p.checked_at.elapsed() < self.recheck {
                 return Some(());
             }
             match memlens_procfs::start_time_ns(tgid) {
                 Ok(start) if start == p.start_ns => {
                     p.checked_at = Instant::now();
+                    p.ended_ns = None;
                     return Some(());
                 }
                 _ => {
@@ -385,6 +455,7 @@ impl Unwinder {
             code,
             mapped_at: now,
             checked_at: now,
+            ended_ns: None,
         })
     }
 }
@@ -439,9 +510,38 @@ mod tests {
     }
 
     #[test]
+    fn a_pid_is_read_again_only_for_copies_taken_after_its_process_ended() {
+        let ends = Arc::new(ProcessEnds::default());
+        let mut unwinder = Unwinder::new(Arc::default(), Some(Arc::clone(&ends)));
+        let me = std::process::id();
+        let start = |u: &Unwinder| u.processes.peek(&me).map(|p| p.start_ns);
+        unwinder.ensure_process(me, 10).expect("own process");
+        let real = start(&unwinder);
+        // Stand-in for the process that had the pid before: another start time.
+        if let Some(p) = unwinder.processes.peek_mut(&me) {
+            p.start_ns = 1;
+        }
+        ends.push(me, 20);
+        unwinder.note_ends();
+        unwinder.ensure_process(me, 15).expect("kept");
+        assert_eq!(
+            start(&unwinder),
+            Some(1),
+            "taken before the end: not read again"
+        );
+        unwinder.ensure_process(me, 30).expect("read again");
+        assert_eq!(
+            start(&unwinder),
+            real,
+            "taken after the end: the pid's new process"
+        );
+        assert_eq!(unwinder.processes.peek(&me).and_then(|p| p.ended_ns), None);
+    }
+
+    #[test]
     fn a_thread_without_frame_pointers_unwinds_to_its_entry() {
         let stats = Arc::new(UnwindStats::default());
-        let mut unwinder = Unwinder::new(Arc::clone(&stats));
+        let mut unwinder = Unwinder::new(Arc::clone(&stats), None);
         // A thread of its own: its stack is shallow, so the copy reaches the thread's entry.
         let stack = std::thread::spawn(move || middle(&mut unwinder, 5))
             .join()

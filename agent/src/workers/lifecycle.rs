@@ -18,6 +18,7 @@ use memlens_attribution::{
 };
 use memlens_kernel::collectors::lifecycle::{Lifecycle, LifecycleRing, LifecycleStats};
 use memlens_store::Store;
+use memlens_unwind::ProcessEnds;
 
 use crate::health::{EndOnDrop, Heartbeat};
 
@@ -35,6 +36,8 @@ pub struct Drain {
     pub leaks: LeakSources,
     pub stats: Arc<LifecycleStats>,
     pub heartbeat: Arc<Heartbeat>,
+    /// Told of process ends, for the unwinder (when stacks are copied).
+    pub ends: Option<Arc<ProcessEnds>>,
 }
 
 /// Starts the thread draining the ring into the database at `db`.
@@ -58,9 +61,16 @@ pub fn spawn(
                         .find(|r| r.id.0 == id)
                         .map(|r| r.path.clone())
                 };
-                let mut records = drain
-                    .ring
-                    .drain(&mut drain.lifecycle, &path_of, &drain.stats);
+                let ends = drain.ends.clone();
+                let mut ended = |tgid, ts_ns| {
+                    if let Some(ends) = &ends {
+                        ends.push(tgid, ts_ns);
+                    }
+                };
+                let mut records =
+                    drain
+                        .ring
+                        .drain(&mut drain.lifecycle, &path_of, &mut ended, &drain.stats);
                 for record in records
                     .iter_mut()
                     .filter(|r| r.oom_killed || r.main_process)

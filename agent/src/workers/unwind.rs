@@ -49,6 +49,7 @@ impl Unwinding {
             unwinder,
             table,
         } = self;
+        unwinder.note_ends();
         ring.drain(max, |sample| {
             let stack = unwinder.unwind(sample);
             table.insert(

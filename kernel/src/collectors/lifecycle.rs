@@ -222,11 +222,13 @@ pub struct LifecycleRing(pub(crate) RingBuf<MapData>);
 
 impl LifecycleRing {
     /// Every event waiting in the ring, as records (and OOM victims whose exit never came);
-    /// `path_of` names memory cgroups.
+    /// `path_of` names memory cgroups, and `ended` is told of every process' end (its pid and
+    /// `CLOCK_MONOTONIC` ns).
     pub fn drain(
         &mut self,
         lifecycle: &mut Lifecycle,
         path_of: &dyn Fn(u64) -> Option<String>,
+        ended: &mut dyn FnMut(u32, u64),
         stats: &LifecycleStats,
     ) -> Vec<LifecycleRecord> {
         // bpf_ktime_get_ns counts CLOCK_MONOTONIC: anchor it to the wall clock once per drain.
@@ -239,6 +241,9 @@ impl LifecycleRing {
             // SAFETY: the item holds one LifecycleEvent written by the kernel program (plain
             // data, size checked above); read unaligned into our own value.
             let event: LifecycleEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            if event.kind == LifecycleKind::Exit as u32 {
+                ended(event.pid, event.ts_ns);
+            }
             let at = wall.saturating_sub(mono.saturating_sub(event.ts_ns) / 1_000_000);
             records.extend(lifecycle.handle(&event, at, path_of, stats));
         }

@@ -4,7 +4,7 @@
 //! works across mount namespaces and for deleted binaries), and after it exited through the
 //! binary's path only if that file is still the very one that was mapped (same device and inode);
 //! otherwise frames show as `[unknown] module+offset`, never as a wrong name. Kernel stacks come
-//! from kallsyms, read only for addresses not named yet. blazesym caches parsed binaries by device
+//! from kallsyms, kept compactly (`kallsyms`). blazesym caches parsed binaries by device
 //! and inode, so the same library mapped by a thousand processes is parsed once.
 
 pub mod gopclntab;
@@ -18,6 +18,7 @@ use blazesym::symbolize::{
     source::{Elf, Process, Source},
     Input, Symbolized, Symbolizer as Blaze,
 };
+use kallsyms::KernelSymbols;
 use lru::LruCache;
 use memlens_procfs::{maps, Mapping};
 pub use memlens_types::stack::Frame;
@@ -54,6 +55,7 @@ const MAX_KERNEL_ADDRS: NonZeroUsize = NonZeroUsize::new(100_000).expect("non-ze
 pub struct Symbolizer {
     blaze: Blaze,
     kernel: LruCache<u64, Vec<Frame>>,
+    kernel_symbols: Option<KernelSymbols>,
 }
 
 impl Default for Symbolizer {
@@ -68,6 +70,7 @@ impl Symbolizer {
         Symbolizer {
             blaze: Symbolizer::blaze(),
             kernel: LruCache::new(MAX_KERNEL_ADDRS),
+            kernel_symbols: None,
         }
     }
 
@@ -190,15 +193,20 @@ impl Symbolizer {
             .filter(|a| !self.kernel.contains(a))
             .collect();
         if !missing.is_empty() {
-            let names = kallsyms::function_names(&missing).unwrap_or_else(|e| {
-                tracing::debug!("kernel functions not named: {e}");
-                vec![None; missing.len()]
-            });
-            for (addr, name) in missing.into_iter().zip(names) {
-                let frame = match name {
+            if self
+                .kernel_symbols
+                .as_ref()
+                .is_none_or(|k| k.read_at.elapsed() >= kallsyms::MAX_AGE)
+            {
+                self.kernel_symbols = KernelSymbols::read()
+                    .inspect_err(|e| tracing::debug!("kernel functions not named: {e}"))
+                    .ok();
+            }
+            for addr in missing {
+                let frame = match self.kernel_symbols.as_ref().and_then(|k| k.name(addr)) {
                     Some(name) => Frame {
                         addr,
-                        function: Some(name),
+                        function: Some(name.to_owned()),
                         module: Some("[kernel]".into()),
                         module_offset: None,
                         file: None,

@@ -13,14 +13,15 @@
 //! Code in no file (JIT, the vDSO) and processes gone before their mappings were read are
 //! unwound by frame pointers, as the kernel's walk would have been.
 
+mod ends;
 mod modules;
 pub mod table;
 
 use std::{
     num::NonZeroUsize,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+        Arc,
     },
     time::{Duration, Instant},
 };
@@ -33,6 +34,7 @@ use lru::LruCache;
 use memlens_model::user_stack::{FoundBy, StackSample, StackStop, UnwoundFrame, UnwoundStack};
 use memlens_procfs::maps;
 
+pub use ends::ProcessEnds;
 pub use modules::ModuleFiles;
 use modules::{Bytes, ModuleFile};
 
@@ -114,41 +116,6 @@ const REMAP_INTERVAL: Duration = Duration::from_millis(200);
 /// for each of a busy node's 2,000 allocating processes was a fifth of the unwinder's CPU.
 const RECHECK_INTERVAL: Duration = Duration::from_secs(5);
 const RECHECK_INTERVAL_WITH_ENDS: Duration = Duration::from_secs(60);
-/// Process ends kept for the unwinder between two of its rounds; beyond, every kept process is
-/// checked again instead.
-const MAX_PENDING_ENDS: usize = 65_536;
-
-/// Processes that ended (pid and `CLOCK_MONOTONIC` ns), as the lifecycle programs report them,
-/// for the unwinder: a copy taken after its pid's process ended is another process's.
-#[derive(Debug, Default)]
-pub struct ProcessEnds {
-    pending: Mutex<Vec<(u32, u64)>>,
-    overflowed: AtomicBool,
-}
-
-impl ProcessEnds {
-    pub fn push(&self, tgid: u32, ts_ns: u64) {
-        let Ok(mut pending) = self.pending.lock() else {
-            return;
-        };
-        if pending.len() < MAX_PENDING_ENDS {
-            pending.push((tgid, ts_ns));
-        } else {
-            self.overflowed.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// The ends pushed since the last call, and whether some did not fit.
-    fn take(&self) -> (Vec<(u32, u64)>, bool) {
-        let ends = self
-            .pending
-            .lock()
-            .map(|mut p| std::mem::take(&mut *p))
-            .unwrap_or_default();
-        (ends, self.overflowed.swap(false, Ordering::Relaxed))
-    }
-}
-
 /// What the unwinder has done, readable from any thread.
 #[derive(Debug, Default)]
 pub struct UnwindStats {

@@ -129,6 +129,9 @@ pub struct Attribution {
     remapped: FastMap<ProcessKey, Instant>,
     /// What the last census's held frames were attributed to, in superblock order.
     memo: Vec<(u64, update::FrameMemo)>,
+    /// Distinct keys of the last census before the cap: the next one's table is made that large
+    /// at once rather than doubled into (each doubling holds the old and the new table).
+    last_keys: usize,
 }
 
 /// A process's mappings are re-read at most this often for addresses outside them (code it
@@ -150,6 +153,7 @@ impl Attribution {
             kernel_stacks: FastMap::default(),
             remapped: FastMap::default(),
             memo: Vec::new(),
+            last_keys: 0,
         }
     }
 

@@ -47,8 +47,8 @@ impl Attribution {
         let weight = f64::from(1u32 << census.shift.min(31));
         let mut view = LeakView::default();
         let mut checked: FastMap<u32, (Arc<ProcessInfo>, bool)> = FastMap::default();
-        let mut entries: FastMap<LeakKey, Held> = FastMap::default();
-        let mut via: FastMap<u64, ProcessKey> = FastMap::default();
+        let mut entries: FastMap<LeakKey, Held> =
+            FastMap::with_capacity_and_hasher(self.last_keys, Default::default());
         // The census lists its frames in superblock order, and so does the memo it leaves: the
         // last census's memo is walked alongside (no hashing, a million frames on a large host).
         let mut memo = Vec::with_capacity(census.tracked.len());
@@ -137,12 +137,6 @@ impl Attribution {
                     user
                 }
             };
-            // Symbolized through a process that still runs, if one has the stack.
-            if alive {
-                via.insert(user, process.key);
-            } else {
-                via.entry(user).or_insert(process.key);
-            }
             let key = LeakKey {
                 memcg: frame.memcg,
                 process: process.key,
@@ -164,12 +158,16 @@ impl Attribution {
             }
             view.processes.entry(process.key).or_insert(process);
         }
-        let overflow_keys = cap(&mut entries, self.max_keys);
+        self.last_keys = entries.len();
+        let (entries, overflow_keys) = cap(entries, self.max_keys);
         for key in entries.keys() {
             if let Some(s) = self.user_stacks.get(&key.user) {
                 view.user_stacks.insert(key.user, Arc::clone(s));
-                if let Some(&p) = via.get(&key.user) {
-                    view.symbolize_via.insert(key.user, p);
+                // Symbolized through a process that still runs, if one has the stack.
+                if view.alive.contains(&key.process) {
+                    view.symbolize_via.insert(key.user, key.process);
+                } else {
+                    view.symbolize_via.entry(key.user).or_insert(key.process);
                 }
             }
             if let Some(s) = self.kernel_stacks.get(&key.kernel) {
@@ -202,16 +200,20 @@ impl Attribution {
 }
 
 /// Keeps the `max_keys` largest entries; merges the rest into their cgroup's "other" entry.
-/// Returns how many entries were merged.
-fn cap(entries: &mut FastMap<LeakKey, Held>, max_keys: usize) -> u64 {
+/// Returns the table, sized to what it keeps (the census's table can be ten times larger, and
+/// a view lives until the next census is built beside it), and how many entries were merged.
+fn cap(entries: FastMap<LeakKey, Held>, max_keys: usize) -> (FastMap<LeakKey, Held>, u64) {
     if entries.len() <= max_keys {
-        return 0;
+        let mut entries = entries;
+        entries.shrink_to_fit();
+        return (entries, 0);
     }
-    let mut all: Vec<(LeakKey, Held)> = entries.drain().collect();
+    let mut all: Vec<(LeakKey, Held)> = entries.into_iter().collect();
     all.sort_by(|a, b| b.1.pages.total_cmp(&a.1.pages).then(a.0.cmp(&b.0)));
     let rest = all.split_off(max_keys.saturating_sub(1));
     let merged = rest.len() as u64;
-    entries.extend(all);
+    let mut kept = FastMap::with_capacity_and_hasher(max_keys, Default::default());
+    kept.extend(all);
     for (key, held) in rest {
         let other = LeakKey {
             memcg: key.memcg,
@@ -223,9 +225,10 @@ fn cap(entries: &mut FastMap<LeakKey, Held>, max_keys: usize) -> u64 {
             kernel: OTHER,
             user: OTHER,
         };
-        entries.entry(other).or_default().add(held);
+        kept.entry(other).or_default().add(held);
     }
-    merged
+    kept.shrink_to_fit();
+    (kept, merged)
 }
 
 #[cfg(test)]
@@ -249,7 +252,7 @@ mod tests {
 
     #[test]
     fn the_cap_merges_the_smallest_stacks_into_other_per_cgroup() {
-        let mut entries: FastMap<LeakKey, Held> = (1..=5u64)
+        let entries: FastMap<LeakKey, Held> = (1..=5u64)
             .map(|n| {
                 (
                     key(n),
@@ -260,7 +263,7 @@ mod tests {
                 )
             })
             .collect();
-        let merged = cap(&mut entries, 3);
+        let (entries, merged) = cap(entries, 3);
         assert_eq!(merged, 3);
         assert_eq!(entries.len(), 3);
         assert!(entries.contains_key(&key(5)) && entries.contains_key(&key(4)));
@@ -272,5 +275,28 @@ mod tests {
         assert_eq!(other.pages, 6.0);
         let total: f64 = entries.values().map(|h| h.pages).sum();
         assert_eq!(total, 15.0, "nothing is lost by the cap");
+    }
+
+    #[test]
+    fn a_capped_table_holds_memory_for_what_it_keeps_only() {
+        let entries: FastMap<LeakKey, Held> = (1..=100_000u64)
+            .map(|n| {
+                (
+                    key(n),
+                    Held {
+                        pages: 1.0,
+                        objects: 1.0,
+                    },
+                )
+            })
+            .collect();
+        let (entries, merged) = cap(entries, 1_000);
+        assert_eq!(merged, 99_001);
+        assert!(
+            entries.capacity() < 4_000,
+            "{} slots kept for {} entries",
+            entries.capacity(),
+            entries.len()
+        );
     }
 }

@@ -51,8 +51,11 @@ pub struct Views {
     ring: Mutex<VecDeque<Arc<View>>>,
 }
 
-/// Views kept for pinned queries: 30 s worth, and at most this many.
-const KEPT_VIEWS: usize = 32;
+/// Views kept for pinned queries: 30 s worth, and at most this many. Each holds its census's
+/// leak table and snapshot (a few MiB on a busy node); while the refresh runs every 2 s (an
+/// agent's first seconds, a restarted agent catching up) thirty seconds were fifteen views, the
+/// largest part of a restarted agent's peak. A pinned query asks again within a second or two.
+const KEPT_VIEWS: usize = 3;
 const KEPT_FOR_MS: u64 = 30_000;
 
 impl Views {
@@ -104,5 +107,33 @@ impl Views {
         ring.iter()
             .find(|v| v.snapshot.taken_at_unix_ms == unix_ms)
             .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view_at(unix_ms: u64) -> View {
+        let mut view = View::default();
+        view.snapshot.taken_at_unix_ms = unix_ms;
+        view
+    }
+
+    #[test]
+    fn fast_refreshes_keep_a_few_views_and_slow_ones_thirty_seconds() {
+        let views = Views::new(view_at(1_000));
+        for i in 1..=15 {
+            views.publish(view_at(1_000 + i * 2_000));
+        }
+        assert!(views.at(31_000).is_some(), "the newest is kept");
+        assert!(views.at(27_000).is_some(), "a view 4 s old is kept");
+        assert!(views.at(25_000).is_none(), "at most {KEPT_VIEWS} views");
+        views.publish(view_at(100_000));
+        assert!(views.at(31_000).is_none(), "a view 69 s old goes");
+        assert_eq!(
+            views.before(99_999).map(|v| v.snapshot.taken_at_unix_ms),
+            None
+        );
     }
 }

@@ -34,6 +34,7 @@ use memlens_kernel::{
 use memlens_pods::{LogDirs, PodDirectory};
 use memlens_runtimes::go_heap::GoHeapReader;
 use memlens_store::Store;
+use memlens_symbolize::tables::SharedModuleFiles;
 use memlens_unwind::{table::UnwoundTable, ProcessEnds, UnwindStats, Unwinder};
 
 use crate::{
@@ -127,12 +128,18 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         .is_some()
         .then(|| Arc::new(ProcessEnds::default()));
     let mut restored_stacks = 0;
+    // Binaries' unwind tables, read once for the unwinder and the leaf rules.
+    let tables = SharedModuleFiles::default();
     let unwinding = probes.stack_copies.take().map(|ring| {
         let mut table = UnwoundTable::new(probes.report.sample_entries);
         restored_stacks = resume_stacks(&mut store, resumed, &mut table);
         Arc::new(Mutex::new(Unwinding::new(
             ring,
-            Unwinder::new(Arc::clone(&unwind_stats), process_ends.clone()),
+            Unwinder::new(
+                Arc::clone(&unwind_stats),
+                process_ends.clone(),
+                Arc::clone(&tables),
+            ),
             table,
         )))
     });
@@ -192,7 +199,7 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         layout,
         probes,
         census: census.ok(),
-        attribution: Attribution::new(max_stacks),
+        attribution: Attribution::new(max_stacks, tables),
         unwinding: unwinding.clone(),
         leaks: leaks.clone(),
         store,

@@ -26,7 +26,10 @@ use std::{
 
 use memlens_model::StackTable;
 use memlens_procfs::{maps, Mapping};
-use memlens_symbolize::leaf::{LeafResolver, LeafRule};
+use memlens_symbolize::{
+    leaf::{LeafResolver, LeafRule},
+    tables::SharedModuleFiles,
+};
 pub use memlens_types::stack::{LeafCaller, StackStop, UnwindMethod};
 use memlens_types::{MemcgId, PageKind};
 pub use user_stacks::{CodeLocation, UserFrame, UserStack};
@@ -139,13 +142,15 @@ pub struct Attribution {
 const REMAP_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Attribution {
+    /// Keeps at most `max_keys` stacks per census; reads binaries' unwind tables (for leaf
+    /// rules) through `tables`, the cache the unwinder reads too.
     #[must_use]
-    pub fn new(max_keys: usize) -> Attribution {
+    pub fn new(max_keys: usize, tables: SharedModuleFiles) -> Attribution {
         Attribution {
             max_keys,
             stack_ips: FastMap::default(),
             processes: FastMap::default(),
-            leaf: LeafResolver::default(),
+            leaf: LeafResolver::new(tables),
             leaf_rules: FastMap::default(),
             user_stacks: HashMap::new(),
             frames: FastSet::default(),

@@ -116,7 +116,7 @@ fn unchanged_frames_keep_their_stacks_and_a_later_copy_or_allocation_replaces_th
         tracked: (1..=3).map(|sb| frame(sb, ts + sb)).collect(),
         ..Census::default()
     };
-    let mut attribution = Attribution::new(100);
+    let mut attribution = Attribution::new(100, Arc::default());
 
     // Frames 1 and 2 by the frame-pointer walk, 3 by its copy.
     let first = attribution.update(&census, &records, &stacks, &copies, 1);

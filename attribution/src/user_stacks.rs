@@ -339,7 +339,7 @@ mod tests {
     #[test]
     fn one_binary_in_two_processes_gives_one_stack() {
         let (a, b) = (process(100, MAPS_A), process(200, MAPS_B));
-        let mut attribution = Attribution::new(100);
+        let mut attribution = Attribution::new(100, Arc::default());
         let sig_a = intern(
             &mut attribution,
             &a,
@@ -394,7 +394,7 @@ mod tests {
     #[test]
     fn an_address_outside_the_mappings_is_placed_again_once_they_are_read() {
         let a = process(100, MAPS_A);
-        let mut attribution = Attribution::new(100);
+        let mut attribution = Attribution::new(100, Arc::default());
         let mut r = raw(0x7f2b_3c84_e000, 0x5581_c1a5_0000);
         r.addrs[0].addr = 0x7f00_0000_0000; // a library loaded after the maps were read
         let before = intern(&mut attribution, &a, r);

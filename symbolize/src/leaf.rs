@@ -7,19 +7,14 @@
 //! information (`.eh_frame`, else `.debug_frame`) says at which of those words its return address
 //! is, at that very instruction. No unwind rule, no recovery: a caller is never guessed.
 
-use std::{num::NonZeroUsize, sync::Arc};
-
 use gimli::{
     BaseAddresses, CfaRule, DebugFrame, EhFrame, LittleEndian, RegisterRule, UnwindContext,
     UnwindSection, X86_64,
 };
 use memlens_common::page::LEAF_STACK_WORDS;
-use object::{Object as _, ObjectSection as _, ObjectSegment as _};
-
-use lru::LruCache;
 use memlens_procfs::Mapping;
 
-use crate::gopclntab::GoPcln;
+use crate::tables::{ModuleFile, SharedModuleFiles};
 
 /// Where a leaf's return address is, at one instruction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,104 +27,47 @@ pub enum LeafRule {
     Unknown,
 }
 
-/// Unwind tables of one binary.
-struct ModuleCfi {
-    eh_frame: Option<(Vec<u8>, u64)>,
-    debug_frame: Option<Vec<u8>>,
-    /// Go's frame-size table, for Go binaries (stripped ones have nothing else).
-    go: Option<GoPcln>,
-    text_addr: u64,
-    /// `(file offset, file size, virtual address)` of each loadable segment.
-    segments: Vec<(u64, u64, u64)>,
-}
-
-/// Most binaries whose unwind tables are kept (the least recently used go first).
-const MAX_MODULES: NonZeroUsize = NonZeroUsize::new(256).expect("non-zero");
-
-/// Looks up leaf rules, caching each binary's unwind tables by (device, inode).
+/// Looks up leaf rules in binaries' unwind tables, read through the cache it shares with the
+/// unwinder.
+#[derive(Default)]
 pub struct LeafResolver {
-    modules: LruCache<(String, u64), Option<Arc<ModuleCfi>>>,
-}
-
-impl Default for LeafResolver {
-    fn default() -> LeafResolver {
-        LeafResolver {
-            modules: LruCache::new(MAX_MODULES),
-        }
-    }
+    tables: SharedModuleFiles,
 }
 
 impl LeafResolver {
+    #[must_use]
+    pub fn new(tables: SharedModuleFiles) -> LeafResolver {
+        LeafResolver { tables }
+    }
+
     /// The rule for the instruction at `ip` in process `pid`, whose mapping is `mapping`.
     pub fn rule(&mut self, pid: u32, mapping: &Mapping, ip: u64) -> LeafRule {
         if mapping.inode == 0 {
             return LeafRule::Unknown; // JIT code, vDSO: no file to read
         }
-        let key = (mapping.dev.clone(), mapping.inode);
-        let cfi = match self.modules.get(&key) {
-            Some(cfi) => cfi.clone(),
-            None => {
-                // A file that cannot be opened (the process is gone) is not remembered.
-                let Ok(data) = std::fs::read(mapping.map_file(pid)) else {
-                    return LeafRule::Unknown;
-                };
-                let cfi = load_cfi(&data).map(Arc::new);
-                self.modules.put(key, cfi.clone());
-                cfi
-            }
-        };
-        let Some(cfi) = cfi else {
+        let file = self
+            .tables
+            .lock()
+            .ok()
+            .and_then(|mut tables| tables.get(pid, mapping));
+        let Some(file) = file else {
             return LeafRule::Unknown;
         };
-        let offset = mapping.file_offset(ip);
-        let Some(vaddr) = cfi
-            .segments
-            .iter()
-            .find(|(off, size, _)| *off <= offset && offset < off + size)
-            .map(|(off, _, vaddr)| offset - off + vaddr)
-        else {
-            return LeafRule::Unknown;
-        };
-        rule_at(&cfi, vaddr)
+        match file.vaddr_of(mapping.file_offset(ip)) {
+            Some(vaddr) => rule_at(&file, vaddr),
+            None => LeafRule::Unknown,
+        }
     }
 }
 
-fn load_cfi(data: &[u8]) -> Option<ModuleCfi> {
-    let file = object::File::parse(data).ok()?;
-    // Go compresses its DWARF sections (SHF_COMPRESSED): read them uncompressed.
-    let section = |name: &str| {
-        file.section_by_name(name)
-            .and_then(|s| Some((s.uncompressed_data().ok()?.into_owned(), s.address())))
-    };
-    let text_addr = file.section_by_name(".text").map_or(0, |s| s.address());
-    let eh_frame = section(".eh_frame");
-    let debug_frame = section(".debug_frame").map(|(d, _)| d);
-    let go = section(".gopclntab").and_then(|(d, _)| GoPcln::parse(d, text_addr));
-    if eh_frame.is_none() && debug_frame.is_none() && go.is_none() {
-        return None;
-    }
-    Some(ModuleCfi {
-        eh_frame,
-        debug_frame,
-        go,
-        text_addr,
-        segments: file
-            .segments()
-            .map(|s| {
-                let (off, size) = s.file_range();
-                (off, size, s.address())
-            })
-            .collect(),
-    })
-}
-
-fn rule_at(cfi: &ModuleCfi, vaddr: u64) -> LeafRule {
+fn rule_at(file: &ModuleFile, vaddr: u64) -> LeafRule {
     let mut ctx = Box::new(UnwindContext::new());
-    if let Some((data, addr)) = &cfi.eh_frame {
-        let section = EhFrame::new(data, LittleEndian);
+    let text_addr = file.sections.text.as_ref().map_or(0, |t| t.start);
+    if let Some((range, data)) = &file.sections.eh_frame {
+        let section = EhFrame::new(&data[..], LittleEndian);
         let bases = BaseAddresses::default()
-            .set_eh_frame(*addr)
-            .set_text(cfi.text_addr);
+            .set_eh_frame(range.start)
+            .set_text(text_addr);
         if let Ok(row) =
             section.unwind_info_for_address(&bases, &mut ctx, vaddr, EhFrame::cie_from_offset)
         {
@@ -139,10 +77,10 @@ fn rule_at(cfi: &ModuleCfi, vaddr: u64) -> LeafRule {
             );
         }
     }
-    if let Some(data) = &cfi.debug_frame {
-        let mut section = DebugFrame::new(data, LittleEndian);
+    if let Some(data) = &file.sections.debug_frame {
+        let mut section = DebugFrame::new(&data[..], LittleEndian);
         section.set_address_size(8);
-        let bases = BaseAddresses::default().set_text(cfi.text_addr);
+        let bases = BaseAddresses::default().set_text(text_addr);
         if let Ok(row) =
             section.unwind_info_for_address(&bases, &mut ctx, vaddr, DebugFrame::cie_from_offset)
         {
@@ -152,7 +90,7 @@ fn rule_at(cfi: &ModuleCfi, vaddr: u64) -> LeafRule {
             );
         }
     }
-    match cfi.go.as_ref().and_then(|go| go.sp_delta(vaddr)) {
+    match file.go.as_ref().and_then(|go| go.sp_delta(vaddr)) {
         // Nothing pushed yet, or a frameless leaf: the return address is on top of the stack.
         Some(0) => LeafRule::StackWord(0),
         // A Go function with a frame keeps the frame pointer chain (the compiler and the

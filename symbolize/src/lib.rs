@@ -10,6 +10,7 @@
 pub mod gopclntab;
 mod kallsyms;
 pub mod leaf;
+pub mod tables;
 
 use std::{num::NonZeroUsize, os::unix::fs::MetadataExt as _, path::Path};
 

@@ -35,8 +35,7 @@ use memlens_model::user_stack::{FoundBy, StackSample, StackStop, UnwoundFrame, U
 use memlens_procfs::maps;
 
 pub use ends::ProcessEnds;
-pub use modules::ModuleFiles;
-use modules::{Bytes, ModuleFile};
+use memlens_symbolize::tables::{Bytes, ModuleFile, SharedModuleFiles};
 
 /// Runs `iter` to its end into `frames`; returns why it stopped early, if it did. With `check`,
 /// a return address must be in the process's code (and says whether that code has unwind
@@ -187,7 +186,8 @@ impl Process {
 /// Unwinds stack copies; owned by one thread.
 pub struct Unwinder {
     processes: LruCache<u32, Process>,
-    files: ModuleFiles,
+    /// Shared with the leaf resolver, so that each binary's tables are held once.
+    files: SharedModuleFiles,
     cache: CacheX86_64,
     stats: Arc<UnwindStats>,
     ends: Option<Arc<ProcessEnds>>,
@@ -195,12 +195,17 @@ pub struct Unwinder {
 }
 
 impl Unwinder {
-    /// An unwinder told of processes' ends through `ends`, when the lifecycle programs run.
+    /// An unwinder told of processes' ends through `ends`, when the lifecycle programs run,
+    /// reading binaries' unwind tables through `files`.
     #[must_use]
-    pub fn new(stats: Arc<UnwindStats>, ends: Option<Arc<ProcessEnds>>) -> Unwinder {
+    pub fn new(
+        stats: Arc<UnwindStats>,
+        ends: Option<Arc<ProcessEnds>>,
+        files: SharedModuleFiles,
+    ) -> Unwinder {
         Unwinder {
             processes: LruCache::new(MAX_PROCESSES),
-            files: ModuleFiles::default(),
+            files,
             cache: CacheX86_64::new(),
             stats,
             recheck: if ends.is_some() {
@@ -395,12 +400,15 @@ impl Unwinder {
             let file = if mapping.inode == 0 {
                 None
             } else {
-                self.files
-                    .get(tgid, mapping)
-                    .and_then(|f| Some((Arc::clone(&f), f.bias(mapping)?)))
+                let got = self
+                    .files
+                    .lock()
+                    .ok()
+                    .and_then(|mut f| f.get(tgid, mapping));
+                got.and_then(|f| Some((Arc::clone(&f), f.bias(mapping)?)))
             };
             if let Some((f, bias)) = file.as_ref().filter(|(f, _)| f.unwind_tables) {
-                unwinder.add_module(f.module(mapping, *bias));
+                unwinder.add_module(modules::module(f, mapping, *bias));
             }
             code.push(Code {
                 start: mapping.start,
@@ -409,12 +417,14 @@ impl Unwinder {
             });
         }
         code.sort_unstable_by_key(|c| c.start);
-        self.stats
-            .files_loaded
-            .store(self.files.loaded, Ordering::Relaxed);
-        self.stats
-            .table_bytes
-            .store(self.files.bytes() as u64, Ordering::Relaxed);
+        if let Ok(files) = self.files.lock() {
+            self.stats
+                .files_loaded
+                .store(files.loaded, Ordering::Relaxed);
+            self.stats
+                .table_bytes
+                .store(files.bytes() as u64, Ordering::Relaxed);
+        }
         let now = Instant::now();
         Some(Process {
             start_ns,
@@ -479,7 +489,7 @@ mod tests {
     #[test]
     fn a_pid_is_read_again_only_for_copies_taken_after_its_process_ended() {
         let ends = Arc::new(ProcessEnds::default());
-        let mut unwinder = Unwinder::new(Arc::default(), Some(Arc::clone(&ends)));
+        let mut unwinder = Unwinder::new(Arc::default(), Some(Arc::clone(&ends)), Arc::default());
         let me = std::process::id();
         let start = |u: &Unwinder| u.processes.peek(&me).map(|p| p.start_ns);
         unwinder.ensure_process(me, 10).expect("own process");
@@ -508,7 +518,7 @@ mod tests {
     #[test]
     fn a_thread_without_frame_pointers_unwinds_to_its_entry() {
         let stats = Arc::new(UnwindStats::default());
-        let mut unwinder = Unwinder::new(Arc::clone(&stats), None);
+        let mut unwinder = Unwinder::new(Arc::clone(&stats), None, Arc::default());
         // A thread of its own: its stack is shallow, so the copy reaches the thread's entry.
         let stack = std::thread::spawn(move || middle(&mut unwinder, 5))
             .join()

@@ -58,7 +58,7 @@ impl Window {
     }
 
     pub(super) fn run(mut self, shared: &Trace, traces: &Traces) {
-        let mut unwinder = Unwinder::new(Arc::new(UnwindStats::default()), None);
+        let mut unwinder = Unwinder::new(Arc::new(UnwindStats::default()), None, Arc::default());
         let mut recorder = TraceRecorder::default();
         let started = Instant::now();
         let mut last_tick = started;

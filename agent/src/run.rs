@@ -271,7 +271,7 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         .spawn(move || {
             let _ended = EndOnDrop(Arc::clone(&refresh_beat));
             let mut wait = args_refresh;
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(wait) {
+            while heap::wait_trimming(&stop_rx, wait) {
                 wait = pacing.refresh(|| {
                     published.publish(refresher.view());
                     heap::release_free_memory();

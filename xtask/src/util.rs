@@ -56,7 +56,9 @@ pub fn run_main_job(root: &Path, agent_args: &[String]) -> Result<()> {
     if !is_root() {
         bail!("the agent loads kernel programs and needs root: run `sudo -E cargo xtask run`");
     }
-    let memlens = build_release(root)?;
+    // The binary as shipped: the unstripped build's agent, symbolizing its own frames, parses
+    // its own ~160 MB of line tables (about twice the shipped agent's memory on a busy node).
+    let memlens = build_shipped(root)?;
     let log_path = root.join("target").join("memlens-agent.log");
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("cannot create {}", log_path.display()))?;

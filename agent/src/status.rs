@@ -376,7 +376,8 @@ fn unwinding_detail(
          full: those samples get the frame-pointer walk), {} failed; {unwound} unwound ({} ns each, \
          and {} ms reading mappings and tables), {} of them by frame pointers alone (Go, code \
          without a file, processes gone); stopped early: {} at the end of the copy, {} at an \
-         unknown address, {} other; {} re-reads of mappings; {} binaries' tables read, {} held",
+         unknown address, {} other; {} re-reads of mappings; {} binaries' tables read, {} held; \
+         {} records with an unwound stack, {} distinct stacks",
         copy_bytes / 1024,
         Bytes(per(copied, copies)),
         per(count(Counter::StackCopyNs), copies),
@@ -392,5 +393,7 @@ fn unwinding_detail(
         load(&u.remaps),
         load(&u.files_loaded),
         Bytes(load(&u.table_bytes)),
+        load(&u.held_slots),
+        load(&u.held_stacks),
     )
 }

@@ -1,9 +1,12 @@
 //! The symbolizer's own thread. blazesym's symbolizer is not `Send` (it caches parsed binaries
 //! behind `Rc`), so one thread owns it with the symbol cache, and others hand it work.
 
-use std::sync::{
-    mpsc::{self, SyncSender, TrySendError},
-    Arc,
+use std::{
+    sync::{
+        mpsc::{self, RecvTimeoutError, SyncSender, TrySendError},
+        Arc,
+    },
+    time::Duration,
 };
 
 use crate::symbols::{SymbolCache, SymbolStats};
@@ -12,6 +15,9 @@ type Job = Box<dyn FnOnce(&mut SymbolCache) + Send>;
 
 /// Queued jobs before senders wait (queries) or drop (background prefetch).
 const QUEUE: usize = 64;
+/// The symbolizer counts as idle (and lets go of the files it read) after this long without a
+/// job: long enough for a query's requests to share them, short against the refresh interval.
+const IDLE_AFTER: Duration = Duration::from_secs(2);
 
 /// A handle on the symbolizer thread; cheap to clone.
 #[derive(Clone)]
@@ -35,8 +41,16 @@ impl SymbolService {
             .name("symbolize".into())
             .spawn(move || {
                 let mut cache = SymbolCache::counting(counted);
-                for job in queue {
-                    job(&mut cache);
+                loop {
+                    match queue.recv_timeout(IDLE_AFTER) {
+                        Ok(job) => job(&mut cache),
+                        Err(RecvTimeoutError::Timeout) => {
+                            if cache.idle() {
+                                tracing::debug!("symbolizer idle: file caches dropped");
+                            }
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
                 }
             })?;
         Ok(SymbolService {

@@ -13,7 +13,6 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
 };
 
 use hashlink::LruCache;
@@ -27,11 +26,6 @@ use crate::{LeakView, ProcessInfo, ProcessKey, UserFrame, UserStack};
 const MAX_STACKS: usize = 50_000;
 /// Most code locations whose names are kept.
 const MAX_LOCATIONS: usize = 100_000;
-/// What blazesym keeps of the files it read is dropped this often: names found are kept per
-/// location here, so only new locations need the files again, and the memory stays what a few
-/// minute of them takes (parsed DWARF of every binary seen grew the agent past 400 MiB on a busy
-/// node; a decompressed debug section alone is megabytes).
-const FILE_CACHE_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Functions a complete user stack ends in (its outermost frame). A stack ending elsewhere was
 /// cut short by code without frame pointers.
@@ -101,8 +95,6 @@ pub struct SymbolCache {
     kernel: LruCache<u64, Arc<Vec<Frame>>>,
     /// Live processes the symbolizer may have looked at, to forget them once gone.
     seen: HashSet<ProcessKey>,
-    /// When blazesym's file caches were last dropped.
-    files_since: Instant,
     stats: Arc<SymbolStats>,
 }
 
@@ -114,7 +106,6 @@ impl Default for SymbolCache {
             locations: LruCache::new(MAX_LOCATIONS),
             kernel: LruCache::new(MAX_STACKS),
             seen: HashSet::new(),
-            files_since: Instant::now(),
             stats: Arc::default(),
         }
     }
@@ -242,10 +233,15 @@ impl SymbolCache {
             self.seen.remove(&process);
             self.symbolizer.forget_process(process.tgid);
         }
-        if self.files_since.elapsed() >= FILE_CACHE_LIFETIME {
-            self.symbolizer.drop_file_caches();
-            self.files_since = Instant::now();
-        }
         self.seen.extend(view.alive.iter().copied());
+    }
+
+    /// Called when no work has come for a while: drops what blazesym keeps of the files it read.
+    /// Names found are kept per location here, so only new locations need the files again; a
+    /// refresh's new stacks read them once (about 30 ms for glibc with its separate debug file,
+    /// whose decompressed and parsed DWARF is 13 MiB), and they are not held between refreshes.
+    /// Returns whether anything was dropped.
+    pub fn idle(&mut self) -> bool {
+        self.symbolizer.drop_file_caches()
     }
 }

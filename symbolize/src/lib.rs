@@ -55,6 +55,8 @@ const MAX_KERNEL_ADDRS: NonZeroUsize = NonZeroUsize::new(100_000).expect("non-ze
 /// A blazesym symbolizer with the agent's caches.
 pub struct Symbolizer {
     blaze: Blaze,
+    /// blazesym may hold files it read since its caches were last dropped.
+    files_read: bool,
     kernel: LruCache<u64, Vec<Frame>>,
     kernel_symbols: Option<KernelSymbols>,
 }
@@ -70,6 +72,7 @@ impl Symbolizer {
     pub fn new() -> Symbolizer {
         Symbolizer {
             blaze: Symbolizer::blaze(),
+            files_read: false,
             kernel: LruCache::new(MAX_KERNEL_ADDRS),
             kernel_symbols: None,
         }
@@ -103,6 +106,7 @@ impl Symbolizer {
                 }
             })
             .collect();
+        self.files_read |= !stack.is_empty();
         let symbolized = if alive {
             let source = Source::Process(Process::new(pid.into()));
             self.blaze.symbolize(&source, Input::AbsAddr(&lookups)).ok()
@@ -230,9 +234,14 @@ impl Symbolizer {
     }
 
     /// Drops everything blazesym keeps of the files it read (symbol tables, parsed DWARF: tens
-    /// of MiB for a large binary with debug information), keeping the kernel's names.
-    pub fn drop_file_caches(&mut self) {
+    /// of MiB for a large binary with debug information), keeping the kernel's names. Returns
+    /// whether there was anything to drop.
+    pub fn drop_file_caches(&mut self) -> bool {
+        if !std::mem::take(&mut self.files_read) {
+            return false;
+        }
         self.blaze = Symbolizer::blaze();
+        true
     }
 
     /// Drops what blazesym cached for a process that is gone.
@@ -297,6 +306,8 @@ mod tests {
             names.iter().any(|n| n.contains("a_named_function")),
             "{names:?}"
         );
+        assert!(symbolizer.drop_file_caches(), "the binary was read");
+        assert!(!symbolizer.drop_file_caches(), "nothing read since");
     }
 
     #[test]

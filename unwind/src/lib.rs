@@ -136,6 +136,9 @@ pub struct UnwindStats {
     /// Binaries whose unwind tables were read, and the bytes of tables held now.
     pub files_loaded: AtomicU64,
     pub table_bytes: AtomicU64,
+    /// Records with an unwound stack, and the distinct stacks they hold (as of the last refresh).
+    pub held_slots: AtomicU64,
+    pub held_stacks: AtomicU64,
 }
 
 /// An executable mapping of a process.
@@ -215,6 +218,12 @@ impl Unwinder {
             },
             ends,
         }
+    }
+
+    /// What the unwinder counts.
+    #[must_use]
+    pub fn stats(&self) -> &UnwindStats {
+        &self.stats
     }
 
     /// Marks the kept processes that ended since the last call.

@@ -37,6 +37,8 @@ pub struct UnwoundTable {
     forgotten: Vec<SavedStackId>,
     /// The key the next newly saved stack gets.
     next_key: u64,
+    /// Slots written.
+    filled: usize,
     /// Copies whose superblocks were outside the table (not expected: it is sized like the
     /// record array).
     pub out_of_range: u64,
@@ -52,6 +54,7 @@ impl UnwoundTable {
             changed: HashSet::new(),
             forgotten: Vec::new(),
             next_key: 1,
+            filled: 0,
             out_of_range: 0,
         }
     }
@@ -153,7 +156,9 @@ impl UnwoundTable {
             .and_then(|i| self.slots.get_mut(i));
         match slot {
             Some(slot) => {
-                *slot = Some(Slot { pid, ts_ns, stack });
+                if slot.replace(Slot { pid, ts_ns, stack }).is_none() {
+                    self.filled += 1;
+                }
                 true
             }
             None => {
@@ -179,6 +184,12 @@ impl UnwoundTable {
     #[must_use]
     pub fn distinct(&self) -> usize {
         self.interned.len()
+    }
+
+    /// Slots holding a stack.
+    #[must_use]
+    pub fn filled(&self) -> usize {
+        self.filled
     }
 }
 
@@ -256,6 +267,7 @@ mod tests {
                 .map(|f| f.addr),
             Some(0x2)
         );
+        assert_eq!(table.filled(), 4, "superblocks 2-5, one written twice");
         table.insert(7, 2, 1, 1, stack(0x1));
         assert_eq!(table.out_of_range, 1);
     }

@@ -105,7 +105,7 @@ impl Refresher {
             let slots = self.unwinding.as_ref().and_then(|u| {
                 let mut u = u.lock().ok()?;
                 u.drain(CATCH_UP);
-                u.table.collect();
+                u.collect();
                 if self.save_unwound && self.last_save.is_none_or(|t| t.elapsed() >= SAVE_INTERVAL)
                 {
                     self.last_save = Some(Instant::now());

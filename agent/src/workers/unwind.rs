@@ -42,6 +42,18 @@ impl Unwinding {
         }
     }
 
+    /// Forgets the stacks no slot holds any more, and counts what the table holds.
+    pub fn collect(&mut self) {
+        self.table.collect();
+        let stats = self.unwinder.stats();
+        stats
+            .held_slots
+            .store(self.table.filled() as u64, Ordering::Relaxed);
+        stats
+            .held_stacks
+            .store(self.table.distinct() as u64, Ordering::Relaxed);
+    }
+
     /// Unwinds up to `max` waiting copies into the table; returns how many.
     pub fn drain(&mut self, max: usize) -> usize {
         let Unwinding {

@@ -12,15 +12,15 @@ mod kallsyms;
 pub mod leaf;
 pub mod tables;
 
-use std::{num::NonZeroUsize, os::unix::fs::MetadataExt as _, path::Path};
+use std::{os::unix::fs::MetadataExt as _, path::Path};
 
 use blazesym::symbolize::{
     evict,
     source::{Elf, Process, Source},
     Input, Symbolized, Symbolizer as Blaze,
 };
+use hashlink::LruCache;
 use kallsyms::KernelSymbols;
-use lru::LruCache;
 use memlens_procfs::{maps, Mapping};
 pub use memlens_types::stack::Frame;
 
@@ -49,8 +49,9 @@ pub struct StackAddr {
     pub recovered: bool,
 }
 
-/// Most kernel addresses whose frames are remembered (the least recently used go first).
-const MAX_KERNEL_ADDRS: NonZeroUsize = NonZeroUsize::new(100_000).expect("non-zero");
+/// Most kernel addresses whose frames are remembered (the least recently used go first). The
+/// table grows to what it holds (`lru`'s would take 2 MiB at once for this bound).
+const MAX_KERNEL_ADDRS: usize = 100_000;
 
 /// A blazesym symbolizer with the agent's caches.
 pub struct Symbolizer {
@@ -195,7 +196,7 @@ impl Symbolizer {
         let missing: Vec<u64> = addrs
             .iter()
             .copied()
-            .filter(|a| !self.kernel.contains(a))
+            .filter(|a| !self.kernel.contains_key(a))
             .collect();
         if !missing.is_empty() {
             if self
@@ -221,7 +222,7 @@ impl Symbolizer {
                     },
                     None => unknown_frame(addr, None, false),
                 };
-                self.kernel.put(addr, vec![frame]);
+                self.kernel.insert(addr, vec![frame]);
             }
         }
         let frames: Vec<Frame> = addrs

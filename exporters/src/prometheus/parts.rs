@@ -1,5 +1,8 @@
 //! An exposition in parts encoded apart and joined at the scrape: a snapshot's series encoded
-//! once per snapshot, what changes between snapshots at each scrape.
+//! once per snapshot, what changes between snapshots at each scrape. A part is kept in
+//! OpenMetrics only, what Prometheus asks for (1.6 MiB for a node of 1,000 cgroups); a scrape
+//! that asks for the classic text format gets it converted then, a few ms, rather than every
+//! snapshot being held in both.
 
 use super::{classic_text, Exposition};
 
@@ -12,43 +15,28 @@ impl Exposition {
     pub fn encode_part(&self) -> Result<Part, std::fmt::Error> {
         let mut openmetrics = self.encode()?;
         openmetrics.truncate(openmetrics.trim_end_matches(EOF).len());
-        let classic = classic_text(&openmetrics);
-        Ok(Part {
-            openmetrics,
-            classic,
-        })
+        openmetrics.shrink_to_fit();
+        Ok(Part { openmetrics })
     }
 }
 
-/// Series encoded apart from the rest of their exposition, in both text formats.
+/// Series encoded apart from the rest of their exposition (OpenMetrics, without its end marker).
 #[derive(Debug, Default)]
 pub struct Part {
     openmetrics: String,
-    classic: String,
-}
-
-impl Part {
-    fn text(&self, openmetrics: bool) -> &str {
-        if openmetrics {
-            &self.openmetrics
-        } else {
-            &self.classic
-        }
-    }
 }
 
 /// One exposition of `parts`: OpenMetrics (with its end marker) or the classic text format.
 #[must_use]
 pub fn join(parts: &[&Part], openmetrics: bool) -> String {
-    let mut out = String::with_capacity(
-        parts
-            .iter()
-            .map(|p| p.text(openmetrics).len())
-            .sum::<usize>()
-            + EOF.len(),
-    );
+    let mut out =
+        String::with_capacity(parts.iter().map(|p| p.openmetrics.len()).sum::<usize>() + 64);
     for part in parts {
-        out.push_str(part.text(openmetrics));
+        if openmetrics {
+            out.push_str(&part.openmetrics);
+        } else {
+            out.push_str(&classic_text(&part.openmetrics));
+        }
     }
     if openmetrics {
         out.push_str(EOF);

@@ -125,9 +125,17 @@ fn map_kib(pid: u32) -> u64 {
 }
 
 /// Milliseconds an HTTP GET of `path` takes to answer in full over `stream`.
+/// What Prometheus 2 sends when it scrapes (`scrape_protocols` left at its default).
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,\
+     application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
 fn timed_get(mut stream: impl std::io::Read + std::io::Write, path: &str) -> f64 {
     let started = Instant::now();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    // Prometheus' own Accept header: OpenMetrics first.
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: {PROMETHEUS_ACCEPT}\r\n\
+         Connection: close\r\n\r\n"
+    );
     if stream.write_all(request.as_bytes()).is_err() {
         return f64::NAN;
     }

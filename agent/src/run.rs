@@ -159,7 +159,8 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
             HISTORY_COARSE_SPAN,
             max_stacks.min(HISTORY_MAX_STACKS),
         ))),
-        symbols: SymbolService::start().context("cannot start the symbolizer thread")?,
+        symbols: SymbolService::start(heap::release_free_memory)
+            .context("cannot start the symbolizer thread")?,
     };
     let traces = Arc::new(
         crate::traces::Traces::new(&args.db, args.retention, leaks.symbols.clone())

@@ -377,7 +377,8 @@ fn unwinding_detail(
          and {} ms reading mappings and tables), {} of them by frame pointers alone (Go, code \
          without a file, processes gone); stopped early: {} at the end of the copy, {} at an \
          unknown address, {} other; {} re-reads of mappings; {} binaries' tables read, {} held; \
-         {} records with an unwound stack, {} distinct stacks",
+         {} records with an unwound stack, {} distinct stacks; {} of {} unwind-rule lookups \
+         cached ({} missed on another process's rule)",
         copy_bytes / 1024,
         Bytes(per(copied, copies)),
         per(count(Counter::StackCopyNs), copies),
@@ -395,5 +396,8 @@ fn unwinding_detail(
         Bytes(load(&u.table_bytes)),
         load(&u.held_slots),
         load(&u.held_stacks),
+        load(&u.rule_hits),
+        load(&u.rule_lookups),
+        load(&u.rule_misses_other_process),
     )
 }

@@ -139,6 +139,11 @@ pub struct UnwindStats {
     /// Records with an unwound stack, and the distinct stacks they hold (as of the last refresh).
     pub held_slots: AtomicU64,
     pub held_stacks: AtomicU64,
+    /// Unwind-rule lookups, those framehop's rule cache answered, and the misses where the slot
+    /// held another process's rule (the cache is keyed by absolute address and unwinder).
+    pub rule_lookups: AtomicU64,
+    pub rule_hits: AtomicU64,
+    pub rule_misses_other_process: AtomicU64,
 }
 
 /// An executable mapping of a process.
@@ -250,6 +255,11 @@ impl Unwinder {
         let started = Instant::now();
         let unwound = self.unwind_inner(sample);
         let s = &self.stats;
+        let rules = self.cache.stats();
+        s.rule_lookups.store(rules.total(), Ordering::Relaxed);
+        s.rule_hits.store(rules.hits(), Ordering::Relaxed);
+        s.rule_misses_other_process
+            .store(rules.miss_wrong_modules_count, Ordering::Relaxed);
         s.samples.fetch_add(1, Ordering::Relaxed);
         s.bytes
             .fetch_add(sample.stack.len() as u64, Ordering::Relaxed);

@@ -217,8 +217,14 @@ impl StatusSource {
                 "page cache",
                 CapabilityState::Ok,
                 format!(
-                    "{how}; {} (cgroup, file) pairs of {} counted, {} below zero (cached before start)",
-                    view.files.entries, r.file_entries, view.files.below_zero
+                    "{how}; {} (cgroup, file) pairs of {} counted, {} below zero (cached before start); \
+                     {} events, {} unreadable, {} lost to a full map",
+                    view.files.entries,
+                    r.file_entries,
+                    view.files.below_zero,
+                    count(Counter::FilemapEvents),
+                    count(Counter::FilemapReadErrors),
+                    count(Counter::FilemapMapFull)
                 ),
             ),
             Err(why) => add("page cache", CapabilityState::Unavailable, why.to_string()),

@@ -57,6 +57,9 @@ pub struct FilemapOffsets {
     pub objcg_memcg: u32,
     /// `mem_cgroup.css`
     pub memcg_css: u32,
+    /// `cgroup_subsys_state.serial_nr`: never reused within a boot, unlike the memory a removed
+    /// cgroup's `mem_cgroup` leaves for the next one.
+    pub css_serial_nr: u32,
     /// Bit number of `PG_head` in the folio flags.
     pub pg_head: u32,
     /// `MEMCG_DATA_KMEM`: `memcg_data` points to an `obj_cgroup`.

@@ -41,6 +41,7 @@ static FILEMAP_OFFSETS: Global<FilemapOffsets> = Global::new(FilemapOffsets {
     sb_dev: 0,
     objcg_memcg: 0,
     memcg_css: 0,
+    css_serial_nr: 0,
     pg_head: 0,
     memcg_data_kmem: 0,
     memcg_data_mask: 0,
@@ -52,11 +53,15 @@ static FILEMAP_OFFSETS: Global<FilemapOffsets> = Global::new(FilemapOffsets {
 static FILE_PAGES: HashMap<FileKey, i64> = HashMap::with_max_entries(1, 0);
 
 /// One-entry per-CPU cache of the last `mem_cgroup *` -> id walk: consecutive events mostly
-/// come from the same cgroup, and the walk is three probe reads.
+/// come from the same cgroup, and the walk is three probe reads. The kernel hands a removed
+/// cgroup's `mem_cgroup` memory to the next cgroup made, so the pointer alone would name the
+/// removed cgroup for the new one's pages: the css serial number (one read, never reused) is
+/// checked too.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct MemcgMemo {
     memcg: u64,
+    serial: u64,
     id: u64,
 }
 
@@ -188,18 +193,20 @@ fn memcg_id(memcg_data: u64, o: &FilemapOffsets) -> Result<u64, i32> {
     } else {
         pointer
     };
+    let css = memcg + u64::from(o.memcg_css);
+    let serial = read_u64(css, o.css_serial_nr)?;
     let memo = MEMCG_MEMO.get_ptr_mut(0);
     if let Some(memo) = memo {
         // SAFETY: per-CPU map value; this program does not nest on one CPU.
         let m = unsafe { &*memo };
-        if m.memcg == memcg && memcg != 0 {
+        if m.memcg == memcg && m.serial == serial && memcg != 0 {
             return Ok(m.id);
         }
     }
-    let id = task::memcg_id_of(memcg + u64::from(o.memcg_css))?;
+    let id = task::memcg_id_of(css)?;
     if let Some(memo) = memo {
         // SAFETY: as above.
-        unsafe { *memo = MemcgMemo { memcg, id } };
+        unsafe { *memo = MemcgMemo { memcg, serial, id } };
     }
     Ok(id)
 }

@@ -144,6 +144,7 @@ impl KernelBtf {
             sb_dev: self.member_offset("super_block", "s_dev")?,
             objcg_memcg: self.member_offset("obj_cgroup", "memcg")?,
             memcg_css: self.member_offset("mem_cgroup", "css")?,
+            css_serial_nr: self.member_offset("cgroup_subsys_state", "serial_nr")?,
             pg_head: self.enum_value("pageflags", "PG_head")?,
             memcg_data_kmem: kmem,
             memcg_data_mask: mask,

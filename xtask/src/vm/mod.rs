@@ -28,7 +28,8 @@ pub struct TestCase {
     pub name: &'static str,
 }
 
-/// The subset: the accuracy tests of anonymous pages, page cache and OOM kills, an allocator
+/// The subset: the accuracy tests of anonymous pages, page cache (also in cgroups made one
+/// after another, where the kernel may reuse a removed cgroup's memory) and OOM kills, an allocator
 /// trace (user probes, return probes without the 6.11 uretprobe syscall on older kernels), and
 /// records kept across an agent restart (pinned maps and links), with their assertions as on the
 /// host (only their waits stretch under emulation).
@@ -40,6 +41,10 @@ const SUBSET: &[TestCase] = &[
     TestCase {
         target: "filecache",
         name: "a_log_files_page_cache_is_attributed_to_it_and_leaves_on_truncate",
+    },
+    TestCase {
+        target: "filecache",
+        name: "cgroups_made_one_after_another_each_get_their_own_page_cache",
     },
     TestCase {
         target: "events",

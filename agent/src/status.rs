@@ -383,8 +383,8 @@ fn unwinding_detail(
          and {} ms reading mappings and tables), {} of them by frame pointers alone (Go, code \
          without a file, processes gone); stopped early: {} at the end of the copy, {} at an \
          unknown address, {} other; {} re-reads of mappings; {} binaries' tables read, {} held; \
-         {} records with an unwound stack, {} distinct stacks; {} of {} unwind-rule lookups \
-         cached ({} missed on another process's rule)",
+         {} records with an unwound stack, {} distinct stacks; {} binaries in the shared unwinder, \
+         {} of {} unwind-rule lookups cached ({} missed a rule from before binaries came or went)",
         copy_bytes / 1024,
         Bytes(per(copied, copies)),
         per(count(Counter::StackCopyNs), copies),
@@ -402,8 +402,9 @@ fn unwinding_detail(
         Bytes(load(&u.table_bytes)),
         load(&u.held_slots),
         load(&u.held_stacks),
+        load(&u.modules),
         load(&u.rule_hits),
         load(&u.rule_lookups),
-        load(&u.rule_misses_other_process),
+        load(&u.rule_misses_stale),
     )
 }

@@ -15,7 +15,9 @@
 
 mod ends;
 mod modules;
+mod process;
 pub mod table;
+mod walk;
 
 use std::{
     num::NonZeroUsize,
@@ -26,84 +28,22 @@ use std::{
     time::{Duration, Instant},
 };
 
-use framehop::{
-    x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
-    Error as FramehopError, FrameAddress, Unwinder as _,
-};
+use framehop::x86_64::CacheX86_64;
 use lru::LruCache;
 use memlens_model::user_stack::{FoundBy, StackSample, StackStop, UnwoundFrame, UnwoundStack};
 use memlens_procfs::maps;
 
 pub use ends::ProcessEnds;
-use memlens_symbolize::tables::{Bytes, ModuleFile, SharedModuleFiles};
-
-/// Runs `iter` to its end into `frames`; returns why it stopped early, if it did. With `check`,
-/// a return address must be in the process's code (and says whether that code has unwind
-/// tables, which is how the next frame will be found).
-fn collect<F: FnMut(u64) -> Result<u64, ()>>(
-    iter: &mut framehop::UnwindIterator<'_, '_, '_, UnwinderX86_64<Bytes>, F>,
-    frames: &mut Vec<UnwoundFrame>,
-    sample: &StackSample<'_>,
-    check: Option<&dyn Fn(u64) -> Option<bool>>,
-) -> Option<StackStop> {
-    // How the next frame is found: by the tables of the code the current one is in.
-    let mut inner_tables = false;
-    loop {
-        if frames.len() >= MAX_FRAMES {
-            return Some(StackStop::FrameLimit {
-                frames: MAX_FRAMES as u32,
-            });
-        }
-        let (addr, found_by) = match iter.next() {
-            Ok(Some(FrameAddress::InstructionPointer(ip))) => (
-                ip,
-                // After a Go leaf, the first framehop frame is the leaf's recovered caller.
-                if frames.is_empty() {
-                    FoundBy::Registers
-                } else {
-                    FoundBy::RecoveredLeaf
-                },
-            ),
-            Ok(Some(FrameAddress::ReturnAddress(ra))) => (
-                ra.get(),
-                if inner_tables {
-                    FoundBy::UnwindTables
-                } else {
-                    FoundBy::FramePointer
-                },
-            ),
-            Ok(None) | Err(FramehopError::ReturnAddressIsNull) => return None,
-            Err(FramehopError::CouldNotReadStack(_)) => {
-                return Some(StackStop::CopyEnded {
-                    bytes: u32::try_from(sample.stack.len()).unwrap_or(u32::MAX),
-                })
-            }
-            Err(_) => return Some(StackStop::NoProgress),
-        };
-        inner_tables = match check {
-            Some(check) => match check(addr) {
-                Some(tables) => tables,
-                None if found_by == FoundBy::Registers => false,
-                None => {
-                    tracing::debug!(
-                        "pid {}: return address {addr:#x} outside its code mappings",
-                        sample.tgid
-                    );
-                    return Some(StackStop::UnknownAddress);
-                }
-            },
-            None => false,
-        };
-        frames.push(UnwoundFrame { addr, found_by });
-    }
-}
+use memlens_symbolize::tables::SharedModuleFiles;
+use modules::SharedModules;
+use process::{Code, Process};
 
 /// Frames kept per stack.
 pub const MAX_FRAMES: usize = 128;
-/// Processes whose modules are kept (the least recently unwound go first). Sized for a busy
+/// Processes whose mappings are kept (the least recently unwound go first). Sized for a busy
 /// node's allocating processes: with 2,000 of them taking turns through 1,024 entries, every
 /// copy re-read its process's mappings (half the agent's CPU on the busy-node bench); an entry
-/// is a few hundred bytes (the executable mappings, the tables shared by file).
+/// is a few hundred bytes (the executable mappings; the tables are shared by binary).
 const MAX_PROCESSES: NonZeroUsize = NonZeroUsize::new(8192).expect("non-zero");
 /// A process's mappings are re-read at most this often when an address falls outside them: soon
 /// enough for code loaded right after a first read (a process first seen between its fork and
@@ -136,59 +76,16 @@ pub struct UnwindStats {
     /// Binaries whose unwind tables were read, and the bytes of tables held now.
     pub files_loaded: AtomicU64,
     pub table_bytes: AtomicU64,
+    /// Binaries in the shared unwinder now (one module each, whatever the processes mapping it).
+    pub modules: AtomicU64,
     /// Records with an unwound stack, and the distinct stacks they hold (as of the last refresh).
     pub held_slots: AtomicU64,
     pub held_stacks: AtomicU64,
-    /// Unwind-rule lookups, those framehop's rule cache answered, and the misses where the slot
-    /// held another process's rule (the cache is keyed by absolute address and unwinder).
+    /// Unwind-rule lookups, those framehop's rule cache answered, and the misses on a rule
+    /// cached before binaries were added or removed.
     pub rule_lookups: AtomicU64,
     pub rule_hits: AtomicU64,
-    pub rule_misses_other_process: AtomicU64,
-}
-
-/// An executable mapping of a process.
-struct Code {
-    start: u64,
-    end: u64,
-    /// Its file's tables, and where the loader put the file's addresses; None for code in no
-    /// file or a file that could not be read.
-    file: Option<(Arc<ModuleFile>, u64)>,
-}
-
-impl Code {
-    fn unwind_tables(&self) -> bool {
-        self.file.as_ref().is_some_and(|(f, _)| f.unwind_tables)
-    }
-}
-
-/// One process's address space as framehop sees it.
-struct Process {
-    start_ns: u64,
-    unwinder: UnwinderX86_64<Bytes>,
-    /// Executable mappings, sorted by start.
-    code: Vec<Code>,
-    mapped_at: Instant,
-    checked_at: Instant,
-    /// When the process with this pid ended, if it did.
-    ended_ns: Option<u64>,
-}
-
-impl Process {
-    /// The executable mapping holding `addr`.
-    fn code_at(&self, addr: u64) -> Option<&Code> {
-        let i = self.code.partition_point(|c| c.start <= addr);
-        let code = self.code.get(i.checked_sub(1)?)?;
-        (code.start <= addr && addr < code.end).then_some(code)
-    }
-
-    /// Where the return address of a frameless Go leaf at `ip` is: `Some(sp)` when `ip` is in a
-    /// Go function that has pushed nothing there (a frameless leaf, or any function before its
-    /// prologue).
-    fn go_leaf_return(&self, ip: u64, sp: u64) -> Option<u64> {
-        let (file, bias) = self.code_at(ip)?.file.as_ref()?;
-        let delta = file.go.as_ref()?.sp_delta(ip.checked_sub(*bias)?)?;
-        (delta == 0).then_some(sp)
-    }
+    pub rule_misses_stale: AtomicU64,
 }
 
 /// Unwinds stack copies; owned by one thread.
@@ -196,6 +93,7 @@ pub struct Unwinder {
     processes: LruCache<u32, Process>,
     /// Shared with the leaf resolver, so that each binary's tables are held once.
     files: SharedModuleFiles,
+    modules: SharedModules,
     cache: CacheX86_64,
     stats: Arc<UnwindStats>,
     ends: Option<Arc<ProcessEnds>>,
@@ -214,6 +112,7 @@ impl Unwinder {
         Unwinder {
             processes: LruCache::new(MAX_PROCESSES),
             files,
+            modules: SharedModules::default(),
             cache: CacheX86_64::new(),
             stats,
             recheck: if ends.is_some() {
@@ -258,7 +157,7 @@ impl Unwinder {
         let rules = self.cache.stats();
         s.rule_lookups.store(rules.total(), Ordering::Relaxed);
         s.rule_hits.store(rules.hits(), Ordering::Relaxed);
-        s.rule_misses_other_process
+        s.rule_misses_stale
             .store(rules.miss_wrong_modules_count, Ordering::Relaxed);
         s.samples.fetch_add(1, Ordering::Relaxed);
         s.bytes
@@ -308,15 +207,15 @@ impl Unwinder {
         first
     }
 
-    /// Unwinds `sample` through its process's modules.
+    /// Unwinds `sample` through its process's mappings.
     fn walk(&mut self, sample: &StackSample<'_>) -> UnwoundStack {
         let Some(process) = self.processes.get(&sample.tgid) else {
             return self.walk_unknown(sample);
         };
         let mut frames = Vec::new();
         // A frameless Go leaf: its caller is on top of the stack; unwinding goes on from there
-        // (framehop would take the frame pointer, which is the caller's caller's frame).
-        let (ip, sp) = match process.go_leaf_return(sample.ip, sample.sp) {
+        // (the frame pointer would give the caller's caller).
+        let start = match process.go_leaf_return(sample.ip, sample.sp) {
             Some(at) => match sample.word(at) {
                 Some(ra) if process.code_at(ra).is_some() => {
                     frames.push(UnwoundFrame {
@@ -329,31 +228,29 @@ impl Unwinder {
             },
             None => (sample.ip, sample.sp),
         };
-        let check = |addr: u64| process.code_at(addr).map(Code::unwind_tables);
-        let mut read = |addr: u64| sample.word(addr).ok_or(());
-        let mut iter = process.unwinder.iter_frames(
-            ip,
-            UnwindRegsX86_64::new(ip, sp, sample.bp),
+        let stop = walk::walk(
+            &self.modules,
             &mut self.cache,
-            &mut read,
+            sample,
+            Some(process),
+            start,
+            &mut frames,
         );
-        let stop = collect(&mut iter, &mut frames, sample, Some(&check));
         UnwoundStack::new(&frames, stop)
     }
 
     /// Frame pointers only, every address taken as it is: for a process whose mappings are
     /// unknown.
     fn walk_unknown(&mut self, sample: &StackSample<'_>) -> UnwoundStack {
-        let unwinder: UnwinderX86_64<Bytes> = UnwinderX86_64::new();
-        let mut read = |addr: u64| sample.word(addr).ok_or(());
-        let mut iter = unwinder.iter_frames(
-            sample.ip,
-            UnwindRegsX86_64::new(sample.ip, sample.sp, sample.bp),
-            &mut self.cache,
-            &mut read,
-        );
         let mut frames = Vec::new();
-        let stop = collect(&mut iter, &mut frames, sample, None);
+        let stop = walk::walk(
+            &self.modules,
+            &mut self.cache,
+            sample,
+            None,
+            (sample.ip, sample.sp),
+            &mut frames,
+        );
         UnwoundStack::new(&frames, stop)
     }
 
@@ -402,9 +299,10 @@ impl Unwinder {
         }
     }
 
-    /// Reads the mappings of `tgid` and builds its modules.
+    /// Reads the mappings of `tgid` and places the binaries it maps.
     fn load(&mut self, tgid: u32, start_ns: u64) -> Option<Process> {
         let started = Instant::now();
+        self.modules.sweep();
         let process = self.load_inner(tgid, start_ns);
         let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.stats.load_ns.fetch_add(ns, Ordering::Relaxed);
@@ -413,7 +311,6 @@ impl Unwinder {
 
     fn load_inner(&mut self, tgid: u32, start_ns: u64) -> Option<Process> {
         let maps = maps::read_maps(tgid).ok()?;
-        let mut unwinder = UnwinderX86_64::new();
         let mut code = Vec::new();
         for mapping in maps.iter().filter(|m| m.executable) {
             let file = if mapping.inode == 0 {
@@ -426,13 +323,12 @@ impl Unwinder {
                     .and_then(|mut f| f.get(tgid, mapping));
                 got.and_then(|f| Some((Arc::clone(&f), f.bias(mapping)?)))
             };
-            if let Some((f, bias)) = file.as_ref().filter(|(f, _)| f.unwind_tables) {
-                unwinder.add_module(modules::module(f, mapping, *bias));
-            }
+            let canonical = file.as_ref().and_then(|(f, _)| self.modules.base_of(f));
             code.push(Code {
                 start: mapping.start,
                 end: mapping.end,
                 file,
+                canonical,
             });
         }
         code.sort_unstable_by_key(|c| c.start);
@@ -444,10 +340,12 @@ impl Unwinder {
                 .table_bytes
                 .store(files.bytes() as u64, Ordering::Relaxed);
         }
+        self.stats
+            .modules
+            .store(self.modules.len() as u64, Ordering::Relaxed);
         let now = Instant::now();
         Some(Process {
             start_ns,
-            unwinder,
             code,
             mapped_at: now,
             checked_at: now,

@@ -234,6 +234,7 @@ pub fn run(root: &Path, which: Bench) -> Result<()> {
             util::run(
                 Command::new(root.join("target/release/memlens-node-bench"))
                     .env("MEMLENS_BIN", memlens)
+                    .env("MEMLENS_BENCH_KEEP", root.join("target/bench/node"))
                     .args(["--minutes", &minutes.to_string()])
                     .args(["--cgroups", &cgroups.to_string()])
                     .args(["--services", &services.to_string()])

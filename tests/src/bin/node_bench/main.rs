@@ -12,6 +12,7 @@
 //!
 //! Needs root; everything it starts is stopped and every cgroup removed at the end.
 
+mod keep;
 mod report;
 mod sample;
 mod settings;
@@ -28,6 +29,7 @@ use memlens_tests::{
 };
 
 use crate::{
+    keep::Keeper,
     report::report,
     sample::{cpu_ticks, sample, status_field, Sample},
     settings::Settings,
@@ -112,6 +114,7 @@ fn main() {
     // The agent runs within the DaemonSet's memory limit, its BPF maps charged there too.
     let agent_cgroup = TestCgroup::new("node-agent");
     agent_cgroup.set_limit(s.agent_limit_mib << 20);
+    let mut keeper = Keeper::from_env();
     let started = Instant::now();
     let mut agent = Agent::start_in(Some(&agent_cgroup), &agent_args);
     let mut start_peaks = Vec::new();
@@ -164,6 +167,7 @@ fn main() {
         if s.restart && !restarted && started.elapsed() >= duration / 2 {
             let peak = status_field(agent.pid(), "VmHWM:");
             start_peaks.push(("first agent, whole first half", peak));
+            keeper.keep(&agent, "first-agent");
             drop(agent);
             agent = Agent::start_in(Some(&agent_cgroup), &agent_args);
             last = (Instant::now(), cpu_ticks(agent.pid()));
@@ -174,6 +178,8 @@ fn main() {
         if Instant::now() >= next_sample {
             let x = sample(&agent, metrics, &db, started, &mut last);
             eprintln!("{}", x.row());
+            let before = samples.last().map_or(0, |p: &Sample| p.rss_kib);
+            keeper.on_sample(&agent, x.at_s, before, x.rss_kib);
             samples.push(x);
             next_sample += Duration::from_secs(15);
         }
@@ -184,6 +190,13 @@ fn main() {
         status_field(agent.pid(), "VmHWM:"),
     ));
     let log = agent.log();
+    keeper.keep(&agent, "second-agent");
+    if let Some(dir) = keeper.dir() {
+        eprintln!(
+            "the agents' status, logs and memory maps: {}",
+            dir.display()
+        );
+    }
     let agent_oom_kills = agent_cgroup.oom_kills();
     let agent_cgroup_peak = agent_cgroup.peak_bytes();
     drop(agent);

@@ -23,6 +23,8 @@ impl Keeper {
     pub(crate) fn from_env() -> Keeper {
         let dir = std::env::var_os("MEMLENS_BENCH_KEEP").map(PathBuf::from);
         if let Some(dir) = &dir {
+            // Only this run's agents: an earlier run's jumps would read as this one's.
+            let _ = std::fs::remove_dir_all(dir);
             if let Err(e) = std::fs::create_dir_all(dir) {
                 eprintln!("cannot keep the agents' state in {}: {e}", dir.display());
             }

@@ -93,6 +93,19 @@ pub fn held(row: &Value, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("row has no held.{field}: {row}"))
 }
 
+/// Asserts that the truth lies within the estimate's 99.9% interval, the stated 95% interval
+/// (`error95`) widened by 3.29 / 1.96. A correct 95% interval misses one run in twenty by
+/// definition, so a single run cannot test it without failing CI that often; its coverage over
+/// many runs is what `cargo xtask bench estimator` measures (docs/benchmarks.md).
+pub fn assert_in_interval(what: &str, estimate: u64, error95: u64, truth: u64) {
+    let error999 = error95 as f64 * 3.29 / 1.96;
+    assert!(
+        estimate.abs_diff(truth) as f64 <= error999,
+        "{what}: {estimate} ± {error95} (95%; ± {error999:.0} at 99.9%) does not hold the \
+         kernel's {truth}"
+    );
+}
+
 /// |a - b| / b.
 #[must_use]
 pub fn rel_diff(a: u64, b: u64) -> f64 {

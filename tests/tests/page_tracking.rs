@@ -8,7 +8,9 @@
 
 use std::time::{Duration, Instant};
 
-use memlens_tests::{held, patience, rel_diff, Agent, TestCgroup, Workload, MIB};
+use memlens_tests::{
+    assert_in_interval, held, patience, rel_diff, Agent, TestCgroup, Workload, MIB,
+};
 
 /// Agent flags of the accuracy checks.
 const ACCURACY: &[&str] = &["--sample-shift", "6"];
@@ -170,11 +172,7 @@ fn a_small_cgroups_interval_holds_its_memory() {
             held(row, "frames")
         );
         assert!(truth >= MIB, "{row}");
-        assert!(
-            estimate.abs_diff(truth) <= error,
-            "{}: {estimate} ± {error} does not hold the kernel's {truth}",
-            cgroup.path
-        );
+        assert_in_interval(&cgroup.path, estimate, error, truth);
     }
 }
 
@@ -195,10 +193,7 @@ fn a_census_past_its_frame_budget_keeps_up_and_sweeps_frees() {
         "{:?} after ready: memory.stat anon {truth}, estimate {estimate} ± {error}",
         ready.elapsed()
     );
-    assert!(
-        estimate.abs_diff(truth) <= error,
-        "{estimate} ± {error} does not hold the kernel's {truth}"
-    );
+    assert_in_interval(&cgroup.path, estimate, error, truth);
     let status = String::from_utf8_lossy(&agent.cli(&["status"]).stdout).into_owned();
     assert!(status.contains("65536 frames read of"), "{status}");
 

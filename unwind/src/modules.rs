@@ -5,7 +5,7 @@
 //! binary kept evicting each other's cache entries (99% of the misses on the busy-node bench)
 //! and each held its own copy of every module. Here each binary is placed once in an address
 //! space of its own, at a canonical base; a process's addresses are moved there frame by frame
-//! ([`crate::process::Process::canonical`]), so one rule serves every process of the binary.
+//! ([`crate::process::Code::canonical`]), so one rule serves every process of the binary.
 
 use std::{
     collections::HashMap,

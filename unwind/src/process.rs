@@ -22,6 +22,14 @@ impl Code {
     pub fn unwind_tables(&self) -> bool {
         self.canonical.is_some()
     }
+
+    /// `addr` (in this mapping) moved into the shared modules' space, where its binary's tables
+    /// are; None for code without tables (framehop then follows the frame pointer).
+    pub fn canonical(&self, addr: u64) -> Option<u64> {
+        let (_, bias) = self.file.as_ref()?;
+        let offset = addr.checked_sub(*bias).filter(|&o| o < SLOT)?;
+        Some(self.canonical? + offset)
+    }
 }
 
 /// One process's address space, kept while it allocates.
@@ -41,18 +49,6 @@ impl Process {
         let i = self.code.partition_point(|c| c.start <= addr);
         let code = self.code.get(i.checked_sub(1)?)?;
         (code.start <= addr && addr < code.end).then_some(code)
-    }
-
-    /// `addr` moved into the shared modules' space, where its binary's tables are; `addr`
-    /// itself for code without tables (framehop then follows the frame pointer).
-    pub fn canonical(&self, addr: u64) -> u64 {
-        self.code_at(addr)
-            .and_then(|code| {
-                let (_, bias) = code.file.as_ref()?;
-                let offset = addr.checked_sub(*bias).filter(|&o| o < SLOT)?;
-                Some(code.canonical? + offset)
-            })
-            .unwrap_or(addr)
     }
 
     /// Where the return address of a frameless Go leaf at `ip` is: `Some(sp)` when `ip` is in a

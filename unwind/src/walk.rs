@@ -38,10 +38,11 @@ pub fn walk(
                 frames: MAX_FRAMES as u32,
             });
         }
-        let tables = match process {
+        // Whether the next frame is found by tables, and where this address is looked up.
+        let (tables, lookup) = match process {
             Some(p) => match p.code_at(addr) {
-                Some(code) => code.unwind_tables(),
-                None if found_by == FoundBy::Registers => false,
+                Some(code) => (code.unwind_tables(), code.canonical(addr).unwrap_or(addr)),
+                None if found_by == FoundBy::Registers => (false, addr),
                 None => {
                     tracing::debug!(
                         "pid {}: return address {addr:#x} outside its code mappings",
@@ -50,10 +51,9 @@ pub fn walk(
                     return Some(StackStop::UnknownAddress);
                 }
             },
-            None => false,
+            None => (false, addr),
         };
         frames.push(UnwoundFrame { addr, found_by });
-        let lookup = process.map_or(addr, |p| p.canonical(addr));
         let frame = match found_by {
             FoundBy::Registers | FoundBy::RecoveredLeaf => FrameAddress::InstructionPointer(lookup),
             _ => match NonZeroU64::new(lookup) {

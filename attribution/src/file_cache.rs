@@ -78,7 +78,19 @@ pub fn build(
         wanted.extend(sorted.iter().map(|(f, _)| *f));
         tops.push((cgroup.id, total, files.len(), sorted));
     }
-    let names = resolver.names(&wanted);
+    let names = resolver.names(&wanted, |unnamed| {
+        discovery
+            .cgroups
+            .iter()
+            .filter(|c| {
+                cache
+                    .by_memcg
+                    .get(&c.id)
+                    .is_some_and(|files| files.iter().any(|(f, _)| unnamed.contains(f)))
+            })
+            .map(|c| c.dir.clone())
+            .collect()
+    });
     let by_memcg = tops
         .into_iter()
         .map(|(id, total, count, files)| {

@@ -23,18 +23,26 @@ pub struct OpenFile {
 /// Processes that exit during the walk are skipped.
 #[must_use]
 pub fn scan(wanted: &HashSet<FileId>) -> HashMap<FileId, OpenFile> {
-    let mut found = HashMap::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
-        return found;
+        return HashMap::new();
     };
-    for entry in procs.filter_map(Result::ok) {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    scan_pids(
+        wanted,
+        procs
+            .filter_map(Result::ok)
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok()),
+    )
+}
+
+/// Paths for those of `wanted` that one of `pids` has open or mapped. Processes that exit
+/// during the walk are skipped.
+#[must_use]
+pub fn scan_pids(
+    wanted: &HashSet<FileId>,
+    pids: impl IntoIterator<Item = u32>,
+) -> HashMap<FileId, OpenFile> {
+    let mut found = HashMap::new();
+    for pid in pids {
         scan_fds(pid, wanted, &mut found);
         scan_maps(pid, wanted, &mut found);
     }

@@ -65,6 +65,19 @@ pub fn largest(pids: Vec<u32>, n: usize) -> Vec<u32> {
     by_rss.into_iter().take(n).map(|(_, p)| p).collect()
 }
 
+/// The processes of the cgroup at directory `dir` itself, not its descendants (none when it is
+/// gone).
+#[must_use]
+pub fn pids_directly_in(dir: &Path) -> Vec<u32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|text| {
+            text.lines()
+                .filter_map(|l| l.trim().parse::<u32>().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The processes of the cgroup at directory `dir` and its descendants (at most about
 /// [`MAX_PIDS`]).
 #[must_use]
@@ -75,9 +88,7 @@ pub fn pids_in(dir: &Path) -> Vec<u32> {
         if pids.len() > MAX_PIDS {
             break;
         }
-        if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-            pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
-        }
+        pids.extend(pids_directly_in(&dir));
         if let Ok(entries) = std::fs::read_dir(&dir) {
             dirs.extend(
                 entries

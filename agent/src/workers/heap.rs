@@ -13,14 +13,22 @@ use std::{
 /// process until the next refresh's trim (RSS rising 105 -> 129 MiB between two refreshes).
 const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Allocations from this size up get a mapping of their own, given back whole when freed.
+/// glibc raises its threshold to the largest block freed so far (up to 32 MiB), after which the
+/// refresh's tables of several MiB, built and freed every cycle, come from the heap and leave
+/// holes in it that trimming cannot return.
+const MMAP_THRESHOLD: i32 = 256 * 1024;
+
 /// Caps glibc's arenas at two: the agent's threads (refresh, unwinder, API, engine, exporters)
-/// would otherwise get up to eight per core, each keeping its own freed memory.
+/// would otherwise get up to eight per core, each keeping its own freed memory. Fixes the
+/// threshold for allocations that get their own mapping (see [`MMAP_THRESHOLD`]).
 pub fn limit_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt takes a parameter number and a value; it is called before other threads
     // start.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }
 }
 

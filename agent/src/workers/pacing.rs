@@ -2,9 +2,9 @@
 //! busy node a refresh (census, every cgroup's counters, attribution, history) costs more CPU
 //! than it should take from the node's workloads: 400-600 ms with 1,000 cgroups and 2,000
 //! processes here. `--cpu-budget` is the whole agent's share of a core, kept as a token bucket:
-//! credit accrues at `budget` of wall time and every CPU second of the agent spends it (the
-//! refresh's own, measured around it, and the rest: the unwinder at the workloads' allocation
-//! rate, queries, the exporters). A refresh comes every `--refresh` while the credit covers its
+//! credit accrues at (nearly) `budget` of wall time and every CPU second of the agent spends it
+//! (the refresh's own, measured around it, and the rest: the unwinder at the workloads'
+//! allocation rate, queries, the exporters). A refresh comes every `--refresh` while the credit covers its
 //! cost, and later (at most `MAX_CYCLE` apart) when it does not, so figures get older on a busy
 //! node instead of the node getting slower; `memlens status` says by how much.
 //!
@@ -13,6 +13,11 @@
 //! first allocations are bursts, and a cycle that saw one stretched the next to a minute on an
 //! idle host, so a cgroup created right after the agent started was not listed for a minute.
 //! Over any window of length `T` the agent stays within `budget × T + BURST × budget`.
+//!
+//! Credit accrues at [`AIM`] of the budget, not all of it: the rest of the agent's CPU is known
+//! only after the fact (queries, a workload's burst of allocations to unwind), and a pacer aimed
+//! at the budget itself lands on either side of it: on the busy-node bench it held 2.03-2.06%
+//! of a core against a budget of 2%.
 
 use std::{
     sync::{
@@ -27,6 +32,9 @@ pub const MAX_CYCLE: Duration = Duration::from_secs(60);
 
 /// The bucket's size, in wall time at the budget's rate: at 2% of a core, 2.4 s of CPU.
 const BURST: Duration = Duration::from_secs(120);
+
+/// The share of the budget the pacer aims at in the long run.
+const AIM: f64 = 0.9;
 
 /// When the next refresh comes.
 pub struct Pacing {
@@ -67,7 +75,7 @@ impl Pacing {
             let elapsed = now.duration_since(at).as_secs_f64();
             let spent = process.saturating_sub(process_at).as_secs_f64();
             let limit = burst(self.budget);
-            self.credit = (self.credit + self.budget * elapsed - spent).clamp(-limit, limit);
+            self.credit = (self.credit + self.budget * AIM * elapsed - spent).clamp(-limit, limit);
             if elapsed > 0.0 {
                 others = (spent - used.as_secs_f64()).max(0.0) / elapsed;
             }
@@ -75,7 +83,7 @@ impl Pacing {
             self.credit -= used.as_secs_f64();
         }
         self.previous = Some((now, process, used));
-        let cycle = cycle_for(self.base, self.budget, self.credit, used, others);
+        let cycle = cycle_for(self.base, self.budget * AIM, self.credit, used, others);
         self.cycle_ms.store(millis(cycle), Ordering::Relaxed);
         cycle.saturating_sub(now.duration_since(started))
     }
@@ -89,19 +97,19 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The cycle after which the credit, `credit` CPU seconds now and growing by what the budget
-/// leaves the rest of the agent (at `others` of a core), covers another refresh costing `used`;
-/// between `base` and `MAX_CYCLE`.
-fn cycle_for(base: Duration, budget: f64, credit: f64, used: Duration, others: f64) -> Duration {
+/// The cycle after which the credit, `credit` CPU seconds now and growing by what the rate
+/// (the budget's aim, of a core) leaves the rest of the agent (at `others` of a core), covers
+/// another refresh costing `used`; between `base` and `MAX_CYCLE`.
+fn cycle_for(base: Duration, rate: f64, credit: f64, used: Duration, others: f64) -> Duration {
     let longest = MAX_CYCLE.max(base);
-    if budget <= 0.0 {
+    if rate <= 0.0 {
         return base;
     }
     let short = used.as_secs_f64() - credit;
     if short <= 0.0 {
         return base;
     }
-    let left = budget - others;
+    let left = rate - others;
     if left <= 0.0 {
         return longest;
     }
@@ -177,11 +185,12 @@ mod tests {
         let mut pacing = Pacing::new(Duration::from_millis(10), 0.01);
         pacing.refresh(|| spin(Duration::from_millis(300)));
         assert_eq!(pacing.cycle_ms.load(Ordering::Relaxed), 10);
-        // Refreshes of 300 ms each spend the rest; then the cycle is what 1% allows: 30 s.
+        // Refreshes of 300 ms each spend the rest; then the cycle is what 0.9% (the aim of 1%)
+        // allows: 33 s.
         for _ in 0..4 {
             pacing.refresh(|| spin(Duration::from_millis(300)));
         }
         let cycle = pacing.cycle_ms.load(Ordering::Relaxed);
-        assert!(cycle >= 25_000, "cycle {cycle} ms after 1.5 s of CPU");
+        assert!(cycle >= 30_000, "cycle {cycle} ms after 1.5 s of CPU");
     }
 }

@@ -11,7 +11,7 @@ use std::{
         mpsc, Arc, Mutex, RwLock,
     },
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
@@ -143,6 +143,21 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
             table,
         )))
     });
+    // The unwinder drains the stack copies from here on: the ring filled while no agent read it
+    // (a restart), and the first refresh below takes a while on a busy node.
+    let mut health = Health::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let unwind_worker = match &unwinding {
+        Some(unwinding) => Some(
+            unwind::spawn(
+                Arc::clone(unwinding),
+                health.worker("unwind", UNWIND_BOUND),
+                Arc::clone(&stop),
+            )
+            .context("cannot start the unwinder thread")?,
+        ),
+        None => None,
+    };
     let lifecycle_stats = Arc::new(LifecycleStats::default());
     let engine_stats = Arc::new(EngineStats::default());
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -183,7 +198,6 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         restored_stacks,
         refresh: (args.refresh, args.cpu_budget, Arc::clone(&pacing.cycle_ms)),
     };
-    let mut health = Health::default();
     // A census of a large host at a fine rate can take a while: the bound leaves room for it.
     let refresh_bound = args
         .refresh
@@ -218,7 +232,6 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
     };
     let views = Arc::new(Views::new(refresher.view()));
     let published = Arc::clone(&views);
-    let stop = Arc::new(AtomicBool::new(false));
     let lifecycle_worker = match lifecycle_ring {
         Some(ring) => Some(lifecycle::spawn(
             Drain {
@@ -234,17 +247,6 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
             args.retention,
             Arc::clone(&stop),
         )?),
-        None => None,
-    };
-    let unwind_worker = match unwinding {
-        Some(unwinding) => Some(
-            unwind::spawn(
-                unwinding,
-                health.worker("unwind", UNWIND_BOUND),
-                Arc::clone(&stop),
-            )
-            .context("cannot start the unwinder thread")?,
-        ),
         None => None,
     };
     let (check_tx, check_rx) = mpsc::channel::<CheckRequest>();
@@ -305,14 +307,20 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         stack_copy_bytes: args.stack_copy,
     };
     let served = runtime.block_on(api::serve(&socket, args.metrics_addr, state));
+    let stopping = Instant::now();
+    tracing::info!("stopping");
     traces.stop_all();
-    let _ = stop_tx.send(());
-    let _ = worker.join();
+    // The refresh thread's last drain and save come after every other thread stopped: stack
+    // copies keep arriving until the next agent reads them, and the ring holds seconds of them.
     stop.store(true, Ordering::Relaxed);
-    for worker in [lifecycle_worker, unwind_worker].into_iter().flatten() {
+    for worker in [lifecycle_worker, unwind_worker, Some(engine_worker)]
+        .into_iter()
+        .flatten()
+    {
         let _ = worker.join();
     }
-    let _ = engine_worker.join();
+    let _ = stop_tx.send(());
+    let _ = worker.join();
     if let Ok(pins) = &pinned {
         tracing::info!(
             "the kernel programs stay attached, their records kept in {} for the next agent \
@@ -320,7 +328,7 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
             pins.dir.display()
         );
     }
-    tracing::info!("stopped");
+    tracing::info!("stopped in {} ms", stopping.elapsed().as_millis());
     served
 }
 

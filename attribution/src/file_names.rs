@@ -214,31 +214,22 @@ mod tests {
         let id = id_of(&path);
         let wanted = HashSet::from([id]);
         let mut resolver = FileResolver::default();
-        assert_eq!(
-            resolver.names(&wanted, |_| vec![my_cgroup_dir()])[&id].path,
-            None
-        );
-        assert_eq!((resolver.charged_scans, resolver.full_scans), (1, 0));
-        resolver.next_scan = None;
-        assert_eq!(
-            resolver.names(&wanted, |_| vec![my_cgroup_dir()])[&id].path,
-            None
-        );
-        assert_eq!(
-            (resolver.charged_scans, resolver.full_scans),
-            (1, 1),
-            "not in its cgroup: looked for among all processes next"
-        );
-        resolver.next_scan = None;
-        assert_eq!(
-            resolver.names(&wanted, |_| vec![my_cgroup_dir()])[&id].path,
-            None
-        );
-        assert_eq!(
-            (resolver.charged_scans, resolver.full_scans),
-            (1, 1),
-            "not found a moment ago: no new scan"
-        );
+        // (charged scans, full scans) after each refresh that may scan.
+        let expected = [
+            ((1, 0), "first looked for among its cgroup's processes"),
+            ((1, 1), "not in its cgroup: then among all processes"),
+            ((1, 1), "not found a moment ago: no new scan"),
+        ];
+        for (scans, why) in expected {
+            resolver.next_scan = None;
+            let names = resolver.names(&wanted, |_| vec![my_cgroup_dir()]);
+            assert_eq!(names[&id].path, None);
+            assert_eq!(
+                (resolver.charged_scans, resolver.full_scans),
+                scans,
+                "{why}"
+            );
+        }
     }
 
     #[test]

@@ -278,8 +278,19 @@ impl Agent {
     }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
+impl Agent {
+    /// Stops the agent as its service manager would (SIGTERM, then SIGKILL after 10 s); returns
+    /// how long it took and its whole log.
+    pub fn stop(mut self) -> (Duration, String) {
+        let started = Instant::now();
+        self.terminate();
+        (started.elapsed(), self.log())
+    }
+
+    fn terminate(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         // SAFETY: signalling our own child by pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -291,5 +302,11 @@ impl Drop for Agent {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.terminate();
     }
 }

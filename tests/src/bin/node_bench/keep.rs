@@ -34,9 +34,9 @@ impl Keeper {
 
     /// Keeps the agent's state as `<name>.*`.
     pub(crate) fn keep(&self, agent: &Agent, name: &str) {
-        let Some(dir) = &self.dir else {
+        if self.dir.is_none() {
             return;
-        };
+        }
         let status = agent.cli(&["status"]);
         let smaps = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", agent.pid()))
             .unwrap_or_default();
@@ -49,10 +49,18 @@ impl Keeper {
             ("smaps_rollup", smaps),
         ];
         for (suffix, text) in files {
-            let path = dir.join(format!("{name}.{suffix}"));
-            if let Err(e) = std::fs::write(&path, text) {
-                eprintln!("cannot write {}: {e}", path.display());
-            }
+            self.keep_text(name, suffix, &text);
+        }
+    }
+
+    /// Keeps `text` as `<name>.<suffix>`.
+    pub(crate) fn keep_text(&self, name: &str, suffix: &str, text: &str) {
+        let Some(dir) = &self.dir else {
+            return;
+        };
+        let path = dir.join(format!("{name}.{suffix}"));
+        if let Err(e) = std::fs::write(&path, text) {
+            eprintln!("cannot write {}: {e}", path.display());
         }
     }
 

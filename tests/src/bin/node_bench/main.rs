@@ -168,7 +168,9 @@ fn main() {
             let peak = status_field(agent.pid(), "VmHWM:");
             start_peaks.push(("first agent, whole first half", peak));
             keeper.keep(&agent, "first-agent");
-            drop(agent);
+            let (took, log) = agent.stop();
+            eprintln!("first agent stopped in {:.1} s", took.as_secs_f64());
+            keeper.keep_text("first-agent", "log", &log);
             agent = Agent::start_in(Some(&agent_cgroup), &agent_args);
             last = (Instant::now(), cpu_ticks(agent.pid()));
             restarted = true;

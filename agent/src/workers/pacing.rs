@@ -4,9 +4,9 @@
 //! processes here. `--cpu-budget` is the whole agent's share of a core, kept as a token bucket:
 //! credit accrues at (nearly) `budget` of wall time and every CPU second of the agent spends it
 //! (the refresh's own, measured around it, and the rest: the unwinder at the workloads'
-//! allocation rate, queries, the exporters). A refresh comes every `--refresh` while the credit covers its
-//! cost, and later (at most `MAX_CYCLE` apart) when it does not, so figures get older on a busy
-//! node instead of the node getting slower; `memlens status` says by how much.
+//! allocation rate, queries, the exporters). A refresh comes every `--refresh` while the credit
+//! covers its cost, and later (at most `MAX_CYCLE` apart) when it does not, so figures get older
+//! on a busy node instead of the node getting slower; `memlens status` says by how much.
 //!
 //! The bucket starts full and holds `BURST` of the budget: one cycle's measure was not enough,
 //! because start-up (reading every process's mappings, the first symbolization) or a workload's

@@ -379,7 +379,8 @@ fn unwinding_detail(
     format!(
         "copies of up to {} KiB of user stack, unwound with each binary's .eh_frame/.debug_frame: \
          {copies} copies ({} average, {} ns each in the kernel), {}/s on average, {} lost (ring \
-         full: those samples get the frame-pointer walk), {} failed; {unwound} unwound ({} ns each, \
+         full: those samples get the frame-pointer walk), {} failed, {} of the agent's own not \
+         copied; {unwound} unwound ({} ns each, \
          and {} ms reading mappings and tables), {} of them by frame pointers alone (Go, code \
          without a file, processes gone); stopped early: {} at the end of the copy, {} at an \
          unknown address, {} other; {} re-reads of mappings; {} binaries' tables read, {} held; \
@@ -391,6 +392,7 @@ fn unwinding_detail(
         Bytes(copied / uptime_s),
         count(Counter::StackCopyDropped),
         count(Counter::StackCopyErrors),
+        count(Counter::StackCopyAgentSkipped),
         per(load(&u.busy_ns).saturating_sub(load(&u.load_ns)), unwound),
         load(&u.load_ns) / 1_000_000,
         load(&u.frame_pointers_only),

@@ -52,10 +52,13 @@ pub enum Counter {
     StackCopyErrors = 18,
     /// Nanoseconds the kernel program spent copying stacks (`bpf_ktime_get_ns` around it).
     StackCopyNs = 19,
+    /// Samples of the agent's own process, whose stacks are not copied (not a loss: they keep
+    /// the frame-pointer walk).
+    StackCopyAgentSkipped = 20,
 }
 
 /// Number of counters; the size of the `COUNTERS` map.
-pub const COUNTER_COUNT: u32 = 20;
+pub const COUNTER_COUNT: u32 = 21;
 
 impl Counter {
     /// Every counter, in index order.
@@ -80,6 +83,7 @@ impl Counter {
         Counter::StackCopyDropped,
         Counter::StackCopyErrors,
         Counter::StackCopyNs,
+        Counter::StackCopyAgentSkipped,
     ];
 
     /// Whether a count of this counter is something the agent lost (an update dropped, a stack
@@ -124,6 +128,7 @@ impl Counter {
             Counter::StackCopyDropped => "stack_copy_dropped",
             Counter::StackCopyErrors => "stack_copy_errors",
             Counter::StackCopyNs => "stack_copy_ns",
+            Counter::StackCopyAgentSkipped => "stack_copy_agent_skipped",
         }
     }
 }

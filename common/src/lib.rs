@@ -17,6 +17,7 @@ pub mod stack_copy;
 /// restarted agent finds what the kernel programs recorded before and while it was down). Bump
 /// it whenever a field of [`page::PageAlloc`], [`filemap::FileKey`],
 /// [`lifecycle::LifecycleEvent`] or [`stack_copy::StackCopyHeader`] changes meaning, or the
-/// counters change order: a new agent then starts afresh instead of misreading an older one's
-/// records. A change of size or count is noticed without a bump.
-pub const PINNED_LAYOUT_VERSION: u32 = 2;
+/// counters change order, or a map is kept that was not (3: the agent map): a new agent then
+/// starts afresh instead of misreading an older one's records. A change of size or count is
+/// noticed without a bump.
+pub const PINNED_LAYOUT_VERSION: u32 = 3;

@@ -9,7 +9,7 @@ use aya_ebpf::{
         generated::bpf_probe_read_user,
     },
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
     Global,
 };
 use memlens_common::{
@@ -46,6 +46,13 @@ static STACK_COPY_SCRATCH: PerCpuArray<StackCopy> = PerCpuArray::with_max_entrie
 #[map]
 static STACK_COPIES: RingBuf = RingBuf::with_byte_size(4096, 0);
 
+/// The agent's own process (its tgid; 0: none yet), whose stacks are not copied. Kept with the
+/// records: a restarted agent's start-up is traced by the kept programs, and its copies (5 MiB
+/// in its first seconds) filled the ring before its unwinder read it. Its own allocations are
+/// not what it is there to explain; they keep their record and the frame-pointer walk.
+#[map]
+static AGENT: Array<u32> = Array::with_max_entries(1, 0);
+
 const STEPS: usize = STACK_COPY_MAX / STACK_COPY_CHUNK + 1;
 
 /// Copies the registers and up to `STACK_COPY_BYTES` of the stack from `regs.sp` up into the
@@ -53,6 +60,11 @@ const STEPS: usize = STACK_COPY_MAX / STACK_COPY_CHUNK + 1;
 /// task has no user memory (a kernel thread), or the copy failed (counted).
 #[inline(always)]
 pub fn capture(ts_ns: u64, pid_tgid: u64, regs: UserRegs, frames: SampledFrames) -> bool {
+    let tgid = (pid_tgid >> 32) as u32;
+    if AGENT.get(0).is_some_and(|&agent| agent == tgid) {
+        counters::add(Counter::StackCopyAgentSkipped, 1);
+        return false;
+    }
     let Some(scratch) = STACK_COPY_SCRATCH.get_ptr_mut(0) else {
         return false;
     };
@@ -70,7 +82,7 @@ pub fn capture(ts_ns: u64, pid_tgid: u64, regs: UserRegs, frames: SampledFrames)
     };
     scratch.header = StackCopyHeader {
         ts_ns,
-        tgid: (pid_tgid >> 32) as u32,
+        tgid,
         pid: pid_tgid as u32,
         ip: regs.ip,
         sp: regs.sp,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 pub use attach::ProbeError;
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     Ebpf, EbpfLoader,
 };
 pub use maps::{KernelCounters, StackMap};
@@ -83,6 +83,27 @@ impl Probes {
             )));
         }
         let memlock_warning = sizing::raise_memlock_rlimit();
+        let end_pfn = physmem::end_pfn().map_err(|e| LoadError::Io("/proc/zoneinfo", e))?;
+        let (sample_shift, sample_entries) = sizing::size_samples(end_pfn, options)?;
+        let sample_seed = sizing::sample_seed(options);
+        let layout = pinning::Layout {
+            sample_shift,
+            sample_seed,
+            sample_entries,
+            stack_entries: options.stack_entries,
+            file_entries: options.file_entries,
+            lifecycle_buffer: options.lifecycle_buffer,
+            stack_copy_buffer: options.stack_copy_buffer,
+        };
+        // Before anything else allocates: a previous agent's programs are still attached.
+        if let Some(root) = &options.pin_dir {
+            if let Err(e) = pinning::name_agent_in_kept(root, &layout.key()) {
+                tracing::warn!(
+                    "the previous agent's programs copy this agent's stacks until its own attach: \
+                     {e}"
+                );
+            }
+        }
         let kernel_btf = btf::KernelBtf::load(options.btf.as_deref())?;
         let page_struct_size = kernel_btf.struct_size("page")?;
         let pt_regs_sp = kernel_btf.member_offset("pt_regs", "sp")?;
@@ -105,10 +126,6 @@ impl Probes {
             tracing::warn!("allocating task's memory cgroup will not be recorded: {e}");
         }
 
-        let end_pfn = physmem::end_pfn().map_err(|e| LoadError::Io("/proc/zoneinfo", e))?;
-        let (sample_shift, sample_entries) = sizing::size_samples(end_pfn, options)?;
-        let sample_seed = sizing::sample_seed(options);
-
         // aya's own parse of the same BTF, for the loader's relocations.
         let aya_btf = match &options.btf {
             Some(path) => Some(
@@ -128,15 +145,6 @@ impl Probes {
             0
         };
         let stack_copy_buffer = u64::from(options.stack_copy_buffer);
-        let layout = pinning::Layout {
-            sample_shift,
-            sample_seed,
-            sample_entries,
-            stack_entries: options.stack_entries,
-            file_entries: options.file_entries,
-            lifecycle_buffer: options.lifecycle_buffer,
-            stack_copy_buffer: options.stack_copy_buffer,
-        };
         let mut pins = match &options.pin_dir {
             None => Err("off (--pin-dir none)".to_string()),
             Some(root) => pinning::Pinning::prepare(root, &layout.key()).map_err(|e| {
@@ -191,6 +199,15 @@ impl Probes {
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| ebpf_err("loading the kernel programs", e))?;
+        let named = match ebpf.map_mut(pinning::AGENT_MAP) {
+            Some(map) => Array::try_from(map).and_then(pinning::name_agent),
+            None => Err(MapError::InvalidName {
+                name: pinning::AGENT_MAP.into(),
+            }),
+        };
+        if let Err(e) = named {
+            tracing::warn!("the programs copy the agent's own stacks too: {e}");
+        }
         if let Ok(pins) = &pins {
             // The previous agent's programs stop just before ours start.
             let detached = pins.detach_previous()?;

@@ -15,14 +15,18 @@
 //! the agent starts afresh and says why (`memlens status`). `memlens unload` removes it all.
 
 use std::{
+    borrow::BorrowMut,
     ffi::CString,
     os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
 };
 
-use aya::programs::{
-    links::{FdLink, PinnedLink},
-    RawTracePoint, TracePoint,
+use aya::{
+    maps::{Array, Map, MapData, MapError},
+    programs::{
+        links::{FdLink, PinnedLink},
+        RawTracePoint, TracePoint,
+    },
 };
 use memlens_common::{
     counters::COUNTER_COUNT, filemap::FileKey, lifecycle::LifecycleEvent, page::PageAlloc,
@@ -37,14 +41,38 @@ pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/memlens";
 const BPFFS: &str = "/sys/fs/bpf";
 
 /// The maps kept: those the agent reads what the programs recorded from.
-pub(super) const KEPT_MAPS: [&str; 6] = [
+pub(super) const KEPT_MAPS: [&str; 7] = [
     "PAGE_ALLOCS",
     "STACKS",
     "COUNTERS",
     "FILE_PAGES",
     "LIFECYCLE",
     "STACK_COPIES",
+    AGENT_MAP,
 ];
+
+/// The map naming the agent's process, whose stacks the programs do not copy.
+pub(super) const AGENT_MAP: &str = "AGENT";
+
+/// Names this process as the agent in the agent map `<root>/<layout>` kept, if a previous agent
+/// left one: its programs run on until this agent's replace them, and they copy the stack of
+/// every process they are not told is the agent, this agent's start-up included (5 MiB of
+/// copies in a restarted agent's first seconds, more than the ring holds). False when none is
+/// kept.
+pub(super) fn name_agent_in_kept(root: &Path, layout: &str) -> Result<bool, MapError> {
+    let path = root.join(layout).join("maps").join(AGENT_MAP);
+    if !path.exists() {
+        return Ok(false);
+    }
+    let map = Map::from_map_data(MapData::from_pin(&path)?)?;
+    name_agent(Array::try_from(map)?)?;
+    Ok(true)
+}
+
+/// Writes this process's id into the agent map.
+pub(super) fn name_agent<T: BorrowMut<MapData>>(mut map: Array<T, u32>) -> Result<(), MapError> {
+    map.set(0, std::process::id(), 0)
+}
 
 /// The page program's link: without it kept, the kept records may be stale.
 pub(super) const PAGE_LINK: &str = "page_alloc";

@@ -8,6 +8,8 @@
 //! unwinds them with each binary's own unwind tables (`.eh_frame`, `.debug_frame`) and discards
 //! the bytes. They may hold secrets: they are never stored, logged or served.
 
+use crate::python::PYTHON_FRAMES_BYTES;
+
 /// Largest stack copy per sample, in bytes (the configured size is at most this).
 pub const STACK_COPY_MAX: usize = 16384;
 
@@ -30,18 +32,26 @@ pub struct StackCopyHeader {
     /// The `PAGE_ALLOCS` entries the allocation wrote: `superblocks` from `first_superblock`.
     pub first_superblock: u64,
     pub superblocks: u32,
-    /// Bytes of stack that follow, from `sp` up.
+    /// Bytes of stack that follow the Python frames, from `sp` up.
     pub len: u32,
+    /// [`PythonFrame`](crate::python::PythonFrame)s that follow the header, innermost first.
+    pub python_frames: u32,
+    /// How their walk ended: a [`PythonWalk`](crate::python::PythonWalk).
+    pub python_walk: u32,
 }
 
-/// The kernel program's per-CPU scratch record: a header and room for the copy, plus one chunk
-/// of slack so that every bounded step of the copy provably fits (the verifier checks bounds,
-/// not arithmetic). Only `size_of::<StackCopyHeader>() + len` bytes reach the ring buffer.
+/// Room for what follows a record's header: its Python frames, then the stack bytes; plus one
+/// chunk of slack so that every bounded step of the copy provably fits (the verifier checks
+/// bounds, not arithmetic).
+pub const STACK_COPY_DATA: usize = PYTHON_FRAMES_BYTES + STACK_COPY_MAX + STACK_COPY_CHUNK;
+
+/// The kernel program's per-CPU scratch record: a header and room for the Python frames and the
+/// copy. Only the header, the frames and `len` bytes of stack reach the ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct StackCopy {
     pub header: StackCopyHeader,
-    pub data: [u8; STACK_COPY_MAX + STACK_COPY_CHUNK],
+    pub data: [u8; STACK_COPY_DATA],
 }
 
 #[cfg(feature = "user")]

@@ -22,10 +22,14 @@ use memlens_common::{
         AllocCountdown, AllocCounter, AllocEvent, AllocEventKind, AllocPending,
         AllocSampleHeader, ALLOC_COUNTER_COUNT, GAP_TABLE_SIZE,
     },
-    stack_copy::{STACK_COPY_CHUNK, STACK_COPY_MAX},
+    python::{PythonFrame, PYTHON_FRAMES_BYTES},
+    stack_copy::STACK_COPY_DATA,
 };
 
-use crate::stack_copy::{copy_user_stack, Copied};
+use crate::{
+    python,
+    stack_copy::{copy_user_stack, Copied},
+};
 
 /// Bytes of `ALLOC_EVENTS`, set by the agent with the map's size.
 #[no_mangle]
@@ -64,7 +68,7 @@ static ALLOC_EVENTS: RingBuf = RingBuf::with_byte_size(4096, 0);
 #[repr(C)]
 pub struct AllocSampleRecord {
     header: AllocSampleHeader,
-    data: [u8; STACK_COPY_MAX + STACK_COPY_CHUNK],
+    data: [u8; STACK_COPY_DATA],
 }
 
 /// Where a sample is assembled (too large for the BPF stack).
@@ -158,7 +162,10 @@ fn on_alloc(ctx: &ProbeContext, size: u64, memptr: u64) {
     };
     // SAFETY: per-CPU map value; uprobe programs do not nest on one CPU.
     let record = unsafe { &mut *record };
-    let len = match copy_user_stack(&mut record.data, regs.rsp) {
+    let tgid = (pid_tgid >> 32) as u32;
+    let walked = python::walk(tgid, tid, &mut record.data[..PYTHON_FRAMES_BYTES]);
+    let python_bytes = walked.frames * size_of::<PythonFrame>();
+    let len = match copy_user_stack(&mut record.data, python_bytes, regs.rsp) {
         Copied::Bytes(n) => n,
         Copied::Off => 0,
         Copied::Failed => {
@@ -172,14 +179,16 @@ fn on_alloc(ctx: &ProbeContext, size: u64, memptr: u64) {
         id,
         // SAFETY: no preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
-        tgid: (pid_tgid >> 32) as u32,
+        tgid,
         pid: tid,
         size,
         ip: regs.rip,
         sp: regs.rsp,
         bp: regs.rbp,
+        python_frames: walked.frames as u32,
+        python_walk: walked.outcome as u32,
     };
-    let total = size_of::<AllocSampleHeader>() + len;
+    let total = size_of::<AllocSampleHeader>() + python_bytes + len;
     if total > size_of::<AllocSampleRecord>() {
         return;
     }

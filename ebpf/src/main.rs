@@ -14,6 +14,7 @@ mod counters;
 mod filemap;
 mod lifecycle;
 mod pages;
+mod python;
 mod stack_copy;
 mod task;
 

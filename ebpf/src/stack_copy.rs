@@ -15,10 +15,11 @@ use aya_ebpf::{
 use memlens_common::{
     counters::Counter,
     page::SampledFrames,
-    stack_copy::{StackCopy, StackCopyHeader, STACK_COPY_CHUNK, STACK_COPY_MAX},
+    python::{PythonFrame, PYTHON_FRAMES_BYTES},
+    stack_copy::{StackCopy, StackCopyHeader, STACK_COPY_CHUNK, STACK_COPY_DATA, STACK_COPY_MAX},
 };
 
-use crate::{counters, task::UserRegs};
+use crate::{counters, python, task::UserRegs};
 
 /// Bytes of stack copied per sample (at most `STACK_COPY_MAX`); 0 turns copying off.
 #[no_mangle]
@@ -55,8 +56,8 @@ static AGENT: Array<u32> = Array::with_max_entries(1, 0);
 
 const STEPS: usize = STACK_COPY_MAX / STACK_COPY_CHUNK + 1;
 
-/// Copies the registers and up to `STACK_COPY_BYTES` of the stack from `regs.sp` up into the
-/// ring buffer. True when the copy is on its way to the agent; false when copying is off, the
+/// Copies the registers, the Python frames of a CPython process, and up to `STACK_COPY_BYTES`
+/// of the stack from `regs.sp` up into the ring buffer. True when the copy is on its way to the agent; false when copying is off, the
 /// task has no user memory (a kernel thread), or the copy failed (counted).
 #[inline(always)]
 pub fn capture(ts_ns: u64, pid_tgid: u64, regs: UserRegs, frames: SampledFrames) -> bool {
@@ -72,7 +73,9 @@ pub fn capture(ts_ns: u64, pid_tgid: u64, regs: UserRegs, frames: SampledFrames)
     let started = unsafe { bpf_ktime_get_ns() };
     // SAFETY: per-CPU map value; this program does not nest on one CPU.
     let scratch = unsafe { &mut *scratch };
-    let done = match copy_user_stack(&mut scratch.data, regs.sp) {
+    let walked = python::walk(tgid, pid_tgid as u32, &mut scratch.data[..PYTHON_FRAMES_BYTES]);
+    let python_bytes = walked.frames * size_of::<PythonFrame>();
+    let done = match copy_user_stack(&mut scratch.data, python_bytes, regs.sp) {
         Copied::Bytes(done) => done,
         Copied::Off => return false,
         Copied::Failed => {
@@ -90,8 +93,13 @@ pub fn capture(ts_ns: u64, pid_tgid: u64, regs: UserRegs, frames: SampledFrames)
         first_superblock: frames.first_superblock,
         superblocks: frames.count as u32,
         len: done as u32,
+        python_frames: walked.frames as u32,
+        python_walk: walked.outcome as u32,
     };
-    let len = size_of::<StackCopyHeader>() + done;
+    let len = size_of::<StackCopyHeader>() + python_bytes + done;
+    if len > size_of::<StackCopy>() {
+        return false;
+    }
     // SAFETY: `scratch` is `size_of::<StackCopy>()` bytes and `len` is at most that.
     let bytes = unsafe { core::slice::from_raw_parts((scratch as *const StackCopy).cast::<u8>(), len) };
     // Waking the agent is an interrupt of its own (a self-IPI, a VM exit under a hypervisor):
@@ -129,13 +137,20 @@ pub enum Copied {
     Failed,
 }
 
-/// Copies up to `STACK_COPY_BYTES` of the current task's user stack from `sp` up into `data`,
-/// one page at a time so that the copy ends at the top of the stack with what it has.
+/// Copies up to `STACK_COPY_BYTES` of the current task's user stack from `sp` up into `data`
+/// from `start` (at most `PYTHON_FRAMES_BYTES`: after the Python frames), one page at a time so
+/// that the copy ends at the top of the stack with what it has.
 #[inline(always)]
-pub fn copy_user_stack(data: &mut [u8; STACK_COPY_MAX + STACK_COPY_CHUNK], sp: u64) -> Copied {
+pub fn copy_user_stack(data: &mut [u8; STACK_COPY_DATA], mut start: usize, sp: u64) -> Copied {
     let mut limit = STACK_COPY_BYTES.load() as usize;
     if limit == 0 {
         return Copied::Off;
+    }
+    // As below: the bound must stay in a register the verifier follows.
+    // SAFETY: `rN = rN` changes nothing.
+    unsafe { core::arch::asm!("{0} = {0}", inout(reg) start) };
+    if start > PYTHON_FRAMES_BYTES {
+        return Copied::Failed;
     }
     // The main thread's frames all lie below `mm->start_stack` (where `argc` was at exec);
     // above it are the environment and the auxiliary vector, which unwinding never reads.
@@ -164,9 +179,9 @@ pub fn copy_user_stack(data: &mut [u8; STACK_COPY_MAX + STACK_COPY_CHUNK], sp: u
         if chunk > STACK_COPY_CHUNK {
             break;
         }
-        let dst = data.as_mut_ptr().wrapping_add(done);
-        // SAFETY: `dst..dst + chunk` lies in `data` (done <= MAX, chunk <= CHUNK); the helper
-        // checks the user address and fails on an unmapped page.
+        let dst = data.as_mut_ptr().wrapping_add(start + done);
+        // SAFETY: `dst..dst + chunk` lies in `data` (start <= PYTHON_FRAMES_BYTES, done <= MAX,
+        // chunk <= CHUNK); the helper checks the user address and fails on an unmapped page.
         let read = unsafe { bpf_probe_read_user(dst.cast(), chunk as u32, addr as *const c_void) };
         if read != 0 {
             break;

@@ -8,6 +8,7 @@ pub mod alloc_trace;
 pub mod allocations;
 pub mod census;
 pub mod page_cache;
+pub mod python;
 pub mod snapshot;
 pub mod user_stack;
 

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use memlens_common::python::{PythonFrame as PythonFrameRecord, PythonWalk};
 pub use memlens_types::stack::{
     FoundBy, SavedSlot, SavedStackId, StackStop, UnwoundChanges, UnwoundFrame, UnwoundStack,
 };
@@ -23,6 +24,57 @@ pub struct StackSample<'a> {
     pub superblocks: u32,
     /// The stack from `sp` up.
     pub stack: &'a [u8],
+    /// The Python frames the kernel program recorded with it.
+    pub python: PythonRecords<'a>,
+}
+
+/// The Python frames recorded with a stack copy, innermost first, as the record holds them.
+#[derive(Clone, Copy, Debug)]
+pub struct PythonRecords<'a> {
+    pub walk: PythonWalk,
+    bytes: &'a [u8],
+}
+
+impl<'a> PythonRecords<'a> {
+    /// No Python frames (not a Python process).
+    pub const NONE: PythonRecords<'static> = PythonRecords {
+        walk: PythonWalk::NotPython,
+        bytes: &[],
+    };
+
+    /// `count` frames at the start of `bytes` (fewer if `bytes` is short), walked as `walk`
+    /// says (an unknown outcome reads as no walk).
+    #[must_use]
+    pub fn new(walk: u32, count: u32, bytes: &'a [u8]) -> PythonRecords<'a> {
+        let len = (count as usize)
+            .saturating_mul(size_of::<PythonFrameRecord>())
+            .min(bytes.len());
+        PythonRecords {
+            walk: PythonWalk::from_u32(walk).unwrap_or(PythonWalk::NotPython),
+            bytes: &bytes[..len],
+        }
+    }
+
+    /// Bytes the frames take in the record.
+    #[must_use]
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The frames, innermost first.
+    pub fn frames(&self) -> impl ExactSizeIterator<Item = PythonFrameRecord> + 'a {
+        self.bytes
+            .chunks_exact(size_of::<PythonFrameRecord>())
+            .map(|c| {
+                let word = |i: usize| {
+                    u64::from_le_bytes(c[i * 8..i * 8 + 8].try_into().unwrap_or_default())
+                };
+                PythonFrameRecord {
+                    code: word(0),
+                    instr: word(1),
+                }
+            })
+    }
 }
 
 impl StackSample<'_> {
@@ -59,6 +111,7 @@ mod tests {
             first_superblock: 0,
             superblocks: 1,
             stack: &stack,
+            python: PythonRecords::NONE,
         };
         assert_eq!(sample.word(0x1000), Some(10));
         assert_eq!(sample.word(0x1018), Some(13));

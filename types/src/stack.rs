@@ -225,6 +225,44 @@ impl UnwoundChanges {
     }
 }
 
+/// Bit 63 marks an unwound stack's address as a Python frame's id (see [`PythonFrameId`]): no
+/// user-space address has it set.
+const PYTHON_FRAME_BIT: u64 = 1 << 63;
+
+/// A Python frame (function, file, line) in the agent's table of them: Python frames take the
+/// place of the interpreter's native frames in an unwound stack, as addresses with bit 63 set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PythonFrameId(pub u32);
+
+impl PythonFrameId {
+    /// The address standing for this frame in an unwound stack.
+    #[must_use]
+    pub fn address(self) -> u64 {
+        PYTHON_FRAME_BIT | u64::from(self.0)
+    }
+
+    /// The frame an unwound stack's address stands for, if it is a Python frame's.
+    #[must_use]
+    pub fn of_address(addr: u64) -> Option<PythonFrameId> {
+        if addr & PYTHON_FRAME_BIT == 0 {
+            return None;
+        }
+        u32::try_from(addr & !PYTHON_FRAME_BIT)
+            .ok()
+            .map(PythonFrameId)
+    }
+}
+
+/// A Python frame: the function a code object is (its qualified name), its file, and the line of
+/// the instruction it ran. Also what stands in for the Python frames of an interpreter memlens
+/// cannot read (`line` 0, `function` saying why).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PythonFrame {
+    pub function: Arc<str>,
+    pub file: Arc<str>,
+    pub line: u32,
+}
+
 /// How a user stack was unwound, taken over its frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -60,7 +60,8 @@ fn decode(item: &[u8]) -> Option<AllocRecord<'_>> {
         // SAFETY: the item starts with an AllocSampleHeader written by the kernel program
         // (plain data, size checked above); read unaligned into our own value.
         let h: AllocSampleHeader = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-        let end = (header_len + h.len as usize).min(item.len());
+        let (python, stack) =
+            super::split_copy(&item[header_len..], h.python_frames, h.python_walk, h.len);
         return Some(AllocRecord::Sample {
             id: h.id,
             size: h.size,
@@ -73,7 +74,8 @@ fn decode(item: &[u8]) -> Option<AllocRecord<'_>> {
                 bp: h.bp,
                 first_superblock: 0,
                 superblocks: 0,
-                stack: &item[header_len..end],
+                stack,
+                python,
             },
         });
     }
@@ -117,6 +119,8 @@ mod tests {
             ip: 0x401000,
             sp: 0x7ffe0000,
             bp: 0,
+            python_frames: 0,
+            python_walk: 0,
         };
         let mut item = bytes(&header);
         item.extend(1u64.to_le_bytes());

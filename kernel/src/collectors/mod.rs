@@ -2,6 +2,8 @@
 
 use std::{os::fd::RawFd, time::Duration};
 
+use memlens_model::user_stack::PythonRecords;
+
 pub mod alloc_events;
 pub mod census;
 pub mod lifecycle;
@@ -20,4 +22,13 @@ fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
     // SAFETY: one pollfd for the duration of the call; a closed descriptor makes poll report
     // POLLNVAL, not undefined behaviour.
     unsafe { libc::poll(&mut fds, 1, ms) > 0 }
+}
+
+/// Splits what follows a stack copy record's header: `python_frames` Python frames walked as
+/// `python_walk` says, then up to `len` bytes of stack (less when the record is short).
+fn split_copy(rest: &[u8], python_frames: u32, python_walk: u32, len: u32) -> (PythonRecords<'_>, &[u8]) {
+    let python = PythonRecords::new(python_walk, python_frames, rest);
+    let stack = &rest[python.byte_len()..];
+    let stack = &stack[..(len as usize).min(stack.len())];
+    (python, stack)
 }

@@ -45,7 +45,12 @@ impl StackCopyRing {
             // SAFETY: the item starts with a StackCopyHeader written by the kernel program
             // (plain data, size checked above); read unaligned into our own value.
             let header: StackCopyHeader = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            let end = (header_len + header.len as usize).min(item.len());
+            let (python, stack) = super::split_copy(
+                &item[header_len..],
+                header.python_frames,
+                header.python_walk,
+                header.len,
+            );
             unwind(&StackSample {
                 ts_ns: header.ts_ns,
                 tgid: header.tgid,
@@ -55,7 +60,8 @@ impl StackCopyRing {
                 bp: header.bp,
                 first_superblock: header.first_superblock,
                 superblocks: header.superblocks,
-                stack: &item[header_len..end],
+                stack,
+                python,
             });
         }
         n

@@ -32,7 +32,11 @@ use memlens_kernel::{
     LoadError, LoadOptions, Probes,
 };
 use memlens_pods::{LogDirs, PodDirectory};
-use memlens_runtimes::go_heap::GoHeapReader;
+use memlens_model::python::PythonFrames;
+use memlens_runtimes::{
+    go_heap::GoHeapReader,
+    python::{Interpreters, PythonStats},
+};
 use memlens_store::Store;
 use memlens_symbolize::tables::SharedModuleFiles;
 use memlens_unwind::{table::UnwoundTable, ProcessEnds, UnwindStats, Unwinder};
@@ -130,16 +134,31 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
     let mut restored_stacks = 0;
     // Binaries' unwind tables, read once for the unwinder and the leaf rules.
     let tables = SharedModuleFiles::default();
+    // The Python frames saved stacks name come back before the stacks.
+    let python_frames = Arc::new(PythonFrames::default());
+    match store.load_python_frames() {
+        Ok(saved) => python_frames.restore(saved),
+        Err(e) => tracing::warn!("saved Python frames not restored: {e}"),
+    }
+    let python_stats = Arc::new(PythonStats::default());
     let unwinding = probes.stack_copies.take().map(|ring| {
         let mut table = UnwoundTable::new(probes.report.sample_entries);
         restored_stacks = resume_stacks(&mut store, resumed, &mut table);
+        let mut python = Interpreters::new(
+            Arc::clone(&python_frames),
+            Box::new(probes.python.clone()),
+            Arc::clone(&python_stats),
+        );
+        // Processes a previous agent named that are gone: their pids may be taken again.
+        python.forget_unmet(|tgid| std::path::Path::new(&format!("/proc/{tgid}")).exists());
         Arc::new(Mutex::new(Unwinding::new(
             ring,
             Unwinder::new(
                 Arc::clone(&unwind_stats),
                 process_ends.clone(),
                 Arc::clone(&tables),
-            ),
+            )
+            .with_python(python),
             table,
         )))
     });
@@ -174,7 +193,7 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
             HISTORY_COARSE_SPAN,
             max_stacks.min(HISTORY_MAX_STACKS),
         ))),
-        symbols: SymbolService::start(heap::release_free_memory)
+        symbols: SymbolService::start(heap::release_free_memory, Arc::clone(&python_frames))
             .context("cannot start the symbolizer thread")?,
     };
     let traces = Arc::new(
@@ -229,6 +248,7 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         last_recorded: None,
         save_unwound: probes_pinned,
         last_save: None,
+        python_frames: Arc::clone(&python_frames),
     };
     let views = Arc::new(Views::new(refresher.view()));
     let published = Arc::clone(&views);

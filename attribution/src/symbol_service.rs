@@ -9,6 +9,8 @@ use std::{
     time::Duration,
 };
 
+use memlens_model::python::PythonFrames;
+
 use crate::symbols::{SymbolCache, SymbolStats};
 
 type Job = Box<dyn FnOnce(&mut SymbolCache) + Send>;
@@ -32,17 +34,17 @@ pub struct SymbolService {
 pub struct ServiceGone;
 
 impl SymbolService {
-    /// Starts the thread; `released` runs after the symbolizer let go of the files it read
+    /// Starts the thread, which names Python frames from `python`; `released` runs after the symbolizer let go of the files it read
     /// (the agent gives the freed memory back to the system then, rather than at its next
     /// periodic trim: 15-20 MiB after a query or a refresh's new stacks on the busy-node bench).
-    pub fn start(released: fn()) -> std::io::Result<SymbolService> {
+    pub fn start(released: fn(), python: Arc<PythonFrames>) -> std::io::Result<SymbolService> {
         let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUE);
         let stats = Arc::new(SymbolStats::default());
         let counted = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name("symbolize".into())
             .spawn(move || {
-                let mut cache = SymbolCache::counting(counted);
+                let mut cache = SymbolCache::new(counted, python);
                 loop {
                     match queue.recv_timeout(IDLE_AFTER) {
                         Ok(job) => job(&mut cache),

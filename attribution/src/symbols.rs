@@ -20,7 +20,9 @@ use memlens_procfs::Mapping;
 use memlens_symbolize::{StackAddr, Symbolizer};
 use memlens_types::stack::Frame;
 
-use crate::{LeakView, ProcessInfo, ProcessKey, UserFrame, UserStack};
+use memlens_model::python::{PythonFrameId, PythonFrames};
+
+use crate::{CodeLocation, LeakView, ProcessInfo, ProcessKey, UserFrame, UserStack};
 
 /// Most cached stacks, user and kernel each (the least recently used go first).
 const MAX_STACKS: usize = 50_000;
@@ -78,6 +80,28 @@ impl SymbolizedStack {
     }
 }
 
+/// Python frame `id` as a frame of a symbolized stack: its function, file and line (a frame
+/// standing for unread ones has only a function, which says why).
+fn python_frame(frames: &PythonFrames, id: PythonFrameId) -> Frame {
+    let found = frames.get(id);
+    Frame {
+        addr: id.address(),
+        function: Some(found.as_ref().map_or_else(
+            || "[Python frame unknown]".to_string(),
+            |f| f.function.to_string(),
+        )),
+        module: None,
+        module_offset: None,
+        file: found
+            .as_ref()
+            .filter(|f| !f.file.is_empty())
+            .map(|f| f.file.to_string()),
+        line: found.as_ref().map(|f| f.line).filter(|&l| l > 0),
+        inlined: false,
+        recovered: false,
+    }
+}
+
 /// What the symbolizer has done, readable from any thread without waiting for it.
 #[derive(Debug, Default)]
 pub struct SymbolStats {
@@ -89,6 +113,8 @@ pub struct SymbolStats {
 
 pub struct SymbolCache {
     symbolizer: Symbolizer,
+    /// The Python frames stacks refer to.
+    python: Arc<PythonFrames>,
     user: LruCache<u64, Arc<SymbolizedStack>>,
     /// The names at each code location (of frames that were named).
     locations: LruCache<Arc<UserFrame>, Arc<[Frame]>>,
@@ -102,6 +128,7 @@ impl Default for SymbolCache {
     fn default() -> SymbolCache {
         SymbolCache {
             symbolizer: Symbolizer::default(),
+            python: Arc::default(),
             user: LruCache::new(MAX_STACKS),
             locations: LruCache::new(MAX_LOCATIONS),
             kernel: LruCache::new(MAX_STACKS),
@@ -112,11 +139,12 @@ impl Default for SymbolCache {
 }
 
 impl SymbolCache {
-    /// A cache that counts into `stats`.
+    /// A cache that counts into `stats` and names Python frames from `python`.
     #[must_use]
-    pub fn counting(stats: Arc<SymbolStats>) -> SymbolCache {
+    pub fn new(stats: Arc<SymbolStats>, python: Arc<PythonFrames>) -> SymbolCache {
         SymbolCache {
             stats,
+            python,
             ..SymbolCache::default()
         }
     }
@@ -131,11 +159,15 @@ impl SymbolCache {
         let process = view.symbolize_via.get(&sig)?;
         let info = view.processes.get(process)?;
         let alive = view.alive.contains(process);
-        // Locations named before are not looked up again.
+        // Python frames are named by the table the unwinder filled; locations named before are
+        // not looked up again.
         let mut per_frame: Vec<Option<Arc<[Frame]>>> = stack
             .frames
             .iter()
-            .map(|f| self.locations.get(f).cloned())
+            .map(|f| match &f.location {
+                CodeLocation::Python(id) => Some(Arc::from([python_frame(&self.python, *id)])),
+                _ => self.locations.get(f).cloned(),
+            })
             .collect();
         let missing: Vec<usize> = (0..per_frame.len())
             .filter(|&i| per_frame[i].is_none())

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use memlens_model::{
     census::PageAlloc,
+    python::PythonFrameId,
     user_stack::{FoundBy, UnwoundStack},
 };
 use memlens_procfs::{maps, Mapping};
@@ -54,12 +55,17 @@ pub enum CodeLocation {
     /// Outside any file (code generated at run time, an address no mapping holds): it means
     /// something only in its own process.
     Process { process: ProcessKey, addr: u64 },
+    /// A Python frame (function, file, line), the same in every process that ran it.
+    Python(PythonFrameId),
 }
 
 impl CodeLocation {
     /// The location of `addr` in `process`, whose mappings are `maps`.
     #[must_use]
     pub fn of(addr: u64, process: ProcessKey, maps: &[Mapping]) -> CodeLocation {
+        if let Some(id) = PythonFrameId::of_address(addr) {
+            return CodeLocation::Python(id);
+        }
         match maps::find(maps, addr) {
             Some(m) if m.inode != 0 => CodeLocation::File {
                 dev: m.dev.as_str().into(),
@@ -85,6 +91,7 @@ impl CodeLocation {
                 })
                 .map(|m| m.start + (*offset - m.offset)),
             CodeLocation::Process { process, addr } => (*process == info.key).then_some(*addr),
+            CodeLocation::Python(id) => Some(id.address()),
         }
     }
 }
@@ -100,6 +107,7 @@ impl UserStack {
                 addr: f.location.address_in(info).unwrap_or(match f.location {
                     CodeLocation::File { offset, .. } => offset,
                     CodeLocation::Process { addr, .. } => addr,
+                    CodeLocation::Python(id) => id.address(),
                 }),
                 return_address: f.return_address,
                 recovered: f.recovered,
@@ -122,11 +130,12 @@ impl RawStack {
         signature(self.addrs.iter().map(|a| (a.addr, a.recovered)))
     }
 
-    /// Whether an address is outside `maps` (code loaded after they were read).
+    /// Whether an address is outside `maps` (code loaded after they were read); Python frames
+    /// are in no mapping.
     pub fn outside(&self, maps: &[Mapping]) -> bool {
-        self.addrs
-            .iter()
-            .any(|a| maps::find(maps, a.addr).is_none())
+        self.addrs.iter().any(|a| {
+            PythonFrameId::of_address(a.addr).is_none() && maps::find(maps, a.addr).is_none()
+        })
     }
 }
 

@@ -33,7 +33,7 @@ pub enum AllocEventKind {
 pub struct AllocSampleHeader {
     /// `AllocEventKind::Sample`.
     pub kind: u32,
-    /// Bytes of stack copy that follow the Python frames.
+    /// Bytes of stack copy that follow the header.
     pub len: u32,
     /// Unique per trace: (per-CPU sequence << 12) | CPU.
     pub id: u64,
@@ -46,7 +46,7 @@ pub struct AllocSampleHeader {
     pub ip: u64,
     pub sp: u64,
     pub bp: u64,
-    /// [`PythonFrame`](crate::python::PythonFrame)s that follow the header, innermost first.
+    /// [`PythonFrame`](crate::python::PythonFrame)s that follow the stack, innermost first.
     pub python_frames: u32,
     /// How their walk ended: a [`PythonWalk`](crate::python::PythonWalk).
     pub python_walk: u32,

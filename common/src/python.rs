@@ -19,6 +19,11 @@ pub const PYTHON_FRAMES_MAX: usize = 64;
 /// remembered per thread, so a process's threads are searched once each).
 pub const PYTHON_THREADS_MAX: usize = 128;
 
+/// Bytes of a frame read at once, from its start: every frame field the program takes must lie
+/// in it (the agent checks a layout before naming a process). A power of two: field offsets are
+/// masked with it.
+pub const PYTHON_FRAME_WINDOW: usize = 128;
+
 /// An offset the version does not have.
 pub const NO_FIELD: u16 = u16::MAX;
 

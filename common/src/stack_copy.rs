@@ -32,15 +32,15 @@ pub struct StackCopyHeader {
     /// The `PAGE_ALLOCS` entries the allocation wrote: `superblocks` from `first_superblock`.
     pub first_superblock: u64,
     pub superblocks: u32,
-    /// Bytes of stack that follow the Python frames, from `sp` up.
+    /// Bytes of stack that follow the header, from `sp` up.
     pub len: u32,
-    /// [`PythonFrame`](crate::python::PythonFrame)s that follow the header, innermost first.
+    /// [`PythonFrame`](crate::python::PythonFrame)s that follow the stack, innermost first.
     pub python_frames: u32,
     /// How their walk ended: a [`PythonWalk`](crate::python::PythonWalk).
     pub python_walk: u32,
 }
 
-/// Room for what follows a record's header: its Python frames, then the stack bytes; plus one
+/// Room for what follows a record's header: the stack bytes, then its Python frames; plus one
 /// chunk of slack so that every bounded step of the copy provably fits (the verifier checks
 /// bounds, not arithmetic).
 pub const STACK_COPY_DATA: usize = PYTHON_FRAMES_BYTES + STACK_COPY_MAX + STACK_COPY_CHUNK;

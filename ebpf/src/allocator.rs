@@ -22,7 +22,6 @@ use memlens_common::{
         AllocCountdown, AllocCounter, AllocEvent, AllocEventKind, AllocPending,
         AllocSampleHeader, ALLOC_COUNTER_COUNT, GAP_TABLE_SIZE,
     },
-    python::{PythonFrame, PYTHON_FRAMES_BYTES},
     stack_copy::STACK_COPY_DATA,
 };
 
@@ -163,9 +162,7 @@ fn on_alloc(ctx: &ProbeContext, size: u64, memptr: u64) {
     // SAFETY: per-CPU map value; uprobe programs do not nest on one CPU.
     let record = unsafe { &mut *record };
     let tgid = (pid_tgid >> 32) as u32;
-    let walked = python::walk(tgid, tid, &mut record.data[..PYTHON_FRAMES_BYTES]);
-    let python_bytes = walked.frames * size_of::<PythonFrame>();
-    let len = match copy_user_stack(&mut record.data, python_bytes, regs.rsp) {
+    let len = match copy_user_stack(&mut record.data, regs.rsp) {
         Copied::Bytes(n) => n,
         Copied::Off => 0,
         Copied::Failed => {
@@ -185,10 +182,23 @@ fn on_alloc(ctx: &ProbeContext, size: u64, memptr: u64) {
         ip: regs.rip,
         sp: regs.rsp,
         bp: regs.rbp,
-        python_frames: walked.frames as u32,
-        python_walk: walked.outcome as u32,
+        python_frames: 0,
+        python_walk: 0,
     };
-    let total = size_of::<AllocSampleHeader>() + python_bytes + len;
+    // The Python frames follow the stack; the walk comes last (see `python::walk_after`).
+    let header = &mut record.header;
+    let Some(copied) = python::walk_after(
+        tgid,
+        tid,
+        &mut record.data,
+        &mut header.len,
+        &mut header.python_frames,
+        &mut header.python_walk,
+    ) else {
+        let _ = ALLOC_PENDING.remove(&tid);
+        return;
+    };
+    let total = size_of::<AllocSampleHeader>() + copied;
     if total > size_of::<AllocSampleRecord>() {
         return;
     }

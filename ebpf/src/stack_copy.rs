@@ -15,8 +15,7 @@ use aya_ebpf::{
 use memlens_common::{
     counters::Counter,
     page::SampledFrames,
-    python::{PythonFrame, PYTHON_FRAMES_BYTES},
-    stack_copy::{StackCopy, StackCopyHeader, STACK_COPY_CHUNK, STACK_COPY_DATA, STACK_COPY_MAX},
+        stack_copy::{StackCopy, StackCopyHeader, STACK_COPY_CHUNK, STACK_COPY_DATA, STACK_COPY_MAX},
 };
 
 use crate::{counters, python, task::UserRegs};
@@ -56,9 +55,10 @@ static AGENT: Array<u32> = Array::with_max_entries(1, 0);
 
 const STEPS: usize = STACK_COPY_MAX / STACK_COPY_CHUNK + 1;
 
-/// Copies the registers, the Python frames of a CPython process, and up to `STACK_COPY_BYTES`
-/// of the stack from `regs.sp` up into the ring buffer. True when the copy is on its way to the agent; false when copying is off, the
-/// task has no user memory (a kernel thread), or the copy failed (counted).
+/// Copies the registers, up to `STACK_COPY_BYTES` of the stack from `regs.sp` up and the Python
+/// frames of a CPython process into the ring buffer. True when the copy is on its way to the
+/// agent; false when copying is off, the task has no user memory (a kernel thread), or the copy
+/// failed (counted).
 #[inline(always)]
 pub fn capture(ts_ns: u64, pid_tgid: u64, regs: UserRegs, frames: SampledFrames) -> bool {
     let tgid = (pid_tgid >> 32) as u32;
@@ -73,9 +73,7 @@ pub fn capture(ts_ns: u64, pid_tgid: u64, regs: UserRegs, frames: SampledFrames)
     let started = unsafe { bpf_ktime_get_ns() };
     // SAFETY: per-CPU map value; this program does not nest on one CPU.
     let scratch = unsafe { &mut *scratch };
-    let walked = python::walk(tgid, pid_tgid as u32, &mut scratch.data[..PYTHON_FRAMES_BYTES]);
-    let python_bytes = walked.frames * size_of::<PythonFrame>();
-    let done = match copy_user_stack(&mut scratch.data, python_bytes, regs.sp) {
+    let done = match copy_user_stack(&mut scratch.data, regs.sp) {
         Copied::Bytes(done) => done,
         Copied::Off => return false,
         Copied::Failed => {
@@ -93,10 +91,23 @@ pub fn capture(ts_ns: u64, pid_tgid: u64, regs: UserRegs, frames: SampledFrames)
         first_superblock: frames.first_superblock,
         superblocks: frames.count as u32,
         len: done as u32,
-        python_frames: walked.frames as u32,
-        python_walk: walked.outcome as u32,
+        python_frames: 0,
+        python_walk: 0,
     };
-    let len = size_of::<StackCopyHeader>() + python_bytes + done;
+    // The Python frames follow the stack bytes; the walk comes last, so that the states it ends
+    // in (one per frame count) go through nothing but the send below.
+    let header = &mut scratch.header;
+    let Some(python_bytes) = python::walk_after(
+        tgid,
+        pid_tgid as u32,
+        &mut scratch.data,
+        &mut header.len,
+        &mut header.python_frames,
+        &mut header.python_walk,
+    ) else {
+        return false;
+    };
+    let len = size_of::<StackCopyHeader>() + python_bytes;
     if len > size_of::<StackCopy>() {
         return false;
     }
@@ -137,20 +148,13 @@ pub enum Copied {
     Failed,
 }
 
-/// Copies up to `STACK_COPY_BYTES` of the current task's user stack from `sp` up into `data`
-/// from `start` (at most `PYTHON_FRAMES_BYTES`: after the Python frames), one page at a time so
-/// that the copy ends at the top of the stack with what it has.
+/// Copies up to `STACK_COPY_BYTES` of the current task's user stack from `sp` up into `data`,
+/// one page at a time so that the copy ends at the top of the stack with what it has.
 #[inline(always)]
-pub fn copy_user_stack(data: &mut [u8; STACK_COPY_DATA], mut start: usize, sp: u64) -> Copied {
+pub fn copy_user_stack(data: &mut [u8; STACK_COPY_DATA], sp: u64) -> Copied {
     let mut limit = STACK_COPY_BYTES.load() as usize;
     if limit == 0 {
         return Copied::Off;
-    }
-    // As below: the bound must stay in a register the verifier follows.
-    // SAFETY: `rN = rN` changes nothing.
-    unsafe { core::arch::asm!("{0} = {0}", inout(reg) start) };
-    if start > PYTHON_FRAMES_BYTES {
-        return Copied::Failed;
     }
     // The main thread's frames all lie below `mm->start_stack` (where `argc` was at exec);
     // above it are the environment and the auxiliary vector, which unwinding never reads.
@@ -179,9 +183,9 @@ pub fn copy_user_stack(data: &mut [u8; STACK_COPY_DATA], mut start: usize, sp: u
         if chunk > STACK_COPY_CHUNK {
             break;
         }
-        let dst = data.as_mut_ptr().wrapping_add(start + done);
-        // SAFETY: `dst..dst + chunk` lies in `data` (start <= PYTHON_FRAMES_BYTES, done <= MAX,
-        // chunk <= CHUNK); the helper checks the user address and fails on an unmapped page.
+        let dst = data.as_mut_ptr().wrapping_add(done);
+        // SAFETY: `dst..dst + chunk` lies in `data` (done <= MAX, chunk <= CHUNK); the helper
+        // checks the user address and fails on an unmapped page.
         let read = unsafe { bpf_probe_read_user(dst.cast(), chunk as u32, addr as *const c_void) };
         if read != 0 {
             break;

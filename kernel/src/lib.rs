@@ -7,5 +7,6 @@ pub mod alloc_trace;
 pub mod collectors;
 pub mod loader;
 pub mod physmem;
+pub mod python_maps;
 
 pub use loader::{LoadError, LoadOptions, LoadReport, Probes};

@@ -10,6 +10,7 @@ use std::{
     },
 };
 
+pub use memlens_common::python::PythonProcess;
 pub use memlens_types::stack::{PythonFrame, PythonFrameId};
 
 /// Most distinct Python frames kept (a frame is a function and a line: a large service has tens
@@ -18,6 +19,17 @@ pub const MAX_PYTHON_FRAMES: usize = 1 << 17;
 
 /// The frame standing for those past [`MAX_PYTHON_FRAMES`]; always id 0.
 pub const TABLE_FULL: PythonFrameId = PythonFrameId(0);
+
+/// Where the CPython processes whose Python frames the kernel programs walk are named: the
+/// programs' `PYTHON` map, written by whoever finds the processes (the unwinder).
+pub trait PythonProcesses: Send {
+    /// Names process `tgid` with its interpreter's layout; false when there is no room.
+    fn name(&mut self, tgid: u32, layout: &PythonProcess) -> bool;
+    /// Forgets process `tgid` (it ended, or is not what it was named as).
+    fn forget(&mut self, tgid: u32);
+    /// The processes named now, some perhaps by the agent before this one.
+    fn named(&self) -> Vec<u32>;
+}
 
 /// The table of Python frames, shared by the threads that write and read it.
 #[derive(Debug)]

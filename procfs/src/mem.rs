@@ -41,6 +41,29 @@ impl ProcessMemory {
     }
 }
 
+/// Fills `buf` from process `pid`'s address `addr` without opening anything
+/// (`process_vm_readv`: no descriptor is held between reads, however many processes are read);
+/// a read that comes up short (an unmapped page) is an error.
+pub fn read_remote(pid: u32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: one local iovec over `buf`, which outlives the call; the kernel checks the remote
+    // range and fails (or comes up short) on what is not mapped there.
+    let read = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+    match usize::try_from(read) {
+        Err(_) => Err(io::Error::last_os_error()),
+        Ok(n) if n < buf.len() => Err(io::ErrorKind::UnexpectedEof.into()),
+        Ok(_) => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +77,13 @@ mod tests {
         assert_eq!(mem.words(addr, 3).expect("words"), KNOWN);
         assert_eq!(mem.word(addr + 8).expect("word"), 42);
         assert!(mem.word(8).is_err(), "page zero is not mapped");
+    }
+
+    #[test]
+    fn reads_without_a_descriptor_and_fails_on_unmapped_memory() {
+        let mut buf = [0u8; 16];
+        read_remote(std::process::id(), KNOWN.as_ptr() as u64, &mut buf).expect("own memory");
+        assert_eq!(u64::from_ne_bytes(buf[..8].try_into().unwrap()), KNOWN[0]);
+        assert!(read_remote(std::process::id(), 8, &mut buf).is_err());
     }
 }

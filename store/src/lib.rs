@@ -5,6 +5,7 @@
 
 mod events;
 mod lifecycle;
+mod python_frames;
 mod samples;
 mod schema;
 mod traces;

@@ -105,4 +105,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     DROP TABLE unwound_slots;
     DROP TABLE user_stacks;
     ALTER TABLE unwound_slots_7 RENAME TO unwound_slots;",
+    // 8: the Python frames (function, file, line) unwound stacks refer to by id.
+    "CREATE TABLE python_frames (
+        id INTEGER PRIMARY KEY,
+        function TEXT NOT NULL,
+        file TEXT NOT NULL,
+        line INTEGER NOT NULL
+    );",
 ];

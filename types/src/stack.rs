@@ -256,7 +256,7 @@ impl PythonFrameId {
 /// A Python frame: the function a code object is (its qualified name), its file, and the line of
 /// the instruction it ran. Also what stands in for the Python frames of an interpreter memlens
 /// cannot read (`line` 0, `function` saying why).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PythonFrame {
     pub function: Arc<str>,
     pub file: Arc<str>,

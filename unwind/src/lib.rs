@@ -32,6 +32,7 @@ use framehop::x86_64::CacheX86_64;
 use lru::LruCache;
 use memlens_model::user_stack::{FoundBy, StackSample, StackStop, UnwoundFrame, UnwoundStack};
 use memlens_procfs::maps;
+use memlens_runtimes::python::Interpreters;
 
 pub use ends::ProcessEnds;
 use memlens_symbolize::tables::SharedModuleFiles;
@@ -98,6 +99,8 @@ pub struct Unwinder {
     stats: Arc<UnwindStats>,
     ends: Option<Arc<ProcessEnds>>,
     recheck: Duration,
+    /// Puts Python frames in the stacks of CPython processes, when given.
+    python: Option<Interpreters>,
 }
 
 impl Unwinder {
@@ -121,7 +124,15 @@ impl Unwinder {
                 RECHECK_INTERVAL
             },
             ends,
+            python: None,
         }
+    }
+
+    /// This unwinder with CPython processes' Python frames put in their stacks.
+    #[must_use]
+    pub fn with_python(mut self, python: Interpreters) -> Unwinder {
+        self.python = Some(python);
+        self
     }
 
     /// What the unwinder counts.
@@ -139,6 +150,9 @@ impl Unwinder {
         for (tgid, ts_ns) in ended {
             if let Some(p) = self.processes.peek_mut(&tgid) {
                 p.ended_ns = Some(ts_ns);
+            }
+            if let Some(python) = &mut self.python {
+                python.forget(tgid);
             }
         }
         if overflowed {
@@ -236,6 +250,9 @@ impl Unwinder {
             start,
             &mut frames,
         );
+        if let Some(python) = &mut self.python {
+            python.merge(sample, &mut frames);
+        }
         UnwoundStack::new(&frames, stop)
     }
 
@@ -332,6 +349,9 @@ impl Unwinder {
             });
         }
         code.sort_unstable_by_key(|c| c.start);
+        if let Some(python) = &mut self.python {
+            python.inspect(tgid, start_ns, &maps);
+        }
         if let Ok(files) = self.files.lock() {
             self.stats
                 .files_loaded

@@ -262,7 +262,7 @@ impl Traces {
             stack_copy_bytes: spec.stack_copy_bytes,
             live_entries: 1 << 18,
             events_buffer: 8 << 20,
-        })
+        }, None)
         .map_err(|e| TraceError::Kernel(e.to_string()))?;
         let cost = trace
             .calibrate()

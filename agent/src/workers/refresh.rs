@@ -18,7 +18,7 @@ use memlens_kernel::{
     collectors::{census::PageCensus, page_cache::PageCacheCollector, stack_gc::StackGc},
     Probes,
 };
-use memlens_model::user_stack::UnwoundChanges;
+use memlens_model::{python::PythonFrames, user_stack::UnwoundChanges};
 use memlens_store::Store;
 use memlens_types::{selector::MountPoint, unix_ms, PageSize};
 use memlens_unwind::table::UnwoundTable;
@@ -62,6 +62,8 @@ pub struct Refresher {
     /// Whether unwound stacks are saved: the kernel's records outlive the agent.
     pub save_unwound: bool,
     pub last_save: Option<Instant>,
+    /// The Python frames unwound stacks name, saved with them.
+    pub python_frames: Arc<PythonFrames>,
 }
 
 impl Refresher {
@@ -206,6 +208,14 @@ impl Refresher {
     fn save(&mut self, changes: UnwoundChanges) {
         if changes.is_empty() {
             return;
+        }
+        // The Python frames first: a saved stack may name them.
+        let frames = self.python_frames.unsaved();
+        if let Some((last, _)) = frames.last() {
+            match self.store.save_python_frames(&frames) {
+                Ok(()) => self.python_frames.saved(*last),
+                Err(e) => tracing::warn!("Python frames not saved for the next agent: {e}"),
+            }
         }
         if let Err(e) = self.store.save_unwound(&changes) {
             tracing::warn!("unwound stacks not saved for the next agent: {e}");

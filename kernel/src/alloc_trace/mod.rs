@@ -11,7 +11,7 @@ mod calibrate;
 use std::num::NonZeroU32;
 
 use aya::{
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{uprobe::UProbeScope, UProbe},
     Ebpf, EbpfLoader,
 };
@@ -23,7 +23,11 @@ use memlens_model::alloc_trace::{AllocatorPlan, AllocatorRole};
 
 pub use calibrate::ProbeCost;
 
-use crate::{collectors::alloc_events::AllocEventRing, loader::btf::KernelBtf};
+use crate::{
+    collectors::alloc_events::AllocEventRing,
+    loader::btf::KernelBtf,
+    python_maps::{MapGuard, PythonMaps, PYTHON_PROCESSES, PYTHON_THREADS},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AllocTraceError {
@@ -114,12 +118,16 @@ pub struct AllocTrace {
     counters: PerCpuArray<MapData, u64>,
     /// Probes attached (entry and return), over every process.
     probes: usize,
+    /// This trace's `PYTHON` map among the agent's, while the trace lives.
+    _python: Option<MapGuard>,
 }
 
 impl AllocTrace {
-    /// Loads the programs and maps of a trace; nothing is attached yet.
+    /// Loads the programs and maps of a trace; nothing is attached yet. The processes named in
+    /// `python` get their Python frames walked at each sample.
     pub fn load(
         options: &AllocTraceOptions,
+        python: Option<&PythonMaps>,
     ) -> Result<(AllocTrace, AllocEventRing), AllocTraceError> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
@@ -158,7 +166,9 @@ impl AllocTrace {
             .override_global("MM_START_STACK_OFFSET", &mm_start_stack, true)
             .override_global("ALLOC_EVENTS_BYTES", &events_bytes, true)
             .map_max_entries("ALLOC_LIVE", options.live_entries.max(1))
-            .map_max_entries("ALLOC_EVENTS", options.events_buffer);
+            .map_max_entries("ALLOC_EVENTS", options.events_buffer)
+            .map_max_entries("PYTHON", PYTHON_PROCESSES)
+            .map_max_entries("PYTHON_THREADS", PYTHON_THREADS);
         let mut ebpf = loader
             .load(crate::loader::EBPF_OBJECT)
             .map_err(|e| ebpf_err("loading the allocator programs", e))?;
@@ -193,11 +203,18 @@ impl AllocTrace {
             )
             .map_err(|e| ebpf_err("opening ALLOC_EVENTS", e))?,
         );
+        let python = match (python, ebpf.take_map("PYTHON")) {
+            (Some(maps), Some(map)) => Some(
+                maps.add(HashMap::try_from(map).map_err(|e| ebpf_err("opening PYTHON", e))?),
+            ),
+            _ => None,
+        };
         Ok((
             AllocTrace {
                 ebpf,
                 counters,
                 probes: 0,
+                _python: python,
             },
             ring,
         ))

@@ -60,8 +60,8 @@ fn decode(item: &[u8]) -> Option<AllocRecord<'_>> {
         // SAFETY: the item starts with an AllocSampleHeader written by the kernel program
         // (plain data, size checked above); read unaligned into our own value.
         let h: AllocSampleHeader = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-        let (python, stack) =
-            super::split_copy(&item[header_len..], h.python_frames, h.python_walk, h.len);
+        let (stack, python) =
+            super::split_copy(&item[header_len..], h.len, h.python_frames, h.python_walk);
         return Some(AllocRecord::Sample {
             id: h.id,
             size: h.size,

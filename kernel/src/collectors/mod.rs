@@ -24,11 +24,14 @@ fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
     unsafe { libc::poll(&mut fds, 1, ms) > 0 }
 }
 
-/// Splits what follows a stack copy record's header: `python_frames` Python frames walked as
-/// `python_walk` says, then up to `len` bytes of stack (less when the record is short).
-fn split_copy(rest: &[u8], python_frames: u32, python_walk: u32, len: u32) -> (PythonRecords<'_>, &[u8]) {
-    let python = PythonRecords::new(python_walk, python_frames, rest);
-    let stack = &rest[python.byte_len()..];
-    let stack = &stack[..(len as usize).min(stack.len())];
-    (python, stack)
+/// Splits what follows a stack copy record's header: up to `len` bytes of stack, then
+/// `python_frames` Python frames walked as `python_walk` says (fewer when the record is short).
+fn split_copy(
+    rest: &[u8],
+    len: u32,
+    python_frames: u32,
+    python_walk: u32,
+) -> (&[u8], PythonRecords<'_>) {
+    let (stack, python) = rest.split_at((len as usize).min(rest.len()));
+    (stack, PythonRecords::new(python_walk, python_frames, python))
 }

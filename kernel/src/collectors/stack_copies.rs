@@ -45,11 +45,11 @@ impl StackCopyRing {
             // SAFETY: the item starts with a StackCopyHeader written by the kernel program
             // (plain data, size checked above); read unaligned into our own value.
             let header: StackCopyHeader = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            let (python, stack) = super::split_copy(
+            let (stack, python) = super::split_copy(
                 &item[header_len..],
+                header.len,
                 header.python_frames,
                 header.python_walk,
-                header.len,
             );
             unwind(&StackSample {
                 ts_ns: header.ts_ns,

@@ -30,6 +30,7 @@ use memlens_types::status::ProgramStats;
 use crate::{
     collectors::{lifecycle::LifecycleRing, stack_copies::StackCopyRing},
     physmem,
+    python_maps::{MapGuard, PythonMaps, PYTHON_PROCESSES, PYTHON_THREADS},
 };
 
 /// The kernel programs, built by `cargo xtask build-ebpf` (via build.rs) for this very binary.
@@ -49,6 +50,10 @@ pub struct Probes {
     pub lifecycle: Option<LifecycleRing>,
     /// User stack copies of sampled allocations, when copying is on.
     pub stack_copies: Option<StackCopyRing>,
+    /// The CPython processes whose Python frames the programs walk.
+    pub python: PythonMaps,
+    /// The always-on programs' `PYTHON` map among them.
+    _python_map: Option<MapGuard>,
     pub report: LoadReport,
     /// The programs' pinned links (they stay attached after the agent, through their pins).
     _pinned_links: Vec<aya::programs::links::PinnedLink>,
@@ -190,7 +195,9 @@ impl Probes {
             .map_max_entries("STACKS", options.stack_entries)
             .map_max_entries("FILE_PAGES", options.file_entries)
             .map_max_entries("LIFECYCLE", options.lifecycle_buffer)
-            .map_max_entries("STACK_COPIES", options.stack_copy_buffer);
+            .map_max_entries("STACK_COPIES", options.stack_copy_buffer)
+            .map_max_entries("PYTHON", PYTHON_PROCESSES)
+            .map_max_entries("PYTHON_THREADS", PYTHON_THREADS);
         if let Ok(pins) = &pins {
             for name in pinning::KEPT_MAPS {
                 loader.map_pin_path(name, pins.map_path(name));
@@ -282,6 +289,13 @@ impl Probes {
                 RingBuf::try_from(map).map_err(|e| ebpf_err("opening STACK_COPIES", e))?,
             )),
         };
+        let python = PythonMaps::default();
+        let python_map = match ebpf.take_map("PYTHON") {
+            Some(map) => Some(
+                python.add(HashMap::try_from(map).map_err(|e| ebpf_err("opening PYTHON", e))?),
+            ),
+            None => None,
+        };
         let stacks = StackMap(
             HashMap::try_from(
                 ebpf.take_map("STACKS")
@@ -326,6 +340,8 @@ impl Probes {
             file_pages,
             lifecycle,
             stack_copies,
+            python,
+            _python_map: python_map,
             report,
             _pinned_links: pinned_links,
         })

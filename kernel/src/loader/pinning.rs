@@ -41,7 +41,7 @@ pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/memlens";
 const BPFFS: &str = "/sys/fs/bpf";
 
 /// The maps kept: those the agent reads what the programs recorded from.
-pub(super) const KEPT_MAPS: [&str; 7] = [
+pub(super) const KEPT_MAPS: [&str; 8] = [
     "PAGE_ALLOCS",
     "STACKS",
     "COUNTERS",
@@ -49,6 +49,7 @@ pub(super) const KEPT_MAPS: [&str; 7] = [
     "LIFECYCLE",
     "STACK_COPIES",
     AGENT_MAP,
+    "PYTHON",
 ];
 
 /// The map naming the agent's process, whose stacks the programs do not copy.

@@ -38,7 +38,7 @@ fn stack_copy_scratch_bytes() -> u64 {
 }
 
 /// Kernel memory of the maps, in bytes (the formula of docs/benchmarks.md): records, stacks,
-/// page-cache entries, the two rings and the per-CPU copy scratch.
+/// page-cache entries, the two rings, the per-CPU copy scratch and the Python processes.
 pub(super) fn map_bytes(sample_entries: u64, options: &LoadOptions) -> u64 {
     sample_entries * size_of::<PageAlloc>() as u64
         + u64::from(options.stack_entries) * STACK_ENTRY_BYTES
@@ -46,6 +46,7 @@ pub(super) fn map_bytes(sample_entries: u64, options: &LoadOptions) -> u64 {
         + u64::from(options.lifecycle_buffer)
         + u64::from(options.stack_copy_buffer)
         + stack_copy_scratch_bytes()
+        + crate::python_maps::map_bytes()
 }
 
 /// The smallest shift >= the requested one whose array fits `max_sample_entries`.

@@ -1,0 +1,174 @@
+//! Acceptance of Python frames in memory stacks: Debian's `python3` (3.11, the interpreter
+//! linked into the executable) running a service that leaks, its leak named by the Python
+//! function and line that keeps the memory, with the callers up to the module level, in place
+//! of the interpreter's evaluation loop.
+
+use std::path::{Path, PathBuf};
+
+use memlens_tests::{assert_near, stack_names, Agent, TestCgroup, Workload, MIB};
+use serde_json::Value;
+
+/// Debian's interpreter (not one on `PATH`, which may be another build).
+const PYTHON: &str = "/usr/bin/python3";
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/pyleak.py")
+}
+
+/// The line of `script()` whose text ends with `marker`.
+fn line_of(marker: &str) -> u32 {
+    let text = std::fs::read_to_string(script()).expect("pyleak.py");
+    let at = text
+        .lines()
+        .position(|l| l.trim_end().ends_with(marker))
+        .unwrap_or_else(|| panic!("no line ends with {marker:?}"));
+    u32::try_from(at + 1).expect("line")
+}
+
+fn frames(entry: &Value) -> Vec<Value> {
+    entry["user_stack"].as_array().cloned().unwrap_or_default()
+}
+
+/// The position of the first frame named `function` whose file is the script.
+fn python_frame(entry: &Value, function: &str) -> Option<(usize, Value)> {
+    frames(entry).into_iter().enumerate().find(|(_, f)| {
+        f["function"] == function
+            && f["file"]
+                .as_str()
+                .is_some_and(|file| file.ends_with("pyleak.py"))
+    })
+}
+
+fn show(entry: &Value) -> String {
+    frames(entry)
+        .iter()
+        .map(|f| match (f["function"].as_str(), f["line"].as_u64()) {
+            (Some(name), Some(line)) => format!("{name}:{line}"),
+            (Some(name), None) => name.to_string(),
+            _ => format!("[{}]", f["module"].as_str().unwrap_or("?")),
+        })
+        .collect::<Vec<_>>()
+        .join(" < ")
+}
+
+/// Runs the script leaking `mib` MiB the `kind` way in a cgroup of its own, and answers with
+/// the agent's leaks of that cgroup once two censuses saw it all.
+fn leak_report(
+    agent: &Agent,
+    kind: &str,
+    mib: u64,
+    seconds: u32,
+) -> (Value, u64, Workload, TestCgroup) {
+    let cgroup = TestCgroup::new(&format!("pyleak-{kind}"));
+    let script = script();
+    let (mib, seconds) = (mib.to_string(), seconds.to_string());
+    let mut leak = Workload::start_program(
+        &cgroup,
+        Path::new(PYTHON),
+        &[script.to_str().expect("utf-8 path"), kind, &mib, &seconds],
+    );
+    let line = leak.read_line();
+    let leaked: u64 = line
+        .strip_prefix("leaked ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("pyleak said {line:?}"));
+    agent.wait_censuses(2);
+    (agent.cgroup_leaks(&cgroup.path, &[]), leaked, leak, cgroup)
+}
+
+#[test]
+fn a_python_leak_is_named_by_its_function_and_line_with_its_callers() {
+    if !Path::new(PYTHON).exists() {
+        eprintln!("{PYTHON} not installed: skipped");
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let (report, leaked, mut leak, _cgroup) = leak_report(&agent, "bytearray", 96, 6);
+    assert_eq!(leaked, 96 * MIB);
+    let by_growth = report["by_growth"].as_array().expect("by_growth");
+    let first = by_growth
+        .first()
+        .unwrap_or_else(|| panic!("no stacks: {report}"));
+    eprintln!("first by growth: {}", show(first));
+    for e in report["by_held"].as_array().expect("by_held") {
+        eprintln!("held {}: {}", e["held_bytes"], show(e));
+    }
+    let (at, remember) =
+        python_frame(first, "remember").unwrap_or_else(|| panic!("{}", show(first)));
+    assert_eq!(remember["line"], line_of("# leak: bytearray"), "{}", show(first));
+    // The callers up to the module level, in order, after the leaking function.
+    let (_, handle) = python_frame(first, "handle_request").expect("handle_request");
+    let (_, main) = python_frame(first, "main").expect("main");
+    let (_, module) = python_frame(first, "<module>").expect("<module>");
+    let position = |f: &Value| {
+        frames(first)
+            .iter()
+            .position(|g| g == f)
+            .expect("in the stack")
+    };
+    assert!(
+        at < position(&handle) && position(&handle) < position(&main),
+        "{}",
+        show(first)
+    );
+    assert!(position(&main) < position(&module), "{}", show(first));
+    // Native frames inside: what touched the pages (the copy into the new bytearray).
+    assert!(at > 0, "{}", show(first));
+    // No evaluation loop frame is left where Python frames took its place.
+    assert!(
+        !stack_names(first)
+            .iter()
+            .any(|n| n == "_PyEval_EvalFrameDefault"),
+        "{}",
+        show(first)
+    );
+
+    // Held bytes of every stack through `remember`, against what the script kept.
+    let by_held = report["by_held"].as_array().expect("by_held");
+    let held: u64 = by_held
+        .iter()
+        .filter(|e| python_frame(e, "remember").is_some())
+        .map(|e| e["held_bytes"].as_u64().expect("held"))
+        .sum();
+    assert_near("bytes held through remember()", held, leaked, 0.15);
+    leak.stop();
+}
+
+#[test]
+fn a_c_extension_allocating_for_python_reads_python_caller_then_extension() {
+    if !Path::new(PYTHON).exists() {
+        eprintln!("{PYTHON} not installed: skipped");
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let (report, _, mut leak, _cgroup) = leak_report(&agent, "zlib", 48, 4);
+    let by_held = report["by_held"].as_array().expect("by_held");
+    let entry = by_held
+        .iter()
+        .find(|e| python_frame(e, "compress_all").is_some())
+        .unwrap_or_else(|| {
+            let all: Vec<String> = by_held.iter().map(show).collect();
+            panic!("no stack through compress_all:\n{}", all.join("\n"))
+        });
+    eprintln!("through compress_all: {}", show(entry));
+    let (at, compress) = python_frame(entry, "compress_all").expect("compress_all");
+    assert_eq!(compress["line"], line_of("# leak: zlib"), "{}", show(entry));
+    // Inside the Python caller: native frames of the extension and what it called.
+    let inner = &frames(entry)[..at];
+    assert!(
+        inner.iter().all(|f| f["file"]
+            .as_str()
+            .is_none_or(|file| !file.ends_with(".py"))),
+        "{}",
+        show(entry)
+    );
+    assert!(
+        inner.iter().any(|f| f["module"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("libz") || m.starts_with("python3"))),
+        "{}",
+        show(entry)
+    );
+    assert!(python_frame(entry, "<module>").is_some(), "{}", show(entry));
+    leak.stop();
+}

@@ -54,9 +54,10 @@ pub struct PythonProcess {
     pub frame_is_entry: u16,
     /// `_PyInterpreterFrame.owner` (one byte).
     pub frame_owner: u16,
-    /// The owner value of the C stack's shim frames (`FRAME_OWNED_BY_CSTACK`, 3.12 on), which
-    /// end one `_PyEval_EvalFrameDefault` call's frames; `NO_FIELD` before 3.12.
-    pub owner_cstack: u16,
+    /// The lowest owner value of the shim frames that end one `_PyEval_EvalFrameDefault` call's
+    /// frames (3.12 on: the C stack's entry frames, which run no Python code); `NO_FIELD`
+    /// before 3.12.
+    pub owner_shim: u16,
     pub reserved: [u16; 5],
 }
 

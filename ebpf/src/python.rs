@@ -148,7 +148,8 @@ fn walk(tgid: u32, tid: u32, data: &mut [u8; STACK_COPY_DATA], start: usize) -> 
         let previous = field(window, p.frame_previous, 8);
         let is_entry = non_zero(field(window, p.frame_is_entry, 1)) & entry_mask;
         let owner = field(window, p.frame_owner, 1);
-        let shim = 1 - non_zero(owner ^ u64::from(p.owner_cstack));
+        // owner >= owner_shim, both small: the difference's sign bit is clear.
+        let shim = 1 - (owner.wrapping_sub(u64::from(p.owner_shim)) >> 63);
         let record = PythonFrame {
             code: (code & !FRAME_CODE_FLAGS) | (is_entry * FRAME_ENTRY) | (shim * FRAME_SHIM),
             instr,

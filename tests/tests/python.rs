@@ -172,3 +172,89 @@ fn a_c_extension_allocating_for_python_reads_python_caller_then_extension() {
     assert!(python_frame(entry, "<module>").is_some(), "{}", show(entry));
     leak.stop();
 }
+
+/// CPython builds beside Debian's, with the interpreter in `libpython3.x.so` (pyenv's, built
+/// with `--enable-shared`), when this machine has them: 3.12 from the table of layouts, 3.13
+/// from the offsets the runtime publishes, and a version before 3.11 saying it is not read.
+fn other_interpreters() -> Vec<(String, PathBuf)> {
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".pyenv")))
+        .map(|r| r.join("versions"));
+    let Some(Ok(dir)) = root.map(std::fs::read_dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(String, PathBuf)> = dir
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let version = e.file_name().to_string_lossy().into_owned();
+            let python = e.path().join("bin/python3");
+            let wanted = ["3.10.", "3.12.", "3.13.", "3.14."]
+                .iter()
+                .any(|p| version.starts_with(p));
+            (wanted && python.exists()).then_some((version, python))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn other_versions_and_libpython_are_read_or_say_why_not() {
+    let interpreters = other_interpreters();
+    if interpreters.is_empty() {
+        eprintln!("no other CPython builds (pyenv) here: skipped");
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let script = script();
+    let runs: Vec<(String, Workload, TestCgroup)> = interpreters
+        .iter()
+        .map(|(version, python)| {
+            let cgroup = TestCgroup::new(&format!("pyleak-{}", version.replace('.', "-")));
+            let leak = Workload::start_program(
+                &cgroup,
+                python,
+                &[script.to_str().expect("utf-8 path"), "bytearray", "32", "3"],
+            );
+            (version.clone(), leak, cgroup)
+        })
+        .collect();
+    let mut runs: Vec<(String, Workload, TestCgroup)> = runs
+        .into_iter()
+        .map(|(version, mut leak, cgroup)| {
+            let line = leak.read_line();
+            assert!(line.starts_with("leaked "), "{version}: {line:?}");
+            (version, leak, cgroup)
+        })
+        .collect();
+    agent.wait_censuses(2);
+    for (version, leak, cgroup) in &mut runs {
+        let report = agent.cgroup_leaks(&cgroup.path, &[]);
+        let by_held = report["by_held"].as_array().expect("by_held");
+        let shown: Vec<String> = by_held.iter().take(5).map(show).collect();
+        eprintln!("{version}:\n  {}", shown.join("\n  "));
+        if version.starts_with("3.10.") {
+            assert!(
+                by_held.iter().any(|e| stack_names(e)
+                    .iter()
+                    .any(|n| n.contains("CPython 3.10") && n.contains("read from 3.11 on"))),
+                "{version}: no frame saying why"
+            );
+        } else {
+            let entry = by_held
+                .iter()
+                .find(|e| python_frame(e, "remember").is_some())
+                .unwrap_or_else(|| panic!("{version}: no stack through remember"));
+            let (_, remember) = python_frame(entry, "remember").expect("remember");
+            assert_eq!(remember["line"], line_of("# leak: bytearray"), "{version}");
+            assert!(python_frame(entry, "main").is_some(), "{version}: {}", show(entry));
+            assert!(
+                python_frame(entry, "<module>").is_some(),
+                "{version}: {}",
+                show(entry)
+            );
+        }
+        leak.stop();
+    }
+}

@@ -147,23 +147,28 @@ impl Interpreters {
     /// `maps`: a CPython process not known yet is named to the programs; one that is no longer
     /// (an exec) is forgotten.
     pub fn inspect(&mut self, tgid: u32, start_ns: u64, maps: &[Mapping]) {
-        let mapped = maps
+        // The interpreter is in the executable (Debian's python3) or in libpython (a launcher
+        // executable named python3.x beside it, or a program embedding Python).
+        let candidates = maps
             .iter()
-            .find(|m| m.inode != 0 && m.offset == 0 && binary::may_be_python(&m.module_name()));
-        let Some(mapping) = mapped else {
-            self.forget(tgid);
-            return;
-        };
-        let key = (mapping.dev.clone(), mapping.inode);
-        if self
-            .processes
-            .get(&tgid)
-            .is_some_and(|p| p.start_ns == start_ns && p.binary == key)
-        {
-            return;
+            .filter(|m| m.inode != 0 && m.offset == 0 && binary::may_be_python(&m.module_name()));
+        let mut found = None;
+        for mapping in candidates {
+            let key = (mapping.dev.clone(), mapping.inode);
+            if self
+                .processes
+                .get(&tgid)
+                .is_some_and(|p| p.start_ns == start_ns && p.binary == key)
+            {
+                return;
+            }
+            if let Some(binary) = self.binary(tgid, mapping, &key) {
+                found = Some((mapping, key, binary));
+                break;
+            }
         }
         self.forget(tgid);
-        let Some(binary) = self.binary(tgid, mapping, &key) else {
+        let Some((mapping, key, binary)) = found else {
             return;
         };
         let bias = binary.bias(mapping.start);
@@ -236,8 +241,22 @@ impl Interpreters {
         let runtime = binary.runtime.wrapping_add(bias);
         let layout = match binary.version {
             None => Err("CPython of unknown version: Python frames not read".to_string()),
-            Some(v) => Layout::of_version(v).map_err(|e| format!("{e}: Python frames not read")),
+            Some(v) => {
+                let mut published = vec![0u8; Layout::published_len(v)];
+                match read_remote(tgid, runtime, &mut published) {
+                    Ok(()) => Layout::of_version(v, &published).map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("reading CPython {v}'s runtime state: {e}")),
+                }
+            }
         };
+        let layout = layout.and_then(|l| {
+            if l.fits_window() {
+                Ok(l)
+            } else {
+                Err("frame fields beyond what the kernel program reads: Python frames not read"
+                    .to_string())
+            }
+        });
         let unread = |me: &mut Interpreters, why: String| {
             tracing::info!("pid {tgid}: {why}");
             me.stats.unread.fetch_add(1, Ordering::Relaxed);

@@ -31,8 +31,8 @@ use memlens_kernel::{
     physmem::PageState,
     LoadError, LoadOptions, Probes,
 };
-use memlens_pods::{LogDirs, PodDirectory};
 use memlens_model::python::PythonFrames;
+use memlens_pods::{LogDirs, PodDirectory};
 use memlens_runtimes::{
     go_heap::GoHeapReader,
     python::{Interpreters, PythonStats},
@@ -209,6 +209,7 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         lifecycle: Arc::clone(&lifecycle_stats),
         engine: Arc::clone(&engine_stats),
         unwind: unwinding.is_some().then(|| Arc::clone(&unwind_stats)),
+        python: (Arc::clone(&python_stats), Arc::clone(&python_frames)),
         schedule: config.schedule(),
         pods: pods.clone(),
         leaks: leaks.clone(),

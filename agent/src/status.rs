@@ -16,7 +16,9 @@ use memlens_kernel::{
     collectors::lifecycle::LifecycleStats,
     loader::{pinning::PinReport, KernelCounters, LoadReport},
 };
+use memlens_model::python::PythonFrames;
 use memlens_pods::PodDirectory;
+use memlens_runtimes::python::PythonStats;
 use memlens_types::{
     status::{Capability, CapabilityState, StatusResponse},
     Bytes,
@@ -35,6 +37,8 @@ pub struct StatusSource {
     pub engine: Arc<EngineStats>,
     /// The unwinder's work, when stacks are copied.
     pub unwind: Option<Arc<UnwindStats>>,
+    /// The Python frames' reader's work (with the unwinder's), and the table of frames.
+    pub python: (Arc<PythonStats>, Arc<PythonFrames>),
     /// What the engine runs when.
     pub schedule: String,
     pub pods: PodDirectory,
@@ -259,6 +263,19 @@ impl StatusSource {
                     .into(),
             ),
         }
+        if self.unwind.is_some() {
+            add(
+                "python frames",
+                CapabilityState::Ok,
+                python_detail(&self.python.0, &self.python.1),
+            );
+        } else {
+            add(
+                "python frames",
+                CapabilityState::Unavailable,
+                "they come with the stack copies (--stack-copy 0 turned them off)".into(),
+            );
+        }
         add("pod names", CapabilityState::Ok, self.pods.source());
         let (engine, schedule) = (&self.engine, &self.schedule);
         let failures = engine.failures.load(Ordering::Relaxed);
@@ -362,6 +379,33 @@ fn restarts_detail(p: &PinReport, restored_stacks: usize) -> String {
         detail.push_str(&format!("; stop with the agent: {}", p.not_kept.join(", ")));
     }
     detail
+}
+
+/// The `python frames` line: the CPython processes read, and what reading their frames costs.
+fn python_detail(p: &PythonStats, frames: &PythonFrames) -> String {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let samples = load(&p.samples);
+    format!(
+        "CPython 3.11 to 3.14: {} processes read, {} not read (their stacks say why), {} not \
+         named (more than {} at once); {samples} samples of them ({} ns each to resolve), {} \
+         in threads without a thread state, {} with a failed read, {} cut at {} frames; {} \
+         Python frames put in stacks, {} code objects read ({} failed); {} distinct frames kept, \
+         {} dropped (table full)",
+        load(&p.named),
+        load(&p.unread),
+        load(&p.map_full),
+        memlens_kernel::python_maps::PYTHON_PROCESSES,
+        load(&p.busy_ns).checked_div(samples).unwrap_or(0),
+        load(&p.no_thread_state),
+        load(&p.read_failed),
+        load(&p.cut),
+        memlens_common::python::PYTHON_FRAMES_MAX,
+        load(&p.frames),
+        load(&p.code_reads),
+        load(&p.code_errors),
+        frames.len(),
+        frames.dropped.load(Ordering::Relaxed),
+    )
 }
 
 /// The `unwinding` line: what copying and unwinding stacks costs and what it gives.

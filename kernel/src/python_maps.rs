@@ -54,7 +54,9 @@ impl Drop for MapGuard {
 
 impl PythonMaps {
     fn lock(&self) -> MutexGuard<'_, Maps> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Adds `map`: the processes it already names (a previous agent's, in the kept map) are

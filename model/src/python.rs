@@ -3,11 +3,9 @@
 //! the table with the stacks that refer to it (ids are never reused, so a saved stack's frames
 //! mean the same after a restart).
 
-use std::{
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc, Mutex,
 };
 
 pub use memlens_common::python::PythonProcess;
@@ -114,7 +112,12 @@ impl PythonFrames {
             return Vec::new();
         };
         (t.saved..t.by_id.len())
-            .filter_map(|i| Some((PythonFrameId(u32::try_from(i).ok()?), Arc::clone(&t.by_id[i]))))
+            .filter_map(|i| {
+                Some((
+                    PythonFrameId(u32::try_from(i).ok()?),
+                    Arc::clone(&t.by_id[i]),
+                ))
+            })
             .collect()
     }
 

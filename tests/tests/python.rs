@@ -95,7 +95,12 @@ fn a_python_leak_is_named_by_its_function_and_line_with_its_callers() {
     }
     let (at, remember) =
         python_frame(first, "remember").unwrap_or_else(|| panic!("{}", show(first)));
-    assert_eq!(remember["line"], line_of("# leak: bytearray"), "{}", show(first));
+    assert_eq!(
+        remember["line"],
+        line_of("# leak: bytearray"),
+        "{}",
+        show(first)
+    );
     // The callers up to the module level, in order, after the leaking function.
     let (_, handle) = python_frame(first, "handle_request").expect("handle_request");
     let (_, main) = python_frame(first, "main").expect("main");
@@ -131,6 +136,18 @@ fn a_python_leak_is_named_by_its_function_and_line_with_its_callers() {
         .map(|e| e["held_bytes"].as_u64().expect("held"))
         .sum();
     assert_near("bytes held through remember()", held, leaked, 0.15);
+
+    // `memlens status` says what was read.
+    let status = agent.json(&["status", "--json"]);
+    let line = status["capabilities"]
+        .as_array()
+        .expect("capabilities")
+        .iter()
+        .find(|c| c["name"] == "python frames")
+        .map(|c| c["detail"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_else(|| panic!("no python frames line: {status:#}"));
+    eprintln!("status: {line}");
+    assert!(line.contains(": 1 processes read"), "{line}");
     leak.stop();
 }
 
@@ -156,9 +173,9 @@ fn a_c_extension_allocating_for_python_reads_python_caller_then_extension() {
     // Inside the Python caller: native frames of the extension and what it called.
     let inner = &frames(entry)[..at];
     assert!(
-        inner.iter().all(|f| f["file"]
-            .as_str()
-            .is_none_or(|file| !file.ends_with(".py"))),
+        inner
+            .iter()
+            .all(|f| f["file"].as_str().is_none_or(|file| !file.ends_with(".py"))),
         "{}",
         show(entry)
     );
@@ -248,7 +265,11 @@ fn other_versions_and_libpython_are_read_or_say_why_not() {
                 .unwrap_or_else(|| panic!("{version}: no stack through remember"));
             let (_, remember) = python_frame(entry, "remember").expect("remember");
             assert_eq!(remember["line"], line_of("# leak: bytearray"), "{version}");
-            assert!(python_frame(entry, "main").is_some(), "{version}: {}", show(entry));
+            assert!(
+                python_frame(entry, "main").is_some(),
+                "{version}: {}",
+                show(entry)
+            );
             assert!(
                 python_frame(entry, "<module>").is_some(),
                 "{version}: {}",

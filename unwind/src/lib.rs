@@ -410,6 +410,7 @@ mod tests {
             first_superblock: 0,
             superblocks: 1,
             stack: &stack,
+            python: memlens_model::user_stack::PythonRecords::NONE,
         };
         unwinder.unwind(&sample)
     }

@@ -30,10 +30,18 @@ mod tests {
             &["memlens-common", "memlens-types", "memlens-procfs"],
         ),
         (
-            "memlens-unwind",
-            &["memlens-model", "memlens-procfs", "memlens-symbolize"],
+            "memlens-runtimes",
+            &["memlens-common", "memlens-model", "memlens-procfs"],
         ),
-        ("memlens-runtimes", &["memlens-model", "memlens-procfs"]),
+        (
+            "memlens-unwind",
+            &[
+                "memlens-model",
+                "memlens-procfs",
+                "memlens-symbolize",
+                "memlens-runtimes",
+            ],
+        ),
         (
             "memlens-kernel",
             &[

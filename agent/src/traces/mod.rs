@@ -257,12 +257,15 @@ impl Traces {
         }) {
             return Err(TraceError::Busy(running.0, running.1.max(0.0)));
         }
-        let (mut trace, ring) = AllocTrace::load(&AllocTraceOptions {
-            sample_bytes: spec.sample_bytes,
-            stack_copy_bytes: spec.stack_copy_bytes,
-            live_entries: 1 << 18,
-            events_buffer: 8 << 20,
-        }, None)
+        let (mut trace, ring) = AllocTrace::load(
+            &AllocTraceOptions {
+                sample_bytes: spec.sample_bytes,
+                stack_copy_bytes: spec.stack_copy_bytes,
+                live_entries: 1 << 18,
+                events_buffer: 8 << 20,
+            },
+            None,
+        )
         .map_err(|e| TraceError::Kernel(e.to_string()))?;
         let cost = trace
             .calibrate()

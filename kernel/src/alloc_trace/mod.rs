@@ -204,9 +204,9 @@ impl AllocTrace {
             .map_err(|e| ebpf_err("opening ALLOC_EVENTS", e))?,
         );
         let python = match (python, ebpf.take_map("PYTHON")) {
-            (Some(maps), Some(map)) => Some(
-                maps.add(HashMap::try_from(map).map_err(|e| ebpf_err("opening PYTHON", e))?),
-            ),
+            (Some(maps), Some(map)) => {
+                Some(maps.add(HashMap::try_from(map).map_err(|e| ebpf_err("opening PYTHON", e))?))
+            }
             _ => None,
         };
         Ok((

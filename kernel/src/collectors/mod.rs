@@ -33,5 +33,8 @@ fn split_copy(
     python_walk: u32,
 ) -> (&[u8], PythonRecords<'_>) {
     let (stack, python) = rest.split_at((len as usize).min(rest.len()));
-    (stack, PythonRecords::new(python_walk, python_frames, python))
+    (
+        stack,
+        PythonRecords::new(python_walk, python_frames, python),
+    )
 }

@@ -291,9 +291,9 @@ impl Probes {
         };
         let python = PythonMaps::default();
         let python_map = match ebpf.take_map("PYTHON") {
-            Some(map) => Some(
-                python.add(HashMap::try_from(map).map_err(|e| ebpf_err("opening PYTHON", e))?),
-            ),
+            Some(map) => {
+                Some(python.add(HashMap::try_from(map).map_err(|e| ebpf_err("opening PYTHON", e))?))
+            }
             None => None,
         };
         let stacks = StackMap(

@@ -102,7 +102,9 @@ pub fn inspect(file: File, name: &str) -> io::Result<Option<PythonBinary>> {
         .and_then(|(addr, section)| {
             let section = elf.section_by_index(section?).ok()?;
             let bytes = section.data_range(addr, 4).ok()??;
-            Some(PyVersion::from_hex(u32::from_le_bytes(bytes.try_into().ok()?)))
+            Some(PyVersion::from_hex(u32::from_le_bytes(
+                bytes.try_into().ok()?,
+            )))
         })
         .or_else(|| PyVersion::from_file_name(name));
     let first_segment = elf
@@ -147,7 +149,9 @@ mod tests {
             eprintln!("{path} not installed: skipped");
             return;
         };
-        let binary = inspect(file, "python3.11").expect("readable").expect("CPython");
+        let binary = inspect(file, "python3.11")
+            .expect("readable")
+            .expect("CPython");
         let version = binary.version.expect("Py_Version");
         assert_eq!((version.major, version.minor), (3, 11));
         assert!(binary.eval.is_some_and(|(start, end)| end > start + 1000));

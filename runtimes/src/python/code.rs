@@ -98,11 +98,7 @@ fn read_string(pid: u32, u: &UnicodeLayout, addr: u64) -> Result<String, CodeErr
     if !compact || !matches!(kind, 1 | 2 | 4) || length > MAX_STRING {
         return Err(bad());
     }
-    let data = addr.wrapping_add(u64::from(if ascii {
-        u.ascii_size
-    } else {
-        u.compact_size
-    }));
+    let data = addr.wrapping_add(u64::from(if ascii { u.ascii_size } else { u.compact_size }));
     let width = kind as usize;
     let bytes = read(pid, data, length as usize * width)?;
     let chars: Option<String> = bytes
@@ -128,4 +124,64 @@ fn read_bytes(pid: u32, layout: &Layout, addr: u64) -> Result<Vec<u8>, CodeError
         addr.wrapping_add(u64::from(layout.bytes_data)),
         size as usize,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{BufRead as _, BufReader},
+        process::{Command, Stdio},
+    };
+
+    use super::*;
+    use crate::python::binary::PyVersion;
+
+    /// Debian's python3.11 with a function `Cache.put` defined at line 3 of `<memlens test>`;
+    /// prints its code object's address (CPython's `id`).
+    const PROGRAM: &str = "\
+import sys
+class Cache:
+    def put(self, key):
+        return key * 2
+print(id(Cache.put.__code__), flush=True)
+sys.stdin.read()
+";
+
+    #[test]
+    fn a_code_object_of_a_running_interpreter_reads_as_its_name_file_and_line() {
+        let python = "/usr/bin/python3.11";
+        if !std::path::Path::new(python).exists() {
+            eprintln!("{python} not installed: skipped");
+            return;
+        }
+        let mut child = Command::new(python)
+            .args([
+                "-c",
+                &format!("exec(compile({PROGRAM:?}, '<memlens test>', 'exec'))"),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3.11 runs");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("its output");
+        let addr: u64 = line.trim().parse().expect("an address");
+        let v3_11 = PyVersion {
+            major: 3,
+            minor: 11,
+            micro: None,
+        };
+        let layout = Layout::of_version(v3_11, &[]).expect("3.11");
+        let read = read_code(child.id(), &layout, None, addr);
+        let _ = child.kill();
+        let _ = child.wait();
+        let info = read.expect("readable");
+        assert_eq!(&*info.function, "Cache.put");
+        assert_eq!(&*info.file, "<memlens test>");
+        assert_eq!(info.first_line, 3);
+        assert!(!info.linetable.is_empty());
+        assert_eq!(info.code_start, addr + 184);
+    }
 }

@@ -263,7 +263,9 @@ pub enum LayoutError {
     TooOld(PyVersion),
     #[error("CPython {0}: a version this agent does not know, Python frames not read")]
     Unknown(PyVersion),
-    #[error("CPython {version}: Python frames not read, its published offsets (_Py_DebugOffsets) {why}")]
+    #[error(
+        "CPython {version}: Python frames not read, its published offsets (_Py_DebugOffsets) {why}"
+    )]
     DebugOffsets { version: PyVersion, why: String },
 }
 
@@ -306,7 +308,9 @@ impl Layout {
             return Err(fail("are missing (no \"xdebugpy\" cookie)"));
         }
         let word = |at: usize| -> Option<u64> {
-            Some(u64::from_le_bytes(published.get(at..at + 8)?.try_into().ok()?))
+            Some(u64::from_le_bytes(
+                published.get(at..at + 8)?.try_into().ok()?,
+            ))
         };
         let hex = word(8).ok_or_else(|| fail("are cut short"))?;
         if hex >> 16 != (u64::from(version.major) << 8 | u64::from(version.minor)) {

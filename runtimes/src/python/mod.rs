@@ -253,8 +253,10 @@ impl Interpreters {
             if l.fits_window() {
                 Ok(l)
             } else {
-                Err("frame fields beyond what the kernel program reads: Python frames not read"
-                    .to_string())
+                Err(
+                    "frame fields beyond what the kernel program reads: Python frames not read"
+                        .to_string(),
+                )
             }
         });
         let unread = |me: &mut Interpreters, why: String| {
@@ -347,7 +349,12 @@ impl Interpreters {
         }
     }
 
-    fn splice(&mut self, sample: &StackSample<'_>, reader: &Reader, frames: &mut Vec<UnwoundFrame>) {
+    fn splice(
+        &mut self,
+        sample: &StackSample<'_>,
+        reader: &Reader,
+        frames: &mut Vec<UnwoundFrame>,
+    ) {
         use memlens_common::python::PythonWalk;
         let s = &self.stats;
         s.samples.fetch_add(1, Ordering::Relaxed);
@@ -367,7 +374,12 @@ impl Interpreters {
                 }
                 continue;
             }
-            let id = self.resolve(sample.tgid, reader, record.code & !FRAME_CODE_FLAGS, record.instr);
+            let id = self.resolve(
+                sample.tgid,
+                reader,
+                record.code & !FRAME_CODE_FLAGS,
+                record.instr,
+            );
             run.push(UnwoundFrame {
                 addr: id.address(),
                 found_by: FoundBy::UnwindTables,
@@ -383,9 +395,7 @@ impl Interpreters {
             return;
         }
         let added: usize = runs.iter().map(Vec::len).sum();
-        self.stats
-            .frames
-            .fetch_add(added as u64, Ordering::Relaxed);
+        self.stats.frames.fetch_add(added as u64, Ordering::Relaxed);
         let mut runs = runs.into_iter();
         let mut out = Vec::with_capacity(frames.len() + added);
         for f in frames.drain(..) {

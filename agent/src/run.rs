@@ -141,16 +141,18 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         Err(e) => tracing::warn!("saved Python frames not restored: {e}"),
     }
     let python_stats = Arc::new(PythonStats::default());
+    let mut interpreters = Interpreters::new(
+        Arc::clone(&python_frames),
+        Box::new(probes.python.clone()),
+        Arc::clone(&python_stats),
+    );
+    // Processes a previous agent named that are gone: their pids may be taken again.
+    interpreters.forget_unmet(|tgid| std::path::Path::new(&format!("/proc/{tgid}")).exists());
+    // Shared by the unwinder and the allocator traces' unwinders.
+    let interpreters = Arc::new(Mutex::new(interpreters));
     let unwinding = probes.stack_copies.take().map(|ring| {
         let mut table = UnwoundTable::new(probes.report.sample_entries);
         restored_stacks = resume_stacks(&mut store, resumed, &mut table);
-        let mut python = Interpreters::new(
-            Arc::clone(&python_frames),
-            Box::new(probes.python.clone()),
-            Arc::clone(&python_stats),
-        );
-        // Processes a previous agent named that are gone: their pids may be taken again.
-        python.forget_unmet(|tgid| std::path::Path::new(&format!("/proc/{tgid}")).exists());
         Arc::new(Mutex::new(Unwinding::new(
             ring,
             Unwinder::new(
@@ -158,7 +160,7 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
                 process_ends.clone(),
                 Arc::clone(&tables),
             )
-            .with_python(python),
+            .with_python(Arc::clone(&interpreters)),
             table,
         )))
     });
@@ -197,8 +199,13 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
             .context("cannot start the symbolizer thread")?,
     };
     let traces = Arc::new(
-        crate::traces::Traces::new(&args.db, args.retention, leaks.symbols.clone())
-            .context("cannot read the recorded allocator traces")?,
+        crate::traces::Traces::new(
+            &args.db,
+            args.retention,
+            leaks.symbols.clone(),
+            (probes.python.clone(), Arc::clone(&interpreters)),
+        )
+        .context("cannot read the recorded allocator traces")?,
     );
     let mut pacing = Pacing::new(args.refresh, args.cpu_budget);
     let status = StatusSource {

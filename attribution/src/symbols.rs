@@ -217,11 +217,23 @@ impl SymbolCache {
     /// caching it (profiles read on demand).
     pub fn process_stack(&mut self, pid: u32, maps: &[Mapping], addrs: &[StackAddr]) -> Vec<Frame> {
         self.stats.symbolized.fetch_add(1, Ordering::Relaxed);
-        self.symbolizer
-            .user_stack(pid, true, maps, addrs)
-            .into_iter()
-            .flatten()
-            .collect()
+        let native: Vec<StackAddr> = addrs
+            .iter()
+            .filter(|a| PythonFrameId::of_address(a.addr).is_none())
+            .copied()
+            .collect();
+        let mut named = self
+            .symbolizer
+            .user_stack(pid, true, maps, &native)
+            .into_iter();
+        let mut frames = Vec::with_capacity(addrs.len());
+        for a in addrs {
+            match PythonFrameId::of_address(a.addr) {
+                Some(id) => frames.push(python_frame(&self.python, id)),
+                None => frames.extend(named.next().unwrap_or_default()),
+            }
+        }
+        frames
     }
 
     /// The symbolized kernel stack `sig` in `view`.

@@ -1,13 +1,14 @@
 """A Python service that leaks: each request keeps a 64 KiB bytearray in a module-level list
 (two calls below main), beside a function that churns temporary lists.
 
-    python3 pyleak.py <kind> <MiB> <seconds>
+    python3 pyleak.py <kind> <MiB> <seconds> [wait]
 
 kind `bytearray`: the churn's lists are small (pymalloc's arenas); `heap`: they are large
 enough (1.6 KiB) to come from malloc's heap, where the kept bytearrays are carved from memory
 the churn touched first; `zlib`: the kept objects are zlib.compress results (a C extension
 allocating) instead. Keeps <MiB> MiB over about <seconds> seconds, prints `leaked <bytes>`,
-then waits for stdin to close."""
+then waits for stdin to close. With `wait`, prints `ready` first and starts on a line of
+stdin."""
 
 import os
 import sys
@@ -46,6 +47,9 @@ def main():
     seconds = float(sys.argv[3])
     size = 16 * 1024 if kind == "zlib" else 64 * 1024
     requests = mib * 1024 * 1024 // size
+    if sys.argv[4:] == ["wait"]:
+        print("ready", flush=True)
+        sys.stdin.readline()
     kept = 0
     for _ in range(requests):
         # Random bytes: zlib cannot shrink them, so each result holds about `size` bytes.

@@ -23,7 +23,7 @@ use std::{
     num::NonZeroUsize,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
@@ -99,8 +99,9 @@ pub struct Unwinder {
     stats: Arc<UnwindStats>,
     ends: Option<Arc<ProcessEnds>>,
     recheck: Duration,
-    /// Puts Python frames in the stacks of CPython processes, when given.
-    python: Option<Interpreters>,
+    /// Puts Python frames in the stacks of CPython processes, when given (shared with the
+    /// allocator traces' unwinders).
+    python: Option<Arc<Mutex<Interpreters>>>,
 }
 
 impl Unwinder {
@@ -130,7 +131,7 @@ impl Unwinder {
 
     /// This unwinder with CPython processes' Python frames put in their stacks.
     #[must_use]
-    pub fn with_python(mut self, python: Interpreters) -> Unwinder {
+    pub fn with_python(mut self, python: Arc<Mutex<Interpreters>>) -> Unwinder {
         self.python = Some(python);
         self
     }
@@ -151,7 +152,7 @@ impl Unwinder {
             if let Some(p) = self.processes.peek_mut(&tgid) {
                 p.ended_ns = Some(ts_ns);
             }
-            if let Some(python) = &mut self.python {
+            if let Some(mut python) = self.python.as_ref().and_then(|p| p.lock().ok()) {
                 python.forget(tgid);
             }
         }
@@ -250,7 +251,7 @@ impl Unwinder {
             start,
             &mut frames,
         );
-        if let Some(python) = &mut self.python {
+        if let Some(mut python) = self.python.as_ref().and_then(|p| p.lock().ok()) {
             python.merge(sample, &mut frames);
         }
         UnwoundStack::new(&frames, stop)
@@ -349,7 +350,7 @@ impl Unwinder {
             });
         }
         code.sort_unstable_by_key(|c| c.start);
-        if let Some(python) = &mut self.python {
+        if let Some(mut python) = self.python.as_ref().and_then(|p| p.lock().ok()) {
             python.inspect(tgid, start_ns, &maps);
         }
         if let Ok(files) = self.files.lock() {

@@ -22,6 +22,8 @@ use std::{
 
 use memlens_attribution::{allocations::ProcessInput, symbol_service::SymbolService};
 use memlens_kernel::alloc_trace::{AllocTrace, AllocTraceOptions};
+use memlens_kernel::python_maps::PythonMaps;
+use memlens_runtimes::python::Interpreters;
 use memlens_store::{Reader, Store, StoreError};
 use memlens_types::allocations::{
     AllocationsResponse, TraceEnd, TraceState, TraceStatus, TracedProcess,
@@ -82,6 +84,9 @@ pub struct Traces {
     db: PathBuf,
     retention: Duration,
     symbols: SymbolService,
+    /// The programs' maps of CPython processes (a trace's own programs get one too), and the
+    /// reader of their frames, shared with the agent's unwinder.
+    python: (PythonMaps, Arc<Mutex<Interpreters>>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +110,7 @@ impl Traces {
         db: &Path,
         retention: Duration,
         symbols: SymbolService,
+        python: (PythonMaps, Arc<Mutex<Interpreters>>),
     ) -> Result<Traces, StoreError> {
         let last = Store::open(db, retention)?.last_trace_id()?;
         Ok(Traces {
@@ -114,6 +120,7 @@ impl Traces {
             db: db.to_path_buf(),
             retention,
             symbols,
+            python,
         })
     }
 
@@ -264,7 +271,7 @@ impl Traces {
                 live_entries: 1 << 18,
                 events_buffer: 8 << 20,
             },
-            None,
+            Some(&self.python.0),
         )
         .map_err(|e| TraceError::Kernel(e.to_string()))?;
         let cost = trace
@@ -383,6 +390,7 @@ impl Traces {
         let window = Window {
             trace,
             ring,
+            python: Arc::clone(&self.python.1),
             call_cost,
             maps,
             held,

@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     path::Path,
-    sync::{atomic::Ordering, Arc},
+    sync::{atomic::Ordering, Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -17,6 +17,7 @@ use memlens_kernel::{
 };
 use memlens_model::alloc_trace::{TraceEvent, TraceRecorder};
 use memlens_procfs::Mapping;
+use memlens_runtimes::python::Interpreters;
 use memlens_store::Store;
 use memlens_types::allocations::{AllocationSource, TraceEnd, TraceState, TraceStatus};
 use memlens_unwind::{UnwindStats, Unwinder};
@@ -37,6 +38,8 @@ const RESULTS_EVERY: u64 = 4;
 pub(super) struct Window {
     pub(super) trace: AllocTrace,
     pub(super) ring: AllocEventRing,
+    /// Puts Python frames in CPython processes' stacks (the agent's unwinder's reader).
+    pub(super) python: Arc<Mutex<Interpreters>>,
     /// (allocating, freeing) call cost in ns.
     pub(super) call_cost: (f64, f64),
     /// Each traced process's name and latest mappings.
@@ -58,7 +61,8 @@ impl Window {
     }
 
     pub(super) fn run(mut self, shared: &Trace, traces: &Traces) {
-        let mut unwinder = Unwinder::new(Arc::new(UnwindStats::default()), None, Arc::default());
+        let mut unwinder = Unwinder::new(Arc::new(UnwindStats::default()), None, Arc::default())
+            .with_python(Arc::clone(&self.python));
         let mut recorder = TraceRecorder::default();
         let started = Instant::now();
         let mut last_tick = started;

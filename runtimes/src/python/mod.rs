@@ -358,6 +358,12 @@ impl Interpreters {
         use memlens_common::python::PythonWalk;
         let s = &self.stats;
         s.samples.fetch_add(1, Ordering::Relaxed);
+        tracing::trace!(
+            "pid {}: {:?}, {} Python frames",
+            sample.tgid,
+            sample.python.walk,
+            sample.python.frames().len()
+        );
         match sample.python.walk {
             PythonWalk::NoThreadState => s.no_thread_state.fetch_add(1, Ordering::Relaxed),
             PythonWalk::ReadFailed => s.read_failed.fetch_add(1, Ordering::Relaxed),

@@ -15,6 +15,7 @@ use memlens_tests::{
 use serde_json::Value;
 
 mod lifetime;
+mod python;
 mod redis;
 
 /// `memlens leaks --allocations --json --for <window> <args>`: `{allocations, pages, trace}`.

@@ -5,7 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
-use memlens_tests::{assert_near, stack_names, Agent, TestCgroup, Workload, MIB};
+use memlens_tests::{
+    assert_near,
+    pprof::{decode, inuse_in},
+    stack_names, Agent, BpfMount, TestCgroup, Workload, MIB,
+};
 use serde_json::Value;
 
 /// Debian's interpreter (not one on `PATH`, which may be another build).
@@ -83,7 +87,7 @@ fn a_python_leak_is_named_by_its_function_and_line_with_its_callers() {
         return;
     }
     let agent = Agent::start(&[]);
-    let (report, leaked, mut leak, _cgroup) = leak_report(&agent, "bytearray", 96, 6);
+    let (report, leaked, mut leak, cgroup) = leak_report(&agent, "bytearray", 96, 6);
     assert_eq!(leaked, 96 * MIB);
     let by_growth = report["by_growth"].as_array().expect("by_growth");
     let first = by_growth
@@ -136,6 +140,40 @@ fn a_python_leak_is_named_by_its_function_and_line_with_its_callers() {
         .map(|e| e["held_bytes"].as_u64().expect("held"))
         .sum();
     assert_near("bytes held through remember()", held, leaked, 0.15);
+
+    // The same frames in the pprof profile (with their file) and the flame graph.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pprof_path, svg_path) = (dir.path().join("py.pb.gz"), dir.path().join("py.svg"));
+    let exported = agent.leaks(&[
+        "--cgroup",
+        &cgroup.path,
+        "--pprof",
+        pprof_path.to_str().expect("path"),
+        "--flamegraph",
+        svg_path.to_str().expect("path"),
+    ]);
+    assert!(exported["by_held"].is_array(), "{exported}");
+    let profile = decode(&std::fs::read(&pprof_path).expect("the profile"));
+    assert_near(
+        "pprof in-use bytes through remember()",
+        inuse_in(&profile, "remember"),
+        leaked,
+        0.15,
+    );
+    let strings = &profile.string_table;
+    assert!(
+        profile
+            .function
+            .iter()
+            .any(|f| strings[f.name as usize] == "remember"
+                && strings[f.filename as usize].ends_with("pyleak.py")),
+        "no remember() of pyleak.py among the profile's functions"
+    );
+    let svg = std::fs::read_to_string(&svg_path).expect("the flame graph");
+    assert!(
+        svg.contains("remember"),
+        "the flame graph has no remember()"
+    );
 
     // `memlens status` says what was read.
     let status = agent.json(&["status", "--json"]);
@@ -278,4 +316,42 @@ fn other_versions_and_libpython_are_read_or_say_why_not() {
         }
         leak.stop();
     }
+}
+
+#[test]
+fn python_frames_outlive_an_agent_restart() {
+    if !Path::new(PYTHON).exists() {
+        eprintln!("{PYTHON} not installed: skipped");
+        return;
+    }
+    let pins = BpfMount::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pin_dir = pins.pin_dir().display().to_string();
+    let db = dir.path().join("history.db").display().to_string();
+    let args = ["--pin-dir", pin_dir.as_str(), "--db", db.as_str()];
+    let first = Agent::start(&args);
+    let (report, leaked, mut leak, cgroup) = leak_report(&first, "bytearray", 48, 3);
+    let held = |report: &Value| -> u64 {
+        report["by_held"]
+            .as_array()
+            .expect("by_held")
+            .iter()
+            .filter(|e| {
+                python_frame(e, "remember")
+                    .is_some_and(|(_, f)| f["line"] == line_of("# leak: bytearray"))
+            })
+            .map(|e| e["held_bytes"].as_u64().expect("held"))
+            .sum()
+    };
+    let before = held(&report);
+    assert_near("held through remember(), first agent", before, leaked, 0.15);
+    first.stop();
+
+    // The stacks were unwound and their Python frames resolved by the first agent; the second
+    // reads them back from its database.
+    let second = Agent::start(&args);
+    second.wait_censuses(2);
+    let after = held(&second.cgroup_leaks(&cgroup.path, &[]));
+    assert_near("held through remember(), after the restart", after, leaked, 0.15);
+    leak.stop();
 }

@@ -15,29 +15,15 @@ use super::binary::PyVersion;
 /// The fields of one CPython version.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
-    /// `_PyRuntimeState.interpreters.head`.
-    pub runtime_interpreters_head: u64,
-    /// `PyInterpreterState.threads.head`.
-    pub interp_threads_head: u16,
-    /// `PyThreadState.next`, `.interp`, `.native_thread_id`.
-    pub tstate_next: u16,
+    /// What the kernel program follows (see [`PythonProcess`]), with `interpreters_head` the
+    /// offset of `_PyRuntimeState.interpreters.head` in `_PyRuntime` (the program gets its
+    /// address). For 3.12 on, `owner_shim` is the lowest owner of frames that run no Python
+    /// code (`FRAME_OWNED_BY_CSTACK` in 3.12 and 3.13, `FRAME_OWNED_BY_INTERPRETER` and above
+    /// in 3.14); 3.11 marks entry frames with `is_entry` instead.
+    pub walk: PythonProcess,
+    /// `PyThreadState.interp`: checked to point back at the interpreter before a process is
+    /// named.
     pub tstate_interp: u16,
-    pub tstate_native_thread_id: u16,
-    /// `PyThreadState.cframe` (3.11, 3.12) or `.current_frame` (3.13 on).
-    pub tstate_frame: u16,
-    /// `_PyCFrame.current_frame`; `NO_FIELD` from 3.13.
-    pub cframe_current_frame: u16,
-    /// `_PyInterpreterFrame.f_code` / `.f_executable`, `.previous`, `.prev_instr` /
-    /// `.instr_ptr`, `.is_entry` (3.11 only), `.owner`.
-    pub frame_code: u16,
-    pub frame_previous: u16,
-    pub frame_instr: u16,
-    pub frame_is_entry: u16,
-    pub frame_owner: u16,
-    /// The lowest owner value of frames that run no Python code (the C stack's entry frames:
-    /// `FRAME_OWNED_BY_CSTACK` in 3.12 and 3.13, `FRAME_OWNED_BY_INTERPRETER` and above in
-    /// 3.14); `NO_FIELD` in 3.11, which marks entry frames with `is_entry` instead.
-    pub owner_shim: u16,
     pub code: CodeLayout,
     pub unicode: UnicodeLayout,
     /// `PyBytesObject.ob_size` (`PyVarObject`) and `.ob_sval`.
@@ -49,7 +35,6 @@ pub struct Layout {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CodeLayout {
     pub filename: u16,
-    pub name: u16,
     pub qualname: u16,
     pub linetable: u16,
     /// An `int`.
@@ -64,7 +49,6 @@ impl CodeLayout {
     pub fn span(&self) -> usize {
         [
             self.filename,
-            self.name,
             self.qualname,
             self.linetable,
             self.firstlineno,
@@ -95,22 +79,24 @@ pub struct UnicodeLayout {
 /// `pycore_frame.h`, `cpython/code.h`, `cpython/unicodeobject.h` at v3.11.7; the same through
 /// 3.11's later releases).
 const V3_11: Layout = Layout {
-    runtime_interpreters_head: 40,
-    interp_threads_head: 16,
-    tstate_next: 8,
+    walk: PythonProcess {
+        interpreters_head: 40,
+        interp_threads_head: 16,
+        tstate_next: 8,
+        tstate_native_thread_id: 160,
+        tstate_frame: 56,
+        cframe_current_frame: 8,
+        frame_code: 32,
+        frame_previous: 48,
+        frame_instr: 56,
+        frame_is_entry: 68,
+        frame_owner: 69,
+        owner_shim: NO_FIELD,
+        reserved: [0; 5],
+    },
     tstate_interp: 16,
-    tstate_native_thread_id: 160,
-    tstate_frame: 56,
-    cframe_current_frame: 8,
-    frame_code: 32,
-    frame_previous: 48,
-    frame_instr: 56,
-    frame_is_entry: 68,
-    frame_owner: 69,
-    owner_shim: NO_FIELD,
     code: CodeLayout {
         filename: 112,
-        name: 120,
         qualname: 128,
         linetable: 136,
         firstlineno: 72,
@@ -133,22 +119,24 @@ const V3_11: Layout = Layout {
 /// concerned; later releases are security fixes only). The C stack's entry frames carry a code
 /// object of their own (`<interpreter trampoline>`): their owner tells them apart.
 const V3_12: Layout = Layout {
-    runtime_interpreters_head: 40,
-    interp_threads_head: 72,
-    tstate_next: 8,
+    walk: PythonProcess {
+        interpreters_head: 40,
+        interp_threads_head: 72,
+        tstate_next: 8,
+        tstate_native_thread_id: 144,
+        tstate_frame: 56,
+        cframe_current_frame: 0,
+        frame_code: 0,
+        frame_previous: 8,
+        frame_instr: 56,
+        frame_is_entry: NO_FIELD,
+        frame_owner: 70,
+        owner_shim: 3,
+        reserved: [0; 5],
+    },
     tstate_interp: 16,
-    tstate_native_thread_id: 144,
-    tstate_frame: 56,
-    cframe_current_frame: 0,
-    frame_code: 0,
-    frame_previous: 8,
-    frame_instr: 56,
-    frame_is_entry: NO_FIELD,
-    frame_owner: 70,
-    owner_shim: 3,
     code: CodeLayout {
         filename: 112,
-        name: 120,
         qualname: 128,
         linetable: 136,
         firstlineno: 68,
@@ -187,7 +175,6 @@ struct DebugFields {
     frame_instr_ptr: usize,
     frame_owner: usize,
     code_filename: usize,
-    code_name: usize,
     code_qualname: usize,
     code_linetable: usize,
     code_firstlineno: usize,
@@ -214,7 +201,6 @@ const DEBUG_3_13: DebugFields = DebugFields {
     frame_instr_ptr: 248,
     frame_owner: 264,
     code_filename: 280,
-    code_name: 288,
     code_qualname: 296,
     code_linetable: 304,
     code_firstlineno: 312,
@@ -240,7 +226,6 @@ const DEBUG_3_14: DebugFields = DebugFields {
     frame_instr_ptr: 272,
     frame_owner: 288,
     code_filename: 320,
-    code_name: 328,
     code_qualname: 336,
     code_linetable: 344,
     code_firstlineno: 352,
@@ -327,22 +312,24 @@ impl Layout {
                 .ok_or_else(|| fail(&format!("hold an unexpected value at byte {at}")))
         };
         Ok(Layout {
-            runtime_interpreters_head: u64::from(small(fields.interpreters_head)?),
-            interp_threads_head: small(fields.threads_head)?,
-            tstate_next: small(fields.tstate_next)?,
+            walk: PythonProcess {
+                interpreters_head: u64::from(small(fields.interpreters_head)?),
+                interp_threads_head: small(fields.threads_head)?,
+                tstate_next: small(fields.tstate_next)?,
+                tstate_native_thread_id: small(fields.tstate_native_thread_id)?,
+                tstate_frame: small(fields.tstate_current_frame)?,
+                cframe_current_frame: NO_FIELD,
+                frame_code: small(fields.frame_executable)?,
+                frame_previous: small(fields.frame_previous)?,
+                frame_instr: small(fields.frame_instr_ptr)?,
+                frame_is_entry: NO_FIELD,
+                frame_owner: small(fields.frame_owner)?,
+                owner_shim: 3,
+                reserved: [0; 5],
+            },
             tstate_interp: small(fields.tstate_interp)?,
-            tstate_native_thread_id: small(fields.tstate_native_thread_id)?,
-            tstate_frame: small(fields.tstate_current_frame)?,
-            cframe_current_frame: NO_FIELD,
-            frame_code: small(fields.frame_executable)?,
-            frame_previous: small(fields.frame_previous)?,
-            frame_instr: small(fields.frame_instr_ptr)?,
-            frame_is_entry: NO_FIELD,
-            frame_owner: small(fields.frame_owner)?,
-            owner_shim: 3,
             code: CodeLayout {
                 filename: small(fields.code_filename)?,
-                name: small(fields.code_name)?,
                 qualname: small(fields.code_qualname)?,
                 linetable: small(fields.code_linetable)?,
                 firstlineno: small(fields.code_firstlineno)?,
@@ -363,32 +350,21 @@ impl Layout {
     /// Whether every frame field the kernel program reads lies in the window it reads.
     #[must_use]
     pub fn fits_window(&self) -> bool {
-        let window = PYTHON_FRAME_WINDOW;
-        let end = |offset: u16, width: usize| usize::from(offset) + width <= window;
-        end(self.frame_code, 8)
-            && end(self.frame_previous, 8)
-            && end(self.frame_instr, 8)
-            && end(self.frame_owner, 1)
-            && (self.frame_is_entry == NO_FIELD || end(self.frame_is_entry, 1))
+        let w = &self.walk;
+        let end = |offset: u16, width: usize| usize::from(offset) + width <= PYTHON_FRAME_WINDOW;
+        end(w.frame_code, 8)
+            && end(w.frame_previous, 8)
+            && end(w.frame_instr, 8)
+            && end(w.frame_owner, 1)
+            && (w.frame_is_entry == NO_FIELD || end(w.frame_is_entry, 1))
     }
 
     /// What the kernel program needs, for a process whose `_PyRuntime` is at `runtime`.
     #[must_use]
     pub fn kernel(&self, runtime: u64) -> PythonProcess {
         PythonProcess {
-            interpreters_head: runtime.wrapping_add(self.runtime_interpreters_head),
-            interp_threads_head: self.interp_threads_head,
-            tstate_next: self.tstate_next,
-            tstate_native_thread_id: self.tstate_native_thread_id,
-            tstate_frame: self.tstate_frame,
-            cframe_current_frame: self.cframe_current_frame,
-            frame_code: self.frame_code,
-            frame_previous: self.frame_previous,
-            frame_instr: self.frame_instr,
-            frame_is_entry: self.frame_is_entry,
-            frame_owner: self.frame_owner,
-            owner_shim: self.owner_shim,
-            reserved: [0; 5],
+            interpreters_head: runtime.wrapping_add(self.walk.interpreters_head),
+            ..self.walk
         }
     }
 }

@@ -29,7 +29,7 @@ use std::{
 };
 
 use lru::LruCache;
-use memlens_common::python::{FRAME_CODE_FLAGS, FRAME_ENTRY, FRAME_SHIM};
+use memlens_common::python::{PythonWalk, FRAME_CODE_FLAGS, FRAME_ENTRY, FRAME_SHIM};
 use memlens_model::{
     python::{PythonFrame, PythonFrameId, PythonFrames, PythonProcesses},
     user_stack::{FoundBy, StackSample, UnwoundFrame},
@@ -50,6 +50,9 @@ const MAX_INSTRUCTIONS: NonZeroUsize = NonZeroUsize::new(65_536).expect("non-zer
 /// again at its next sample this long after: soon, since a program starts allocating right
 /// after (the look is three reads of its memory).
 const RETRY: Duration = Duration::from_millis(10);
+/// How often the processes met are checked to still run (when the unwinder is not told of
+/// processes' ends, those that ended would otherwise stay named, up to the map's bound).
+const SWEEP: Duration = Duration::from_secs(60);
 
 /// What the Python reader did, readable from any thread.
 #[derive(Debug, Default)]
@@ -115,6 +118,7 @@ pub struct Interpreters {
     frames: Arc<PythonFrames>,
     registry: Box<dyn PythonProcesses>,
     stats: Arc<PythonStats>,
+    swept: Instant,
 }
 
 impl Interpreters {
@@ -134,6 +138,7 @@ impl Interpreters {
             frames,
             registry,
             stats,
+            swept: Instant::now(),
         }
     }
 
@@ -197,6 +202,24 @@ impl Interpreters {
                 }
                 State::Starting { .. } => {}
             }
+        }
+    }
+
+    /// Forgets the processes met that ended (their start time no longer that of their pid), at
+    /// most every `SWEEP`.
+    fn sweep(&mut self) {
+        if self.swept.elapsed() < SWEEP {
+            return;
+        }
+        self.swept = Instant::now();
+        let ended: Vec<u32> = self
+            .processes
+            .iter()
+            .filter(|(tgid, p)| memlens_procfs::start_time_ns(**tgid).ok() != Some(p.start_ns))
+            .map(|(tgid, _)| *tgid)
+            .collect();
+        for tgid in ended {
+            self.forget(tgid);
         }
     }
 
@@ -301,6 +324,7 @@ impl Interpreters {
     /// Puts the Python frames recorded with `sample` in the place of their evaluation loop's
     /// native frames in `frames` (the sample's unwound stack, innermost first).
     pub fn merge(&mut self, sample: &StackSample<'_>, frames: &mut Vec<UnwoundFrame>) {
+        self.sweep();
         let tgid = sample.tgid;
         let Some(process) = self.processes.get_mut(&tgid) else {
             return;
@@ -355,7 +379,6 @@ impl Interpreters {
         reader: &Reader,
         frames: &mut Vec<UnwoundFrame>,
     ) {
-        use memlens_common::python::PythonWalk;
         let s = &self.stats;
         s.samples.fetch_add(1, Ordering::Relaxed);
         tracing::trace!(
@@ -496,11 +519,11 @@ fn initialized(tgid: u32, layout: &Layout, runtime: u64) -> Result<bool, String>
             .map(|()| u64::from_le_bytes(buf))
             .map_err(|e| format!("reading the interpreter state: {e}"))
     };
-    let interp = word(runtime.wrapping_add(layout.runtime_interpreters_head))?;
+    let interp = word(runtime.wrapping_add(layout.walk.interpreters_head))?;
     if interp == 0 {
         return Ok(false);
     }
-    let tstate = word(interp.wrapping_add(u64::from(layout.interp_threads_head)))?;
+    let tstate = word(interp.wrapping_add(u64::from(layout.walk.interp_threads_head)))?;
     if tstate == 0 {
         return Ok(false);
     }

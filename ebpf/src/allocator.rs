@@ -198,7 +198,10 @@ fn on_alloc(ctx: &ProbeContext, size: u64, memptr: u64) {
         let _ = ALLOC_PENDING.remove(&tid);
         return;
     };
-    let total = size_of::<AllocSampleHeader>() + copied;
+    let mut total = size_of::<AllocSampleHeader>() + copied;
+    // Kept for older verifiers, as in `stack_copy::capture`.
+    // SAFETY: `rN = rN` changes nothing.
+    unsafe { core::arch::asm!("{0} = {0}", inout(reg) total) };
     if total > size_of::<AllocSampleRecord>() {
         return;
     }

@@ -107,7 +107,12 @@ pub fn capture(ts_ns: u64, pid_tgid: u64, regs: UserRegs, frames: SampledFrames)
     ) else {
         return false;
     };
-    let len = size_of::<StackCopyHeader>() + python_bytes;
+    let mut len = size_of::<StackCopyHeader>() + python_bytes;
+    // LLVM drops this check (it can prove it), and older verifiers (6.1) cannot: they lose the
+    // bound of a value spilled before it was checked. A register move it cannot see through
+    // keeps the check for every verifier to follow.
+    // SAFETY: `rN = rN` changes nothing.
+    unsafe { core::arch::asm!("{0} = {0}", inout(reg) len) };
     if len > size_of::<StackCopy>() {
         return false;
     }

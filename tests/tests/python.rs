@@ -352,6 +352,11 @@ fn python_frames_outlive_an_agent_restart() {
     let second = Agent::start(&args);
     second.wait_censuses(2);
     let after = held(&second.cgroup_leaks(&cgroup.path, &[]));
-    assert_near("held through remember(), after the restart", after, leaked, 0.15);
+    assert_near(
+        "held through remember(), after the restart",
+        after,
+        leaked,
+        0.15,
+    );
     leak.stop();
 }

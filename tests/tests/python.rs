@@ -330,7 +330,7 @@ fn python_frames_outlive_an_agent_restart() {
     let db = dir.path().join("history.db").display().to_string();
     let args = ["--pin-dir", pin_dir.as_str(), "--db", db.as_str()];
     let first = Agent::start(&args);
-    let (report, leaked, mut leak, cgroup) = leak_report(&first, "bytearray", 48, 3);
+    let (report, leaked, mut leak, cgroup) = leak_report(&first, "bytearray", 48, 6);
     let held = |report: &Value| -> u64 {
         report["by_held"]
             .as_array()
@@ -343,8 +343,16 @@ fn python_frames_outlive_an_agent_restart() {
             .map(|e| e["held_bytes"].as_u64().expect("held"))
             .sum()
     };
+    // What this test checks is that the names survive; how much of the leak they cover (the
+    // samples before the process was found have none) is the first test's.
     let before = held(&report);
-    assert_near("held through remember(), first agent", before, leaked, 0.15);
+    eprintln!("first agent: {} MiB through remember()", before / MIB);
+    assert!(
+        before > leaked / 2,
+        "{} MiB of {}",
+        before / MIB,
+        leaked / MIB
+    );
     first.stop();
 
     // The stacks were unwound and their Python frames resolved by the first agent; the second
@@ -355,8 +363,8 @@ fn python_frames_outlive_an_agent_restart() {
     assert_near(
         "held through remember(), after the restart",
         after,
-        leaked,
-        0.15,
+        before,
+        0.1,
     );
     leak.stop();
 }

@@ -9,4 +9,4 @@ pub mod open_files;
 pub mod process;
 pub mod system;
 
-pub use maps::{find, read_maps, start_time_ns, Mapping};
+pub use maps::{find, image, read_maps, start_time_ns, FileKey, Image, Mapping};

@@ -1,6 +1,7 @@
-//! `/proc/<pid>/maps`: a process' memory mappings, and when the process started.
+//! `/proc/<pid>/maps`: a process' memory mappings; and from its stat line when the process
+//! started and where its executable image lies.
 
-use std::io;
+use std::{io, os::unix::fs::MetadataExt};
 
 /// One line of `/proc/<pid>/maps`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +31,16 @@ impl Mapping {
         format!("/proc/{pid}/map_files/{:x}-{:x}", self.start, self.end)
     }
 
+    /// The mapped file's [`FileKey`], read through process `pid`'s `map_files` link.
+    pub fn file_key(&self, pid: u32) -> io::Result<FileKey> {
+        let meta = std::fs::metadata(self.map_file(pid))?;
+        Ok(FileKey {
+            dev: self.dev.clone(),
+            inode: self.inode,
+            changed_ns: meta.ctime().saturating_mul(1_000_000_000) + meta.ctime_nsec(),
+        })
+    }
+
     /// File offset of address `addr` inside this mapping.
     #[must_use]
     pub fn file_offset(&self, addr: u64) -> u64 {
@@ -42,6 +53,17 @@ impl Mapping {
         let path = self.path.trim_end_matches(" (deleted)");
         path.rsplit('/').next().unwrap_or(path).to_string()
     }
+}
+
+/// A mapped file told apart from every other: its device and inode as the maps show them, and
+/// when the inode last changed. A deleted file's inode goes to the next file created (a rebuilt
+/// binary, a new container image's), where (device, inode) alone would name the old file's
+/// tables.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    pub dev: String,
+    pub inode: u64,
+    pub changed_ns: i64,
 }
 
 /// Parses the text of a maps file; malformed lines are skipped.
@@ -100,6 +122,35 @@ fn parse_start_ticks(stat: &str) -> Option<u64> {
     after_comm.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Where a process's executable image lies: its code (`startcode`, `endcode`) and the top of its
+/// main thread's stack (`startstack`). Each exec (with address-space randomisation, even of the
+/// same binary) gives a new one, where the pid and start time stay: what tells a cache of a
+/// process's mappings that they belong to the image before an exec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Image {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_stack: u64,
+}
+
+/// The current [`Image`] of process `pid`.
+pub fn image(pid: u32) -> io::Result<Image> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_image(&stat)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/<pid>/stat"))
+}
+
+/// Fields 26 to 28 of a stat line, counted after the command name's last `)`.
+fn parse_image(stat: &str) -> Option<Image> {
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace().skip(23);
+    let mut next = || fields.next()?.parse().ok();
+    Some(Image {
+        start_code: next()?,
+        end_code: next()?,
+        start_stack: next()?,
+    })
+}
+
 fn clock_ticks_per_second() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -132,5 +183,27 @@ mod tests {
                     18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0";
         assert_eq!(parse_start_ticks(stat), Some(123_456));
         assert!(start_time_ns(std::process::id()).is_ok());
+    }
+
+    /// A stat line copied from a real process (`cat /proc/self/stat`).
+    #[test]
+    fn image_is_read_from_the_code_and_stack_fields() {
+        let stat = "14760 (cat) R 14758 14758 13047 0 -1 4194304 97 0 0 0 0 0 0 0 20 0 1 0 \
+                    6680797 3133440 377 18446744073709551615 94636801327104 94636801346985 \
+                    140724015714816 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 94636801362992 \
+                    94636801364608 94637588963328 140724015717081 140724015717101 \
+                    140724015717101 140724015718379 0";
+        assert_eq!(
+            parse_image(stat),
+            Some(Image {
+                start_code: 94_636_801_327_104,
+                end_code: 94_636_801_346_985,
+                start_stack: 140_724_015_714_816,
+            })
+        );
+        assert_eq!(parse_image("3 (x) R 1"), None);
+        let own = image(std::process::id()).expect("own stat");
+        let here = image_is_read_from_the_code_and_stack_fields as *const () as u64;
+        assert!(own.start_code <= here && here < own.end_code, "{own:?}");
     }
 }

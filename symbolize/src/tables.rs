@@ -1,5 +1,5 @@
 //! The unwind tables of binaries (`.eh_frame` and its index, else `.debug_frame`; Go's
-//! `.gopclntab`), read once per (device, inode) and shared: by the unwinder, which unwinds stack
+//! `.gopclntab`), read once per file ([`FileKey`]) and shared: by the unwinder, which unwinds stack
 //! copies with them, and by the leaf resolver, which finds a frameless leaf's return address.
 //! A library mapped by a thousand processes is read once, and only these sections are read,
 //! not the code nor the (often large) rest of the file.
@@ -11,7 +11,7 @@ use std::{
 };
 
 use lru::LruCache;
-use memlens_procfs::Mapping;
+use memlens_procfs::{FileKey, Mapping};
 use object::{Object as _, ObjectSection as _, ObjectSegment as _};
 
 use crate::gopclntab::GoPcln;
@@ -133,9 +133,9 @@ const MAX_FILES: NonZeroUsize = NonZeroUsize::new(512).expect("non-zero");
 /// `.eh_frame` is tens of MiB). Processes the unwinder keeps hold their binaries' tables beyond.
 const MAX_FILE_BYTES: usize = 64 << 20;
 
-/// Binaries' unwind tables by (device, inode), least recently used dropped first.
+/// Binaries' unwind tables by [`FileKey`], least recently used dropped first.
 pub struct ModuleFiles {
-    files: LruCache<(String, u64), Option<Arc<ModuleFile>>>,
+    files: LruCache<FileKey, Option<Arc<ModuleFile>>>,
     bytes: usize,
     max_bytes: usize,
     /// Binaries read so far, and dropped for the bound.
@@ -165,7 +165,7 @@ impl ModuleFiles {
     /// The tables of the file `mapping` maps in process `pid` (read through `map_files`, which
     /// works across mount namespaces and for deleted files).
     pub fn get(&mut self, pid: u32, mapping: &Mapping) -> Option<Arc<ModuleFile>> {
-        let key = (mapping.dev.clone(), mapping.inode);
+        let key = mapping.file_key(pid).ok()?;
         if let Some(file) = self.files.get(&key) {
             return file.clone();
         }

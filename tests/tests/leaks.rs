@@ -1,7 +1,7 @@
 //! Acceptance of leak attribution: a real leak beside a real churn, symbolized stacks, growth,
 //! pprof and flame graph output, exited processes and replaced binaries.
 
-use std::{io::Read as _, process::Command};
+use std::{io::Read as _, path::Path, process::Command};
 
 use memlens_tests::{
     assert_near, go_bin, go_function, leak_bin, stack_names, workload_bin, Agent, TestCgroup,
@@ -230,6 +230,41 @@ fn bad_leak_queries_are_clear_errors() {
     }
 }
 
+/// The frame of the top leak in `cgroup` found from a frameless Go leaf's return address, and
+/// what was recorded with it.
+fn recovered_caller(agent: &Agent, cgroup: &TestCgroup, what: &str) -> (Value, Value) {
+    agent.wait_censuses(2);
+    let report = agent.leaks(&["--cgroup", &cgroup.path, "--top", "5"]);
+    let first = report["by_growth"][0].clone();
+    let frames = first["user_stack"].as_array().expect("user stack");
+    let caller = frames
+        .iter()
+        .find(|f| f["recovered"] == true)
+        .unwrap_or_else(|| panic!("no recovered caller ({what}): {first:#}"))
+        .clone();
+    eprintln!(
+        "{what}: {}",
+        frames
+            .iter()
+            .take(4)
+            .map(|f| format!(
+                "{}{}",
+                f["function"].as_str().map_or_else(
+                    || format!("[unknown] {:#x}", f["addr"].as_u64().unwrap_or(0)),
+                    str::to_string
+                ),
+                if f["recovered"] == true {
+                    " [recovered]"
+                } else {
+                    ""
+                }
+            ))
+            .collect::<Vec<_>>()
+            .join(" < ")
+    );
+    (caller, first)
+}
+
 #[test]
 fn go_frameless_leaves_name_the_function_that_called_them() {
     let agent = Agent::start(&[]);
@@ -245,34 +280,7 @@ fn go_frameless_leaves_name_the_function_that_called_them() {
         let mut leak = Workload::start_program(&cgroup, &go_bin("goleak", stripped), &["96"]);
         let line = leak.read_line();
         assert!(line.starts_with("leaked "), "the Go workload said {line:?}");
-        agent.wait_censuses(2);
-        let report = agent.leaks(&["--cgroup", &cgroup.path, "--top", "5"]);
-        let first = &report["by_growth"][0];
-        let frames = first["user_stack"].as_array().expect("user stack");
-        let caller = frames
-            .iter()
-            .find(|f| f["recovered"] == true)
-            .unwrap_or_else(|| panic!("no recovered caller (stripped: {stripped}): {first:#}"));
-        eprintln!(
-            "stripped {stripped}: {}",
-            frames
-                .iter()
-                .take(4)
-                .map(|f| format!(
-                    "{}{}",
-                    f["function"].as_str().map_or_else(
-                        || format!("[unknown] {:#x}", f["addr"].as_u64().unwrap_or(0)),
-                        str::to_string
-                    ),
-                    if f["recovered"] == true {
-                        " [recovered]"
-                    } else {
-                        ""
-                    }
-                ))
-                .collect::<Vec<_>>()
-                .join(" < ")
-        );
+        let (caller, first) = recovered_caller(&agent, &cgroup, &format!("stripped: {stripped}"));
         let addr = caller["addr"].as_u64().expect("addr");
         assert!(
             (start..end).contains(&addr),
@@ -281,6 +289,35 @@ fn go_frameless_leaves_name_the_function_that_called_them() {
         if !stripped {
             assert_eq!(caller["function"], "main.deepCopy", "{first:#}");
         }
+        leak.send("exit");
+    }
+}
+
+/// A container's entrypoint script does its set-up, then execs the service: the agent meets
+/// the process first as the shell (its set-up allocates), and the service leaks at once after
+/// the exec. Its stacks must be unwound through the service's code, not the shell's: the
+/// unwinder used to keep the shell's mappings for 200 ms after it read them, and the Go leak
+/// ended within them (all its pages under one frame, `runtime.memmove`).
+#[test]
+fn a_service_execd_by_its_entrypoint_script_is_unwound_as_the_service() {
+    let agent = Agent::start(&[]);
+    let service = go_bin("goleak", false);
+    let (start, end) = go_function(&service, "main.deepCopy");
+    for attempt in 0..5 {
+        let cgroup = TestCgroup::new(&format!("entrypoint-{attempt}"));
+        let script = format!(
+            "config=$(head -c 16000000 /dev/zero | tr '\\0' x); exec {} 96",
+            service.display()
+        );
+        let mut leak = Workload::start_program(&cgroup, Path::new("/bin/sh"), &["-c", &script]);
+        let line = leak.read_line();
+        assert!(line.starts_with("leaked "), "the Go service said {line:?}");
+        let (caller, first) = recovered_caller(&agent, &cgroup, "after an entrypoint script");
+        let addr = caller["addr"].as_u64().expect("addr");
+        assert!(
+            (start..end).contains(&addr) && caller["function"] == "main.deepCopy",
+            "the recovered caller {caller} is not main.deepCopy: {first:#}"
+        );
         leak.send("exit");
     }
 }

@@ -47,8 +47,9 @@ pub const MAX_FRAMES: usize = 128;
 /// is a few hundred bytes (the executable mappings; the tables are shared by binary).
 const MAX_PROCESSES: NonZeroUsize = NonZeroUsize::new(8192).expect("non-zero");
 /// A process's mappings are re-read at most this often when an address falls outside them: soon
-/// enough for code loaded right after a first read (a process first seen between its fork and
-/// its exec, then dlopen), rarely enough that a process full of stray addresses costs little.
+/// enough for code loaded right after a first read (dlopen), rarely enough that a process full
+/// of stray addresses costs little. An exec is not waited for: a process first seen between its
+/// fork and its exec has a new [`memlens_procfs::Image`] after it, and is read again at once.
 const REMAP_INTERVAL: Duration = Duration::from_millis(200);
 /// How often a kept process is checked to still be the one with its pid (its start time read
 /// from `/proc/<pid>/stat`): when the processes' ends are not known, and when they are (a pid
@@ -296,13 +297,14 @@ impl Unwinder {
         Some(())
     }
 
-    /// Re-reads the mappings of `tgid` if it was not done within `REMAP_INTERVAL`: code loaded
-    /// after the process was first seen (dlopen, plugins). True when they were re-read.
+    /// Re-reads the mappings of `tgid` if it was not done within `REMAP_INTERVAL` (code loaded
+    /// after the process was first seen: dlopen, plugins), or if it has exec'd since. True when
+    /// they were re-read.
     fn remap(&mut self, tgid: u32) -> bool {
         let Some(p) = self.processes.peek(&tgid) else {
             return false;
         };
-        if p.mapped_at.elapsed() < REMAP_INTERVAL {
+        if p.mapped_at.elapsed() < REMAP_INTERVAL && memlens_procfs::image(tgid).ok() == p.image {
             return false;
         }
         let start_ns = p.start_ns;
@@ -328,6 +330,8 @@ impl Unwinder {
     }
 
     fn load_inner(&mut self, tgid: u32, start_ns: u64) -> Option<Process> {
+        // Before the mappings: an exec in between makes the next miss read them again.
+        let image = memlens_procfs::image(tgid).ok();
         let maps = maps::read_maps(tgid).ok()?;
         let mut code = Vec::new();
         for mapping in maps.iter().filter(|m| m.executable) {
@@ -367,6 +371,7 @@ impl Unwinder {
         let now = Instant::now();
         Some(Process {
             start_ns,
+            image,
             code,
             mapped_at: now,
             checked_at: now,

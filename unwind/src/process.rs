@@ -2,6 +2,7 @@
 
 use std::{sync::Arc, time::Instant};
 
+use memlens_procfs::Image;
 use memlens_symbolize::tables::ModuleFile;
 
 use crate::modules::SLOT;
@@ -35,6 +36,8 @@ impl Code {
 /// One process's address space, kept while it allocates.
 pub struct Process {
     pub start_ns: u64,
+    /// Where its executable image lay when the mappings were read (None if unreadable).
+    pub image: Option<Image>,
     /// Executable mappings, sorted by start.
     pub code: Vec<Code>,
     pub mapped_at: Instant,

@@ -34,13 +34,13 @@ use memlens_model::{
     python::{PythonFrame, PythonFrameId, PythonFrames, PythonProcesses},
     user_stack::{FoundBy, StackSample, UnwoundFrame},
 };
-use memlens_procfs::{mem::read_remote, Mapping};
+use memlens_procfs::{mem::read_remote, FileKey, Mapping};
 
 use binary::PythonBinary;
 use code::CodeInfo;
 pub use layout::{Layout, LayoutError};
 
-/// CPython binaries whose symbols are remembered, by device and inode.
+/// CPython binaries whose symbols are remembered, by [`FileKey`].
 const MAX_BINARIES: NonZeroUsize = NonZeroUsize::new(64).expect("non-zero");
 /// Code objects remembered, over every process (a large service runs through a few thousand).
 const MAX_CODES: NonZeroUsize = NonZeroUsize::new(16_384).expect("non-zero");
@@ -105,13 +105,13 @@ enum State {
 #[derive(Debug)]
 struct Process {
     start_ns: u64,
-    binary: (String, u64),
+    binary: FileKey,
     state: State,
 }
 
 /// The CPython processes met, and what their frames were resolved to.
 pub struct Interpreters {
-    binaries: LruCache<(String, u64), Option<Arc<PythonBinary>>>,
+    binaries: LruCache<FileKey, Option<Arc<PythonBinary>>>,
     processes: HashMap<u32, Process>,
     codes: LruCache<(u32, u64), Option<Arc<CodeInfo>>>,
     instructions: LruCache<(u32, u64, u64), PythonFrameId>,
@@ -159,7 +159,9 @@ impl Interpreters {
             .filter(|m| m.inode != 0 && m.offset == 0 && binary::may_be_python(&m.module_name()));
         let mut found = None;
         for mapping in candidates {
-            let key = (mapping.dev.clone(), mapping.inode);
+            let Ok(key) = mapping.file_key(tgid) else {
+                continue;
+            };
             if self
                 .processes
                 .get(&tgid)
@@ -234,12 +236,7 @@ impl Interpreters {
     }
 
     /// The symbols of the binary `mapping` maps, read once per binary.
-    fn binary(
-        &mut self,
-        tgid: u32,
-        mapping: &Mapping,
-        key: &(String, u64),
-    ) -> Option<Arc<PythonBinary>> {
+    fn binary(&mut self, tgid: u32, mapping: &Mapping, key: &FileKey) -> Option<Arc<PythonBinary>> {
         if let Some(known) = self.binaries.get(key) {
             return known.clone();
         }

@@ -11,7 +11,7 @@ use std::{collections::HashMap, io, path::Path};
 use serde::Serialize;
 
 use super::{CgroupError, CgroupVersion};
-use memlens_types::Bytes;
+use memlens_types::{Bytes, Pages};
 
 /// v1 reports "no limit" as PAGE_COUNTER_MAX pages (about 2^63 bytes); anything this large
 /// is no limit.
@@ -48,8 +48,16 @@ pub struct MemoryStats {
     pub limit: Option<Bytes>,
     /// OOM kills in this cgroup (v2 `memory.events` oom_kill, v1 `memory.oom_control` oom_kill).
     pub oom_kills: Option<u64>,
-    /// Times usage hit the limit (v2 `memory.events` max, v1 `memory.failcnt`).
+    /// Times usage hit the limit (v2 `memory.events` max, v1 `memory.failcnt`). Routine for a
+    /// cgroup whose page cache fills it: each hit is a reclaim, not yet distress.
     pub limit_hits: Option<u64>,
+    /// Times usage went over `memory.high` and the cgroup's tasks were throttled into reclaim
+    /// (v2 `memory.events` high; v1 has no such boundary).
+    pub high_events: Option<u64>,
+    /// Page-cache pages read back in soon after reclaim evicted them (`workingset_refault_file`,
+    /// `workingset_refault` before 5.9, v1 `total_workingset_refault_file`; absent on v1 of
+    /// older kernels): reclaim taking pages the cgroup still uses, the sign it cannot keep up.
+    pub refaulted: Option<Pages>,
 }
 
 impl MemoryStats {
@@ -110,6 +118,11 @@ impl MemoryStats {
             limit,
             oom_kills,
             limit_hits,
+            high_events: None,
+            refaulted: stat
+                .get("total_workingset_refault_file")
+                .copied()
+                .map(Pages),
         })
     }
 
@@ -165,6 +178,12 @@ impl MemoryStats {
             limit,
             oom_kills: events.as_ref().and_then(|e| e.get("oom_kill").copied()),
             limit_hits: events.as_ref().and_then(|e| e.get("max").copied()),
+            high_events: events.as_ref().and_then(|e| e.get("high").copied()),
+            refaulted: stat
+                .get("workingset_refault_file")
+                .or_else(|| stat.get("workingset_refault"))
+                .copied()
+                .map(Pages),
         })
     }
 }
@@ -259,6 +278,8 @@ mod tests {
         assert_eq!(stats.active_file, Bytes(407_150_592));
         assert_eq!(stats.limit, None, "PAGE_COUNTER_MAX means unlimited");
         assert_eq!(stats.oom_kills, Some(0));
+        assert_eq!(stats.refaulted, Some(Pages(533_865)));
+        assert_eq!(stats.high_events, None);
         assert_eq!(stats.working_set(), Bytes(903_000_064 - 477_310_976));
         // No kmem file in this fixture: kernel is what usage leaves after anon and file.
         assert_eq!(stats.kernel, Bytes(903_000_064 - 2_220_032 - 884_461_568));
@@ -302,6 +323,8 @@ mod tests {
         assert_eq!(stats.limit, Some(Bytes(64 << 20)));
         assert_eq!(stats.oom_kills, Some(1));
         assert_eq!(stats.limit_hits, Some(37));
+        assert_eq!(stats.high_events, Some(0));
+        assert_eq!(stats.refaulted, Some(Pages(0)));
         assert_eq!(stats.swap, None, "no memory.swap.current in the fixture");
         // inactive_file is 0 here: the working set is all of usage.
         assert_eq!(stats.working_set(), stats.usage);
@@ -318,6 +341,7 @@ mod tests {
         assert_eq!(stats.limit, None);
         assert_eq!(stats.kernel, Bytes(21));
         assert_eq!(stats.oom_kills, None);
+        assert_eq!(stats.refaulted, None, "no workingset fields");
     }
 
     #[test]

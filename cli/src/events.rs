@@ -132,6 +132,18 @@ fn check(report: &CheckReport) -> String {
             );
         }
     }
+    if !report.held_back.is_empty() {
+        let _ = writeln!(out, "held back: {}", report.held_back.len());
+        for h in &report.held_back {
+            let _ = writeln!(
+                out,
+                "  no {} for {}: {}",
+                h.kind,
+                printable(&h.subject),
+                printable(&h.reason)
+            );
+        }
+    }
     out
 }
 
@@ -182,23 +194,45 @@ fn show(e: &Event) -> String {
 
 fn growth(out: &mut String, g: &GrowthEvidence) {
     let secs = |s: Option<f64>| s.map_or_else(|| "not within the horizon".into(), duration);
+    if !g.reason.is_empty() {
+        let _ = writeln!(out, "why: {}", printable(&g.reason));
+    }
+    if let Some(allowance) = &g.allowance {
+        let _ = writeln!(out, "allowance: {}", printable(allowance));
+    }
     let _ = writeln!(
         out,
-        "growth {}/h (anon {}/h, file cache {}/h) over {} samples, {:.0}% of pairs rising",
+        "{} growth {}/h, last third of the window {}/h (anon {}/h, file cache {}/h) over {} \
+         samples, {:.0}% of pairs rising",
+        g.measure,
         Bytes(g.growth_bytes_per_hour.max(0.0) as u64),
+        Bytes(g.recent_growth_bytes_per_hour.max(0.0) as u64),
         Bytes(g.anon_growth_bytes_per_hour.max(0.0) as u64),
         Bytes(g.file_growth_bytes_per_hour.max(0.0) as u64),
         g.samples,
         g.rising_share * 100.0
     );
+    let r = &g.reclaim;
+    let count = |n: Option<u64>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
     let _ = writeln!(
         out,
-        "usage {} of limit {} ({:?}); threshold {}; forecast in {}: {}",
+        "over the window: limit hits {}, memory.high events {}, OOM kills {}, page cache refaulted {}",
+        count(r.limit_hits),
+        count(r.high_events),
+        count(r.oom_kills),
+        r.refaulted_bytes
+            .map_or_else(|| "-".to_string(), |b| Bytes(b).to_string())
+    );
+    let _ = writeln!(
+        out,
+        "{} {} (usage {}) of limit {} ({:?}); threshold {}; forecast in {}: {}",
+        g.measure,
+        Bytes(g.measured_bytes),
         Bytes(g.usage_bytes),
         Bytes(g.limit_bytes),
         g.limit_source,
         Bytes(g.threshold_bytes),
-        duration(g.horizon_seconds),
+        duration(g.forecast[1].0.saturating_sub(g.forecast[0].0) as f64 / 1000.0),
         Bytes(g.forecast_bytes)
     );
     let _ = writeln!(

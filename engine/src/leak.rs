@@ -1,27 +1,22 @@
-//! The leak detector (seed 000): per cgroup, a robust trend of usage over the lookback window and
-//! its forecast over the horizon; when the forecast crosses the threshold share of the limit, the
-//! growth is split into anon and page cache: anon growth is a suspected leak (with the stacks that
-//! grow), page-cache growth is file-cache pressure (with the files).
-
-use std::collections::HashMap;
+//! The leak detector (seed 000): per cgroup, a robust trend of the memory reclaim cannot drop
+//! and its forecast against the limit that applies ([`crate::growth`]); the growth is split
+//! into anon and page cache: anon growth is a suspected leak (with the stacks that grow), page
+//! cache in the working set, or reclaim that cannot keep up, is file-cache pressure (with the
+//! files).
 
 use memlens_types::{
     cgroups::CgroupRow,
-    event::{EventKind, Evidence, Finding, Severity},
-    evidence::{GrowthEvidence, LimitSource},
-    history::Sample,
-    Bytes,
+    event::{EventKind, Evidence, Finding, HeldBack, Severity},
+    evidence::GrowthEvidence,
+    Bytes, Workload,
 };
 
 use crate::{
-    trend::{theil_sen, Fit},
+    allowance::Allowances,
+    growth::{assess, Verdict},
     Context,
 };
 
-/// Most samples read per cgroup (evenly thinned beyond).
-const MAX_POINTS: usize = 2000;
-/// Points of the usage series kept in the evidence, for the chart.
-const SERIES_POINTS: usize = 120;
 /// Top processes by memory in the evidence.
 const TOP_PROCESSES: usize = 10;
 /// Top growing stacks in the evidence.
@@ -29,26 +24,77 @@ const TOP_STACKS: usize = 5;
 /// A parent's finding is left to its child when the child accounts for this share of its
 /// growth (one leak, one event).
 const CHILD_SHARE: f64 = 0.5;
+/// Most held-back cgroups a run reports (the fastest growing).
+const MAX_HELD_BACK: usize = 50;
 
 /// A cgroup whose forecast crosses its threshold, before evidence is gathered.
 struct Candidate<'a> {
     row: &'a CgroupRow,
     kind: EventKind,
     slope: f64,
+    /// Raised for reclaim that cannot keep up rather than for growth.
+    thrashing: bool,
     evidence: GrowthEvidence,
 }
 
+/// What the detector concluded: findings, and growth it held back.
+pub struct Detected {
+    pub findings: Vec<Finding>,
+    pub held_back: Vec<HeldBack>,
+}
+
 /// Runs the detector over every cgroup of the snapshot.
-pub fn detect(cx: &Context<'_>) -> Vec<Finding> {
+pub fn detect(cx: &Context<'_>) -> Detected {
     let leak = &cx.config.leak;
-    let mut candidates: Vec<Candidate<'_>> = cx
-        .rows
-        .iter()
-        .filter(|row| cx.allowed(row))
-        .filter_map(|row| evaluate(cx, row))
-        .filter(|c| c.kind == EventKind::LeakSuspected || cx.config.file_cache.enabled)
-        .filter(|c| c.kind == EventKind::FileCachePressure || leak.enabled)
-        .collect();
+    let allowances = Allowances::new(&leak.allow);
+    let enabled = |kind: EventKind| match kind {
+        EventKind::LeakSuspected => leak.enabled,
+        _ => cx.config.file_cache.enabled,
+    };
+    let mut candidates: Vec<Candidate<'_>> = Vec::new();
+    let mut held_back: Vec<HeldBack> = Vec::new();
+    for row in cx.rows.iter().filter(|row| cx.allowed(row)) {
+        let allowed = if allowances.is_empty() {
+            None
+        } else {
+            let pod = match &row.workload {
+                Workload::Pod {
+                    pod_uid,
+                    container_id,
+                    ..
+                } => cx.sources.pod(pod_uid, container_id.as_deref()),
+                _ => None,
+            };
+            allowances.find(&row.path, pod.as_ref())
+        };
+        match assess(cx, row, allowed.as_ref()) {
+            Verdict::Raise {
+                kind,
+                slope_per_s,
+                thrashing,
+                evidence,
+            } if enabled(kind) => candidates.push(Candidate {
+                row,
+                kind,
+                slope: slope_per_s,
+                thrashing,
+                evidence: *evidence,
+            }),
+            Verdict::HeldBack {
+                kind,
+                growth_bytes_per_hour,
+                reason,
+            } if enabled(kind) => held_back.push(HeldBack {
+                subject: row.path.clone(),
+                kind,
+                growth_bytes_per_hour,
+                reason,
+            }),
+            _ => {}
+        }
+    }
+    held_back.sort_by(|a, b| b.growth_bytes_per_hour.total_cmp(&a.growth_bytes_per_hour));
+    held_back.truncate(MAX_HELD_BACK);
     // One growth, one event: a parent whose growth is mostly a flagged child's is left out.
     let flagged: Vec<(String, EventKind, f64)> = candidates
         .iter()
@@ -60,7 +106,7 @@ pub fn detect(cx: &Context<'_>) -> Vec<Finding> {
             *kind == c.kind && path.starts_with(&prefix) && *slope >= CHILD_SHARE * c.slope
         })
     });
-    candidates
+    let findings = candidates
         .into_iter()
         .map(|mut c| {
             let path = c.row.path.clone();
@@ -111,7 +157,11 @@ pub fn detect(cx: &Context<'_>) -> Vec<Finding> {
                 },
             }
         })
-        .collect()
+        .collect();
+    Detected {
+        findings,
+        held_back,
+    }
 }
 
 fn describe(c: &Candidate<'_>) -> (String, Severity) {
@@ -129,15 +179,17 @@ fn describe(c: &Candidate<'_>) -> (String, Severity) {
     };
     let what = match c.kind {
         EventKind::LeakSuspected => "memory leak suspected",
-        _ => "page cache grows",
+        _ if c.thrashing => "page cache thrashes",
+        _ => "page cache fills the working set",
     };
     let summary = format!(
-        "{what} in {}: +{}/h (anon +{}/h, file +{}/h), {} of {} limit, reaches it {}",
+        "{what} in {}: {} +{}/h (anon +{}/h, file +{}/h), {} of {} limit, reaches it {}",
         e.cgroup,
+        e.measure,
         Bytes(e.growth_bytes_per_hour.max(0.0) as u64),
         Bytes(e.anon_growth_bytes_per_hour.max(0.0) as u64),
         Bytes(e.file_growth_bytes_per_hour.max(0.0) as u64),
-        Bytes(e.usage_bytes),
+        Bytes(e.measured_bytes),
         Bytes(e.limit_bytes),
         when(e.time_to_limit_seconds),
     );
@@ -150,176 +202,4 @@ fn describe(c: &Candidate<'_>) -> (String, Severity) {
         Severity::Warning
     };
     (summary, severity)
-}
-
-/// The limit a cgroup runs into: the smallest of its own and its ancestors', else the node's.
-fn effective_limit(cx: &Context<'_>, row: &CgroupRow) -> (u64, LimitSource) {
-    let by_path: HashMap<&str, Option<u64>> = cx
-        .rows
-        .iter()
-        .map(|r| (r.path.as_str(), r.limit_bytes))
-        .collect();
-    let mut best = row.limit_bytes.map(|l| (l, LimitSource::Cgroup));
-    let mut path = row.path.as_str();
-    while let Some((parent, _)) = path.rsplit_once('/') {
-        let parent = if parent.is_empty() { "/" } else { parent };
-        if let Some(Some(limit)) = by_path.get(parent) {
-            if best.as_ref().is_none_or(|(l, _)| limit < l) {
-                best = Some((*limit, LimitSource::Ancestor(parent.to_string())));
-            }
-        }
-        if parent == "/" {
-            break;
-        }
-        path = parent;
-    }
-    match best {
-        Some((limit, source)) if limit < cx.mem_total => (limit, source),
-        _ => (cx.mem_total, LimitSource::Host),
-    }
-}
-
-fn fit(samples: &[Sample], t0: u64, value: impl Fn(&Sample) -> u64) -> Option<Fit> {
-    let points: Vec<(f64, f64)> = samples
-        .iter()
-        .map(|s| (s.ts_ms.saturating_sub(t0) as f64 / 1000.0, value(s) as f64))
-        .collect();
-    theil_sen(&points)
-}
-
-fn evaluate<'a>(cx: &Context<'_>, row: &'a CgroupRow) -> Option<Candidate<'a>> {
-    let leak = &cx.config.leak;
-    let since = cx
-        .now_ms
-        .saturating_sub(u64::try_from(leak.lookback.as_millis()).unwrap_or(u64::MAX));
-    let samples = match cx.sources.series(&row.path, since, MAX_POINTS) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("leak detector: no history for {}: {e}", row.path);
-            return None;
-        }
-    };
-    let samples = since_last_reset(&samples);
-    if samples.len() < leak.min_samples {
-        return None;
-    }
-    let t0 = samples.first()?.ts_ms;
-    let usage = fit(samples, t0, |s| s.usage_bytes)?;
-    if usage.slope_per_hour() < leak.min_growth_bytes_per_hour as f64 {
-        return None;
-    }
-    let (limit, limit_source) = effective_limit(cx, row);
-    let threshold = limit as f64 * leak.threshold;
-    let now = cx.now_ms.saturating_sub(t0) as f64 / 1000.0;
-    let horizon = leak.horizon.as_secs_f64();
-    let forecast = usage.value_at(now + horizon);
-    if forecast < threshold {
-        return None;
-    }
-    let anon = fit(samples, t0, |s| s.anon_bytes).map_or(0.0, |f| f.slope_per_hour());
-    let file = fit(samples, t0, |s| s.file_bytes).map_or(0.0, |f| f.slope_per_hour());
-    let kind = if anon >= file {
-        EventKind::LeakSuspected
-    } else {
-        EventKind::FileCachePressure
-    };
-    let step = samples.len().div_ceil(SERIES_POINTS).max(1);
-    let at = |t: f64| (t0 + (t * 1000.0) as u64, usage.value_at(t).max(0.0) as u64);
-    let last = samples.last()?;
-    Some(Candidate {
-        row,
-        kind,
-        slope: usage.slope_per_s,
-        evidence: GrowthEvidence {
-            cgroup: row.path.clone(),
-            evaluated_at_unix_ms: cx.now_ms,
-            lookback_seconds: leak.lookback.as_secs_f64(),
-            horizon_seconds: horizon,
-            samples: samples.len(),
-            usage_bytes: last.usage_bytes,
-            limit_bytes: limit,
-            limit_source,
-            threshold_bytes: threshold as u64,
-            growth_bytes_per_hour: usage.slope_per_hour(),
-            anon_growth_bytes_per_hour: anon,
-            file_growth_bytes_per_hour: file,
-            rising_share: usage.rising_share,
-            forecast_bytes: forecast.max(0.0) as u64,
-            time_to_threshold_seconds: usage.time_to_reach(threshold, now),
-            time_to_limit_seconds: usage.time_to_reach(limit as f64, now),
-            series: samples
-                .iter()
-                .step_by(step)
-                .chain(std::iter::once(last))
-                .map(|s| (s.ts_ms, s.usage_bytes))
-                .collect(),
-            forecast: [at(now), at(now + horizon)],
-            top_processes: Vec::new(),
-            top_stacks: Vec::new(),
-            allocation_stacks: Vec::new(),
-            allocation_trace_hint: None,
-            top_files: Vec::new(),
-        },
-    })
-}
-
-/// A drop below this share of the peak before it is a reset (an OOM kill, a restart), not noise.
-const RESET_SHARE: f64 = 0.25;
-
-/// The samples after the last reset: memory that fell to a quarter of its earlier peak was given
-/// back (the process was killed or restarted), so the growth before it says nothing about the
-/// growth after. A garbage collector's sawtooth rarely falls that far and keeps its whole window.
-fn since_last_reset(samples: &[Sample]) -> &[Sample] {
-    let mut peak = 0u64;
-    let mut start = 0;
-    for (i, s) in samples.iter().enumerate() {
-        if (s.usage_bytes as f64) < peak as f64 * RESET_SHARE {
-            start = i;
-            peak = s.usage_bytes;
-        }
-        peak = peak.max(s.usage_bytes);
-    }
-    &samples[start..]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample(ts_ms: u64, usage: u64) -> Sample {
-        Sample {
-            ts_ms,
-            cgroup_id: 1,
-            usage_bytes: usage,
-            anon_bytes: usage,
-            file_bytes: 0,
-            active_file_bytes: 0,
-            inactive_file_bytes: 0,
-            working_set_bytes: usage,
-            kernel_bytes: 0,
-            limit_bytes: None,
-            held_bytes: None,
-            oom_kills: None,
-            top_file: None,
-            top_file_bytes: None,
-        }
-    }
-
-    #[test]
-    fn growth_restarts_after_an_oom_kill_but_not_after_a_gc() {
-        // Killed at 4 (256 -> 1): the fit starts over.
-        let killed: Vec<Sample> = [10, 80, 160, 256, 1, 20, 40]
-            .iter()
-            .enumerate()
-            .map(|(i, &u)| sample(i as u64, u))
-            .collect();
-        assert_eq!(since_last_reset(&killed).len(), 3);
-        // A collector's sawtooth (falls by half) keeps every sample.
-        let gc: Vec<Sample> = [100, 200, 100, 220, 110, 240]
-            .iter()
-            .enumerate()
-            .map(|(i, &u)| sample(i as u64, u))
-            .collect();
-        assert_eq!(since_last_reset(&gc).len(), 6);
-    }
 }

@@ -1,10 +1,13 @@
 //! The event engine's detectors: from a cgroup's recorded memory, its lifecycle records and the
 //! latest census, they conclude *leak suspected* and *file cache pressure* (seed 000) and
-//! *abnormal restarts* (seed 001), as [`Finding`]s with their evidence. Pure logic: what they
+//! *abnormal restarts* (seed 001), as [`Finding`]s with their evidence, and say why growth that
+//! raised nothing was held back. Pure logic: what they
 //! read comes through [`Sources`], and the agent stores what they find (deduplicated, reopened,
 //! recovered) in its database.
 
+mod allowance;
 pub mod config;
+pub mod growth;
 pub mod leak;
 pub mod restarts;
 pub mod trend;
@@ -15,7 +18,7 @@ pub use config::Config;
 use memlens_types::{
     allocations::AllocationEntry,
     cgroups::CgroupRow,
-    event::{Dimensions, EventKind, Finding},
+    event::{Dimensions, EventKind, Finding, HeldBack},
     evidence::ProcessMemory,
     files::CachedFile,
     history::Sample,
@@ -143,6 +146,8 @@ pub struct Run {
     /// recovered.
     pub kinds: Vec<EventKind>,
     pub findings: Vec<Finding>,
+    /// Growth that raised nothing, and why.
+    pub held_back: Vec<HeldBack>,
 }
 
 /// Runs the due detectors (those the config enables). `open_restarts` are the subjects of the
@@ -154,7 +159,9 @@ pub fn check(cx: &Context<'_>, due: Due, open_restarts: &HashSet<String>) -> Run
         run.detectors.push("leak");
         run.kinds
             .extend([EventKind::LeakSuspected, EventKind::FileCachePressure]);
-        run.findings.extend(leak::detect(cx));
+        let detected = leak::detect(cx);
+        run.findings.extend(detected.findings);
+        run.held_back = detected.held_back;
     }
     if due.restarts && cx.config.restarts.enabled {
         run.detectors.push("restarts");

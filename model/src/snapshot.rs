@@ -104,6 +104,8 @@ pub fn build(
             limit_bytes: stats.limit.map(|b| b.0),
             oom_kills: stats.oom_kills,
             limit_hits: stats.limit_hits,
+            high_events: stats.high_events,
+            refaulted_bytes: stats.refaulted.map(|p| p.bytes(page_size).0),
             slab_reclaimable_bytes: stats.slab_reclaimable.map(|b| b.0),
             slab_unreclaimable_bytes: stats.slab_unreclaimable.map(|b| b.0),
             sock_bytes: stats.sock.map(|b| b.0),

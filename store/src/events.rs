@@ -238,7 +238,7 @@ impl Reader {
 mod tests {
     use memlens_types::{
         event::Severity,
-        evidence::{GrowthEvidence, LimitSource},
+        evidence::{GrowthEvidence, GrowthMeasure, LimitSource, ReclaimSignals},
     };
 
     use super::*;
@@ -263,10 +263,16 @@ mod tests {
                 limit_bytes: 2,
                 limit_source: LimitSource::Cgroup,
                 threshold_bytes: 2,
+                reason: "grows".into(),
+                measure: GrowthMeasure::WorkingSet,
+                measured_bytes: 1,
                 growth_bytes_per_hour: 1.0,
+                recent_growth_bytes_per_hour: 1.0,
                 anon_growth_bytes_per_hour: 1.0,
                 file_growth_bytes_per_hour: 0.0,
                 rising_share: 1.0,
+                reclaim: ReclaimSignals::default(),
+                allowance: None,
                 forecast_bytes: 2,
                 time_to_threshold_seconds: None,
                 time_to_limit_seconds: None,

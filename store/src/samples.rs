@@ -18,7 +18,7 @@ impl Store {
             let mut written = 0;
             {
                 let mut insert = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO cgroup_samples VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                    "INSERT OR IGNORE INTO cgroup_samples VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
                 )?;
                 for row in rows {
                     written += insert.execute(params![
@@ -37,6 +37,9 @@ impl Store {
                         row.oom_kills.map(int),
                         row.top_file.as_ref().map(|f| f.display()),
                         row.top_file.as_ref().map(|f| int(f.bytes)),
+                        row.limit_hits.map(int),
+                        row.high_events.map(int),
+                        row.refaulted_bytes.map(int),
                     ])?;
                 }
                 tx.execute(
@@ -64,7 +67,7 @@ impl Reader {
             let mut query = self.conn.prepare_cached(
                 "SELECT ts_ms, cgroup_id, usage_bytes, anon_bytes, file_bytes, active_file_bytes,
                         inactive_file_bytes, working_set_bytes, kernel_bytes, limit_bytes, held_bytes,
-                        oom_kills, top_file, top_file_bytes
+                        oom_kills, top_file, top_file_bytes, limit_hits, high_events, refaulted_bytes
                  FROM cgroup_samples WHERE path = ?1 AND ts_ms >= ?2 ORDER BY ts_ms",
             )?;
             let rows = query.query_map(params![cgroup_path, int(since_ms)], |r| {
@@ -83,6 +86,9 @@ impl Reader {
                     oom_kills: r.get::<_, Option<i64>>(11)?.map(uint),
                     top_file: r.get(12)?,
                     top_file_bytes: r.get::<_, Option<i64>>(13)?.map(uint),
+                    limit_hits: r.get::<_, Option<i64>>(14)?.map(uint),
+                    high_events: r.get::<_, Option<i64>>(15)?.map(uint),
+                    refaulted_bytes: r.get::<_, Option<i64>>(16)?.map(uint),
                 })
             })?;
             rows.collect::<rusqlite::Result<Vec<Sample>>>()
@@ -124,6 +130,8 @@ pub(crate) mod tests {
             limit_bytes: Some(1 << 30),
             oom_kills: None,
             limit_hits: None,
+            high_events: None,
+            refaulted_bytes: None,
             slab_reclaimable_bytes: None,
             slab_unreclaimable_bytes: None,
             sock_bytes: None,

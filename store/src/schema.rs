@@ -112,4 +112,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         file TEXT NOT NULL,
         line INTEGER NOT NULL
     );",
+    // 9: the kernel's reclaim counters, for the engine to tell reclaim that keeps up from
+    // reclaim that does not.
+    "ALTER TABLE cgroup_samples ADD COLUMN limit_hits INTEGER;
+    ALTER TABLE cgroup_samples ADD COLUMN high_events INTEGER;
+    ALTER TABLE cgroup_samples ADD COLUMN refaulted_bytes INTEGER;",
 ];

@@ -30,7 +30,15 @@ pub struct CgroupRow {
     /// None when unlimited.
     pub limit_bytes: Option<u64>,
     pub oom_kills: Option<u64>,
+    /// Times usage hit the limit (each one a reclaim).
     pub limit_hits: Option<u64>,
+    /// Times usage went over `memory.high` (v2).
+    #[serde(default)]
+    pub high_events: Option<u64>,
+    /// Page cache read back in soon after reclaim evicted it, so far (the kernel's refault
+    /// count in bytes): reclaim taking pages still in use.
+    #[serde(default)]
+    pub refaulted_bytes: Option<u64>,
     pub slab_reclaimable_bytes: Option<u64>,
     pub slab_unreclaimable_bytes: Option<u64>,
     pub sock_bytes: Option<u64>,

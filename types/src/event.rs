@@ -236,9 +236,22 @@ pub struct CheckReport {
     /// Open events this run saw again.
     pub still_open: Vec<Event>,
     pub recovered: Vec<Event>,
+    /// Cgroups whose memory grew but raised no event, and why (the fastest growing first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_back: Vec<HeldBack>,
     /// Why nothing ran (this host filtered out by `filters.hosts`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+}
+
+/// A cgroup whose growth raised no event, and why: levelling off, within its allowance, page
+/// cache the kernel reclaims.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeldBack {
+    pub subject: String,
+    pub kind: EventKind,
+    pub growth_bytes_per_hour: f64,
+    pub reason: String,
 }
 
 /// Query of `GET /v1/events`.

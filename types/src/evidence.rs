@@ -20,6 +20,48 @@ pub enum LimitSource {
     Host,
 }
 
+/// The memory a growth forecast follows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrowthMeasure {
+    /// All of the cgroup's usage (events raised before the measures below existed).
+    #[default]
+    Usage,
+    /// Usage minus inactive page cache, as kubelet and cAdvisor compute it: what a limit's
+    /// reclaim cannot simply drop. Followed against a cgroup's own or an ancestor's limit.
+    WorkingSet,
+    /// The working set minus active page cache (anonymous memory, shmem and tmpfs, kernel
+    /// memory): followed against the node's memory, where the node's reclaim takes any page
+    /// cache, active or not, before it runs out.
+    Unreclaimable,
+}
+
+impl fmt::Display for GrowthMeasure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GrowthMeasure::Usage => "usage",
+            GrowthMeasure::WorkingSet => "working set",
+            GrowthMeasure::Unreclaimable => "unreclaimable memory",
+        })
+    }
+}
+
+/// The kernel's reclaim counters over the window a finding looked at: how often usage hit the
+/// limit (each a reclaim, routine when page cache fills a cgroup), went over `memory.high`, was
+/// OOM-killed, and how much page cache was read back soon after reclaim evicted it. None where
+/// the kernel does not count it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReclaimSignals {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_hits: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub high_events: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refaulted_bytes: Option<u64>,
+}
+
 /// A process of the cgroup and its resident memory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessMemory {
@@ -42,16 +84,35 @@ pub struct GrowthEvidence {
     pub limit_bytes: u64,
     pub limit_source: LimitSource,
     pub threshold_bytes: u64,
+    /// Why it was raised, in a sentence.
+    #[serde(default)]
+    pub reason: String,
+    /// What the growth, forecast and series below follow.
+    #[serde(default)]
+    pub measure: GrowthMeasure,
+    /// The measure's latest value.
+    #[serde(default)]
+    pub measured_bytes: u64,
     pub growth_bytes_per_hour: f64,
+    /// The growth over the last third of the window: a series levelling off has slowed down.
+    #[serde(default)]
+    pub recent_growth_bytes_per_hour: f64,
     pub anon_growth_bytes_per_hour: f64,
+    /// Growth of the page cache in the measure (active file, shmem).
     pub file_growth_bytes_per_hour: f64,
     /// Share of pairwise slopes that rise: 1.0 for steady growth, ~0.5 for noise.
     pub rising_share: f64,
+    /// The kernel's reclaim counters over the window.
+    #[serde(default)]
+    pub reclaim: ReclaimSignals,
+    /// The allowance (`leak.allow`) the cgroup matched, when it has one: growth it was allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowance: Option<String>,
     /// The trend's value at the end of the horizon.
     pub forecast_bytes: u64,
     pub time_to_threshold_seconds: Option<f64>,
     pub time_to_limit_seconds: Option<f64>,
-    /// Usage over the lookback window, (unix ms, bytes), thinned.
+    /// The measure over the lookback window, (unix ms, bytes), thinned.
     pub series: Vec<(u64, u64)>,
     /// The trend from now to the end of the horizon: two (unix ms, bytes) points.
     pub forecast: [(u64, u64); 2],

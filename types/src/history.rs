@@ -28,6 +28,13 @@ pub struct Sample {
     pub top_file: Option<String>,
     #[serde(default)]
     pub top_file_bytes: Option<u64>,
+    /// The kernel's reclaim counters so far (see [`CgroupRow`](crate::cgroups::CgroupRow)).
+    #[serde(default)]
+    pub limit_hits: Option<u64>,
+    #[serde(default)]
+    pub high_events: Option<u64>,
+    #[serde(default)]
+    pub refaulted_bytes: Option<u64>,
 }
 
 /// Most samples one `/v1/history` answer carries.

@@ -22,7 +22,8 @@ impl fmt::Display for MemcgId {
 pub struct Pfn(pub u64);
 
 /// A number of pages of the system's base page size.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct Pages(pub u64);
 
 impl Pages {

@@ -275,6 +275,10 @@ impl Engine {
         };
         let run = memlens_engine::check(&cx, due, &open_restarts);
         report.detectors = run.detectors.iter().map(ToString::to_string).collect();
+        for held in &run.held_back {
+            tracing::debug!("no {} for {}: {}", held.kind, held.subject, held.reason);
+        }
+        report.held_back = run.held_back;
         let applied = self.store.apply(
             &run.kinds,
             &run.findings,

@@ -25,9 +25,18 @@
 //! allocation_trace = "10s"
 //! allocation_trace_budget_cpus = 0.05
 //!
+//! # Growth expected of a workload: none of these raise anything until their memory passes
+//! # up_to_bytes. Every criterion given must match.
+//! [[leak.allow]]
+//! cgroup = "/kubepods/**/pod*/*"
+//! namespace = "cache"
+//! pod = "redis-*"
+//! up_to_bytes = 2147483648
+//!
 //! [file_cache]
 //! enabled = true
 //! top_files = 5
+//! refaults_per_hour = 1.0
 //!
 //! [restarts]
 //! enabled = true
@@ -67,7 +76,7 @@ use serde::{Deserialize, Serialize};
 use error::describe;
 pub use error::ConfigError;
 pub use sections::{
-    EventsConfig, FileCacheConfig, Filters, LeakConfig, NamespaceFilter, RestartConfig,
+    Allowance, EventsConfig, FileCacheConfig, Filters, LeakConfig, NamespaceFilter, RestartConfig,
 };
 
 /// The whole config file. An empty file is [`Config::default`].
@@ -169,6 +178,28 @@ impl Config {
             "leak.allocation_trace_budget_cpus",
             || format!("must be a positive number of CPUs, found {b}"),
         )?;
+        for (i, rule) in self.leak.allow.iter().enumerate() {
+            let key = format!("leak.allow[{i}]");
+            check(
+                rule.cgroup.is_some() || rule.namespace.is_some() || rule.pod.is_some(),
+                &key,
+                || "must name a cgroup, a namespace or a pod to match".into(),
+            )?;
+            check(rule.up_to_bytes > 0, &format!("{key}.up_to_bytes"), || {
+                "must be a positive number of bytes".into()
+            })?;
+            for (field, pattern) in [("cgroup", &rule.cgroup), ("pod", &rule.pod)] {
+                if let Some(Err(e)) = pattern.as_deref().map(crate::allowance::glob) {
+                    return Err((format!("{key}.{field}"), e));
+                }
+            }
+        }
+        let r = self.file_cache.refaults_per_hour;
+        check(
+            r >= 0.0 && r.is_finite(),
+            "file_cache.refaults_per_hour",
+            || format!("must be a share of the limit per hour, 0 or more, found {r}"),
+        )?;
         let n = self.file_cache.top_files;
         check((1..=50).contains(&n), "file_cache.top_files", || {
             format!("must be in 1..=50, found {n}")
@@ -232,7 +263,19 @@ mod tests {
         assert_eq!(config.host.as_deref(), Some("node-1"));
         assert_eq!(config.cluster.as_deref(), Some("prod-eu"));
         let defaults = Config::default();
-        assert_eq!(config.leak, defaults.leak);
+        let allow = &config.leak.allow;
+        assert_eq!(allow.len(), 1);
+        assert_eq!(
+            (allow[0].pod.as_deref(), allow[0].up_to_bytes),
+            (Some("redis-*"), 2 << 30)
+        );
+        assert_eq!(
+            LeakConfig {
+                allow: Vec::new(),
+                ..config.leak
+            },
+            defaults.leak
+        );
         assert_eq!(
             (config.file_cache, config.restarts),
             (defaults.file_cache, defaults.restarts)
@@ -252,7 +295,7 @@ mod tests {
     fn errors_name_the_key() {
         let positive = "must be a positive duration such as 30m or 6h";
         let cases = [
-            ("[leak]\nlokback = \"6h\"", "line 2: leak.lokback: unknown key (expected one of: enabled, interval, lookback, horizon, threshold, min_samples, min_growth_bytes_per_hour, allocation_trace, allocation_trace_budget_cpus)"),
+            ("[leak]\nlokback = \"6h\"", "line 2: leak.lokback: unknown key (expected one of: enabled, interval, lookback, horizon, threshold, min_samples, min_growth_bytes_per_hour, allocation_trace, allocation_trace_budget_cpus, allow)"),
             ("colour = 1", "line 1: colour: unknown key (expected one of: host, cluster, leak, file_cache, restarts, events, filters, agent)"),
             ("[filters]\nnamespaces = [{ namespace = \"a\", cluster = \"b\" }]", "line 2: filters.namespaces[0].cluster: unknown key (expected one of: cluster_name, namespace)"),
             ("[filters]\nnamespaces = [{ cluster_name = \"x\" }]", "line 2: filters.namespaces[0].namespace: required key is missing"),
@@ -271,6 +314,11 @@ mod tests {
             ("[restarts]\nmin_restarts = 0", "restarts.min_restarts: must be at least 1, found 0"),
             ("[events]\nmax_events = 0", "events.max_events: must be at least 1, found 0"),
             ("[filters]\nnamespaces = [{ namespace = [] }]", "filters.namespaces[0].namespace: must name at least one namespace, and no empty name"),
+            ("[[leak.allow]]\nup_to_bytes = 1", "leak.allow[0]: must name a cgroup, a namespace or a pod to match"),
+            ("[[leak.allow]]\npod = \"a\"\nup_to_bytes = 0", "leak.allow[0].up_to_bytes: must be a positive number of bytes"),
+            ("[[leak.allow]]\ncgroup = \"/kubepods/[\"\nup_to_bytes = 1", "leak.allow[0].cgroup: invalid pattern \"/kubepods/[\": unclosed character class; missing ']'"),
+            ("[[leak.allow]]\npod = \"a\"\nup_to = 1", "line 3: leak.allow[0].up_to: unknown key (expected one of: cgroup, namespace, pod, up_to_bytes)"),
+            ("[file_cache]\nrefaults_per_hour = -1", "file_cache.refaults_per_hour: must be a share of the limit per hour, 0 or more, found -1"),
         ];
         for (text, expected) in cases {
             assert_eq!(error(text), expected, "{text}");

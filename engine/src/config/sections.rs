@@ -35,6 +35,26 @@ pub struct LeakConfig {
     /// CPUs such a trace may cost the processes (calls per second x measured cost per call)
     /// before it stops itself (checked every 250 ms).
     pub allocation_trace_budget_cpus: f64,
+    /// Growth expected of some workloads (a cache that fills to its configured size, a heap
+    /// sized at start-up): up to `up_to_bytes` it raises nothing.
+    pub allow: Vec<Allowance>,
+}
+
+/// Growth allowed to the cgroups a rule matches: their working set may grow to `up_to_bytes`
+/// before the detector forecasts it (beyond it, growth is unexpected again). Every criterion
+/// given must match; at least one is given.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Allowance {
+    /// A glob over the cgroup's path: the hierarchy path (`/kubepods/**/pod*`) or as the shell
+    /// shows it (`/sys/fs/cgroup/...`); `*` stays within one level, `**` crosses levels.
+    pub cgroup: Option<String>,
+    /// A pod's namespace.
+    pub namespace: Option<String>,
+    /// A glob over a pod's name (`redis-*`).
+    pub pod: Option<String>,
+    /// How far the cgroup's memory may grow.
+    pub up_to_bytes: u64,
 }
 
 impl Default for LeakConfig {
@@ -49,17 +69,23 @@ impl Default for LeakConfig {
             min_growth_bytes_per_hour: 1 << 20,
             allocation_trace: Duration::from_secs(10),
             allocation_trace_budget_cpus: 0.05,
+            allow: Vec::new(),
         }
     }
 }
 
-/// The file-cache breakdown attached to memory events.
+/// File-cache pressure: page cache in a limited cgroup's working set heading for the limit, or
+/// reclaim that cannot keep up (page cache read back in as fast as it is evicted).
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileCacheConfig {
     pub enabled: bool,
     /// How many of the largest cached files to report, 1..=50.
     pub top_files: usize,
+    /// A limited cgroup at its threshold thrashes when the page cache it reads back in soon
+    /// after reclaim evicted it comes to this share of its limit per hour (1.0: a limit's worth
+    /// an hour); 0 turns the check off.
+    pub refaults_per_hour: f64,
 }
 
 impl Default for FileCacheConfig {
@@ -67,6 +93,7 @@ impl Default for FileCacheConfig {
         Self {
             enabled: true,
             top_files: 5,
+            refaults_per_hour: 1.0,
         }
     }
 }

@@ -385,6 +385,8 @@ mod tests {
             limit_bytes: Some(512 << 20),
             oom_kills: Some(2),
             limit_hits: Some(5),
+            high_events: None,
+            refaulted_bytes: None,
             slab_reclaimable_bytes: None,
             slab_unreclaimable_bytes: None,
             sock_bytes: None,

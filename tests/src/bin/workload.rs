@@ -24,6 +24,15 @@
 //! profile (no frame pointers): `serve_requests -> handle_request -> cache_response` keeps 1 MiB per
 //! request, filled with `resize` (glibc's memset); prints `leaked <bytes>`, waits for `exit`.
 //!
+//! `memlens-workload warmcache <MiB> <seconds>`: a cache of 64 KiB entries keyed by users picked
+//! at random, each request also allocating a 16 KiB response it drops (churn in the same heap):
+//! it fills fast and then ever slower, as caches of random keys do, 95% full after `<seconds>`
+//! (prints `full`); then it serves hits until `exit`.
+//!
+//! `memlens-workload buildjob <dir> <MiB> <MiB/s>`: a build's page cache: 8 MiB of headers that
+//! every compile reads again, and 1 MiB objects written once, `<MiB>` of them at most that fast;
+//! prints `built`, waits for `exit`.
+//!
 //! `memlens-workload storm <MiB> <rounds> [<depth>]`: the page-fault storm of `cargo xtask bench
 //! storm`: map, touch and unmap `<MiB>` of anonymous memory `<rounds>` times (at the bottom of
 //! `<depth>` nested calls of 256 bytes of stack each), then print `seconds <s> pages <n>`.
@@ -36,7 +45,8 @@ use std::{
 const USAGE: &str =
     "usage: memlens-workload anon <MiB> | anon-thp <MiB> | anon-frag <MiB> | storm <MiB> <rounds> [<depth>] \
                      | deepleak <MiB> <MiB/s> \
-                     | writefile <path> <MiB> | appendlog <path> <MiB> [<MiB/s>] | readfile <path>";
+                     | writefile <path> <MiB> | appendlog <path> <MiB> [<MiB/s>] | readfile <path> \
+                     | warmcache <MiB> <seconds> | buildjob <dir> <MiB> <MiB/s>";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -65,6 +75,8 @@ fn main() {
             args.get(4).and_then(|a| a.parse::<usize>().ok()),
         ),
         Some("readfile") => read_file(path_arg(&args)),
+        Some("warmcache") => warm_cache(number(2), number(3)),
+        Some("buildjob") => build_job(path_arg(&args), number(3), number(4)),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
@@ -173,6 +185,70 @@ fn append_log(path: &str, len: usize, mib_per_second: Option<usize>) {
         }
         true
     });
+}
+
+/// xorshift64: users picked at random without a crate.
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+fn warm_cache(mib: usize, seconds: usize) {
+    const ENTRY: usize = 64 << 10;
+    let users = mib * (MIB / ENTRY);
+    // 3 requests per user over `seconds` leave e^-3 (5%) of them unseen.
+    let tick = std::time::Duration::from_secs_f64(seconds as f64 / (3 * users) as f64);
+    let mut cache: std::collections::HashMap<usize, Vec<u8>> = std::collections::HashMap::new();
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut full = false;
+    let (done, stop) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        serve(|_| true);
+        let _ = done.send(());
+    });
+    while stop.try_recv().is_err() {
+        let response = vec![0x11u8; 16 << 10];
+        std::hint::black_box(&response);
+        let user = (next_random(&mut state) % users as u64) as usize;
+        cache.entry(user).or_insert_with(|| vec![0x22u8; ENTRY]);
+        if !full && cache.len() * 20 >= users * 19 {
+            full = true;
+            println!("full");
+            let _ = std::io::stdout().flush();
+        }
+        std::thread::sleep(tick);
+    }
+    std::hint::black_box(&cache);
+}
+
+fn build_job(dir: &str, mib: usize, mib_per_second: usize) {
+    let dir = std::path::Path::new(dir);
+    let header = vec![b'h'; 256 << 10];
+    let headers: Vec<std::path::PathBuf> = (0..32).map(|i| dir.join(format!("h{i}.h"))).collect();
+    for path in &headers {
+        std::fs::write(path, &header).unwrap_or_else(|e| fail(&path.display().to_string(), &e));
+    }
+    let object = vec![b'o'; MIB];
+    let started = Instant::now();
+    for i in 0..mib {
+        // A compile reads every header, and writes its object once.
+        for path in &headers {
+            let text =
+                std::fs::read(path).unwrap_or_else(|e| fail(&path.display().to_string(), &e));
+            std::hint::black_box(&text);
+        }
+        let path = dir.join(format!("o{i}.o"));
+        std::fs::write(&path, &object).unwrap_or_else(|e| fail(&path.display().to_string(), &e));
+        let due = std::time::Duration::from_secs_f64((i + 1) as f64 / mib_per_second as f64);
+        if let Some(ahead) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(ahead);
+        }
+    }
+    println!("built");
+    let _ = std::io::stdout().flush();
+    serve(|_| true);
 }
 
 fn read_file(path: &str) {

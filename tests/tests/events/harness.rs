@@ -31,9 +31,14 @@ pub(crate) struct Setup {
 }
 
 pub(crate) fn setup() -> Setup {
+    setup_with(CONFIG)
+}
+
+/// A set-up with the engine config `text`.
+pub(crate) fn setup_with(text: &str) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("memlens.toml");
-    std::fs::write(&config, CONFIG).expect("write config");
+    std::fs::write(&config, text).expect("write config");
     let flags = vec![
         "--db".to_string(),
         dir.path().join("history.db").display().to_string(),

@@ -1,0 +1,3 @@
+module gosettle
+
+go 1.19

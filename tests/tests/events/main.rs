@@ -154,12 +154,13 @@ fn a_go_leak_event_names_the_function_from_the_runtimes_own_profile() {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let setup = setup();
     let cgroup = TestCgroup::new("go-leak-event");
-    cgroup.set_limit(512 * MIB);
+    cgroup.set_limit(256 * MIB);
     let agent = setup.agent();
     // 8 sessions of 256 KiB a second (2 MiB/s) beside a churn: the page-level answer names the
-    // churn for much of it, the runtime's profile the sessions.
+    // churn for much of it, the runtime's profile the sessions. Their 300 MiB would reach the
+    // limit after about two minutes; the test ends them once the event is raised.
     let mut service =
-        Workload::start_program(&cgroup, &go_bin("goheap", false), &["400", "256", "8"]);
+        Workload::start_program(&cgroup, &go_bin("goheap", false), &["1200", "256", "8"]);
     let event = poll(
         Duration::from_secs(90),
         "a leak event naming the sessions",
@@ -228,10 +229,12 @@ fn a_log_on_tmpfs_filling_a_limited_cgroup_is_file_cache_pressure_before_its_oom
             > evidence["anon_growth_bytes_per_hour"].as_f64(),
         "{evidence}"
     );
+    // Pages of tmpfs files are not seen by the page-cache probes (shmem has its own path into
+    // the page cache): the files, when any, are printed, not required.
     let files: Vec<&str> = evidence["top_files"]
         .as_array()
-        .expect("top files")
-        .iter()
+        .into_iter()
+        .flatten()
         .filter_map(|f| f["path"].as_str())
         .collect();
     eprintln!("top files: {files:?}; why: {}", evidence["reason"]);

@@ -187,7 +187,13 @@ pub fn run(socket: PathBuf, args: &AgentArgs, config: Config) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     // Pod and container names: the Kubernetes API when in a cluster, else the kubelet's logs.
-    let pods = PodDirectory::start(LogDirs::default(), pods_runtime(&runtime));
+    let pods = PodDirectory::start(
+        LogDirs {
+            pods: args.kubelet_logs.join("pods"),
+            containers: args.kubelet_logs.join("containers"),
+        },
+        pods_runtime(&runtime),
+    );
     let max_stacks = usize::try_from(args.max_stacks).unwrap_or(usize::MAX);
     let leaks = LeakSources {
         history: Arc::new(RwLock::new(GrowthHistory::new(

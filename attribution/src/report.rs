@@ -163,6 +163,7 @@ pub fn entries(
                     .get(&key.memcg)
                     .cloned()
                     .unwrap_or_else(|| format!("memcg {}", key.memcg)),
+                pod: None,
                 pid: key.process.tgid,
                 comm: process.map(|p| p.comm.clone()).unwrap_or_default(),
                 process_alive: view.alive.contains(&key.process),
@@ -299,6 +300,7 @@ mod tests {
         LeakEntry {
             cgroup_id: MemcgId(7),
             cgroup: "/workers".into(),
+            pod: None,
             pid,
             comm: format!("worker{pid}"),
             process_alive: true,

@@ -51,6 +51,9 @@ pub struct EventsListArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Show cgroups by their path, not by pod and container name.
+    #[arg(long)]
+    pub paths: bool,
 }
 
 #[derive(Args, Debug)]
@@ -160,6 +163,9 @@ pub struct LeaksArgs {
     /// Also write a flame graph SVG of the matching stacks to FILE.
     #[arg(long, value_name = "FILE")]
     pub flamegraph: Option<PathBuf>,
+    /// Show cgroups by their path, not by pod and container name.
+    #[arg(long)]
+    pub paths: bool,
 }
 
 #[derive(Args, Debug)]
@@ -187,6 +193,9 @@ pub struct TopArgs {
     /// end of its path.
     #[arg(long)]
     pub cgroup: Option<CgroupSelector>,
+    /// Show cgroups by their path, not by pod and container name.
+    #[arg(long)]
+    pub paths: bool,
 }
 
 /// A trace window between 1 s and 10 min.

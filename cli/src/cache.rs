@@ -10,7 +10,7 @@ use memlens_types::{
     Bytes,
 };
 
-use crate::{args::CacheArgs, Client};
+use crate::{args::CacheArgs, workload_name, Client};
 
 pub async fn run(client: &Client, args: &CacheArgs) -> Result<()> {
     let response = client
@@ -31,7 +31,17 @@ pub async fn run(client: &Client, args: &CacheArgs) -> Result<()> {
 fn render(r: &CacheResponse) -> String {
     let mut out = String::new();
     for c in &r.cgroups {
-        let _ = writeln!(out, "{}\n  {}", printable(&c.name), printable(&c.diagnosis));
+        let name = workload_name(c.pod.as_ref(), &c.name, &c.path, false);
+        if name == c.path {
+            let _ = writeln!(out, "{name}\n  {}", printable(&c.diagnosis));
+        } else {
+            let _ = writeln!(
+                out,
+                "{name}  ({})\n  {}",
+                printable(&c.path),
+                printable(&c.diagnosis)
+            );
+        }
         let _ = writeln!(
             out,
             "  usage {} = anon {} + file {} (active {}, inactive {}; dirty {}, writeback {}; shmem {}) + kernel {}{}",

@@ -9,6 +9,7 @@ use memlens_types::{
     event::{CheckReport, Event, EventsQuery, Evidence, Status},
     evidence::{GrowthEvidence, RestartEvidence},
     lifecycle::MAX_RECORDS,
+    pod::PodMeta,
     text::printable,
     Bytes,
 };
@@ -19,7 +20,7 @@ use crate::{
     chart::{self, ChartInput},
     history::clock,
     leaks::entry,
-    Client,
+    workload_name, Client,
 };
 
 /// Stacks shown per event.
@@ -38,7 +39,7 @@ pub async fn run(client: &Client, command: &EventsCommand) -> Result<()> {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&answer)?);
             } else {
-                print!("{}", list(&answer.events));
+                print!("{}", list(&answer.events, args.paths));
             }
         }
         EventsCommand::Show(args) => {
@@ -76,7 +77,7 @@ pub async fn run(client: &Client, command: &EventsCommand) -> Result<()> {
     Ok(())
 }
 
-fn list(events: &[Event]) -> String {
+fn list(events: &[Event], paths: bool) -> String {
     if events.is_empty() {
         return "no events\n".into();
     }
@@ -88,9 +89,19 @@ fn list(events: &[Event]) -> String {
         "SEVERITY",
         "FIRST SEEN",
         "DURATION",
+        "WORKLOAD",
         "SUMMARY",
     ]);
     for e in events {
+        let d = &e.dimensions;
+        let pod = match (&d.namespace, &d.pod) {
+            (Some(namespace), Some(pod)) => Some(PodMeta {
+                namespace: namespace.clone(),
+                pod: pod.clone(),
+                container: d.container_name.clone(),
+            }),
+            _ => None,
+        };
         table.add_row(vec![
             e.id.to_string(),
             e.status.as_str().to_string(),
@@ -98,6 +109,7 @@ fn list(events: &[Event]) -> String {
             e.severity.as_str().to_string(),
             clock(e.first_seen_unix_ms),
             duration(e.duration_seconds),
+            workload_name(pod.as_ref(), &e.subject, &e.subject, paths),
             e.summary.clone(),
         ]);
     }
@@ -274,7 +286,7 @@ fn growth(out: &mut String, g: &GrowthEvidence) {
     if !g.top_stacks.is_empty() {
         let _ = writeln!(out, "\nTop growing stacks:");
         for (i, s) in g.top_stacks.iter().take(STACKS_SHOWN).enumerate() {
-            entry(out, i + 1, s);
+            entry(out, i + 1, s, false);
         }
     }
     if !g.allocation_stacks.is_empty() {
@@ -353,7 +365,7 @@ fn restarts(out: &mut String, r: &RestartEvidence) {
             at.saturating_sub(memory.taken_at_unix_ms) as f64 / 1000.0
         );
         for (i, s) in memory.top_stacks.iter().take(STACKS_SHOWN).enumerate() {
-            entry(out, i + 1, s);
+            entry(out, i + 1, s, false);
         }
         for f in &memory.top_files {
             let _ = writeln!(

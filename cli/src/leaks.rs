@@ -11,7 +11,7 @@ use memlens_types::{
     Bytes, PageKind,
 };
 
-use crate::{args::LeaksArgs, Client, ClientError};
+use crate::{args::LeaksArgs, workload_name, Client, ClientError};
 
 /// Kernel frames shown per entry in the text output (the full stack is in --json).
 const KERNEL_FRAMES_SHOWN: usize = 4;
@@ -56,12 +56,12 @@ async fn fetch(client: &Client, args: &LeaksArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&response)?);
     } else {
-        print!("{}", render(&response));
+        print!("{}", render(&response, args.paths));
     }
     Ok(())
 }
 
-fn render(r: &LeaksResponse) -> String {
+fn render(r: &LeaksResponse, paths: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -88,11 +88,11 @@ fn render(r: &LeaksResponse) -> String {
     }
     let _ = writeln!(out, "\nTop stacks by growth:");
     for (i, e) in r.by_growth.iter().enumerate() {
-        entry(&mut out, i + 1, e);
+        entry(&mut out, i + 1, e, paths);
     }
     let _ = writeln!(out, "\nTop stacks by held bytes:");
     for (i, e) in r.by_held.iter().enumerate() {
-        entry(&mut out, i + 1, e);
+        entry(&mut out, i + 1, e, paths);
     }
     out
 }
@@ -116,7 +116,7 @@ fn process(e: &LeakEntry) -> String {
     )
 }
 
-pub(super) fn entry(out: &mut String, rank: usize, e: &LeakEntry) {
+pub(super) fn entry(out: &mut String, rank: usize, e: &LeakEntry, paths: bool) {
     let growth = if e.growth_bytes >= 0 {
         format!("+{}", Bytes(e.growth_bytes.unsigned_abs()))
     } else {
@@ -134,7 +134,7 @@ pub(super) fn entry(out: &mut String, rank: usize, e: &LeakEntry) {
         },
         e.objects,
         process(e),
-        printable(&e.cgroup)
+        workload_name(e.pod.as_ref(), &e.cgroup, &e.cgroup, paths)
     );
     if e.other {
         let _ = writeln!(out, "      [other stacks]");

@@ -16,3 +16,15 @@ pub mod status;
 pub mod top;
 
 pub use client::{Client, ClientError};
+
+use memlens_types::{pod::PodMeta, text::printable};
+
+/// What users call a cgroup: `namespace/pod/container` when the agent knows its pod, else
+/// `label` (a unit, a container runtime's id, or the path); with `paths`, its `path` always.
+fn workload_name(pod: Option<&PodMeta>, label: &str, path: &str, paths: bool) -> String {
+    match pod {
+        _ if paths => printable(path).into_owned(),
+        Some(pod) => printable(&pod.to_string()).into_owned(),
+        None => printable(label).into_owned(),
+    }
+}

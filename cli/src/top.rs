@@ -11,7 +11,7 @@ use memlens_types::{
     Bytes,
 };
 
-use crate::{args::TopArgs, Client};
+use crate::{args::TopArgs, workload_name, Client};
 
 pub async fn run(client: &Client, args: &TopArgs) -> Result<()> {
     let query = TopQuery {
@@ -31,7 +31,7 @@ pub async fn run(client: &Client, args: &TopArgs) -> Result<()> {
                 // Clear the screen and home the cursor.
                 print!("\x1b[2J\x1b[H");
             }
-            print!("{}", render(&top));
+            print!("{}", render(&top, args.paths));
         }
         if !args.watch {
             return Ok(());
@@ -43,7 +43,7 @@ pub async fn run(client: &Client, args: &TopArgs) -> Result<()> {
     }
 }
 
-fn render(top: &TopResponse) -> String {
+fn render(top: &TopResponse, paths: bool) -> String {
     let mut table = Table::new();
     table.load_preset(NOTHING).set_header(vec![
         "CGROUP",
@@ -62,7 +62,7 @@ fn render(top: &TopResponse) -> String {
             |h| format!("{} ±{}", Bytes(h.bytes), Bytes(h.error95_bytes)),
         );
         table.add_row(vec![
-            Cell::new(printable(&row.name)),
+            Cell::new(workload_name(row.pod.as_ref(), &row.name, &row.path, paths)),
             right(Bytes(row.usage_bytes).to_string()),
             right(Bytes(row.anon_bytes).to_string()),
             right(Bytes(row.file_bytes).to_string()),

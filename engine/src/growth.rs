@@ -466,6 +466,7 @@ mod tests {
             path: "/memlens-test/workload".into(),
             name: "workload".into(),
             workload: Workload::Cgroup,
+            pod: None,
             usage_bytes: s.usage_bytes,
             anon_bytes: 0,
             file_bytes: 0,

@@ -90,6 +90,7 @@ pub fn build(
             name: workload.label().unwrap_or_else(|| cgroup.path.clone()),
             path: cgroup.path.clone(),
             workload,
+            pod: None,
             usage_bytes: stats.usage.0,
             anon_bytes: stats.anon.0,
             file_bytes: stats.file.0,

@@ -116,6 +116,7 @@ pub(crate) mod tests {
             path: path.into(),
             name: path.into(),
             workload: Workload::Cgroup,
+            pod: None,
             usage_bytes: usage,
             anon_bytes: usage / 2,
             file_bytes: usage / 2,

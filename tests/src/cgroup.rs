@@ -126,6 +126,24 @@ impl TestCgroup {
         }
     }
 
+    /// Creates the child cgroup `name` (one level; removed on drop, so drop children first: a
+    /// chain of locals does, in reverse order). For hierarchies shaped like the kubelet's.
+    #[must_use]
+    pub fn child(&self, name: &str) -> TestCgroup {
+        if self.v2 {
+            let control = self.dir.join("cgroup.subtree_control");
+            std::fs::write(&control, "+memory")
+                .unwrap_or_else(|e| panic!("enable memory in {}: {e}", control.display()));
+        }
+        let dir = self.dir.join(name);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        TestCgroup {
+            dir,
+            path: format!("{}/{name}", self.path.trim_end_matches('/')),
+            v2: self.v2,
+        }
+    }
+
     /// Sets the cgroup's memory limit (`memory.limit_in_bytes` on v1, `memory.max` on v2).
     pub fn set_limit(&self, bytes: u64) {
         let file = if self.v2 {

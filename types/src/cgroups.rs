@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{files::CachedFile, selector::CgroupSelector, units::MemcgId, workload::Workload};
+use crate::{
+    files::CachedFile, pod::PodMeta, selector::CgroupSelector, units::MemcgId, workload::Workload,
+};
 
 /// One memory cgroup, as `memlens top` shows it. Bytes are integers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -15,6 +17,9 @@ pub struct CgroupRow {
     /// Short label: pod/container, unit, or the path.
     pub name: String,
     pub workload: Workload,
+    /// Kubernetes names of its pod and container, when the agent knows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodMeta>,
     pub usage_bytes: u64,
     pub anon_bytes: u64,
     pub file_bytes: u64,

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{selector::CgroupSelector, units::MemcgId};
+use crate::{pod::PodMeta, selector::CgroupSelector, units::MemcgId};
 
 /// A file, as the kernel names it: its device and inode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -95,6 +95,9 @@ pub struct CacheCgroup {
     pub id: MemcgId,
     pub path: String,
     pub name: String,
+    /// Kubernetes names of its pod and container, when the agent knows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodMeta>,
     /// One sentence: what the working set is made of, and the biggest file.
     pub diagnosis: String,
     pub usage_bytes: u64,

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    pod::PodMeta,
     selector::CgroupSelector,
     stack::{Frame, LeafCaller, StackStop, UnwindMethod},
     units::{MemcgId, PageKind},
@@ -15,6 +16,9 @@ use crate::{
 pub struct LeakEntry {
     pub cgroup_id: MemcgId,
     pub cgroup: String,
+    /// Kubernetes names of its pod and container, when the agent knows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodMeta>,
     /// The process holding the most of this stack; 0 for a cgroup's "other stacks" entry.
     pub pid: u32,
     pub comm: String,

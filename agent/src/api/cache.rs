@@ -94,6 +94,7 @@ pub async fn cache(
                 id: row.id,
                 path: row.path.clone(),
                 name: row.name.clone(),
+                pod: state.pod_of(&row.workload),
                 attributed_bytes: attributed,
                 attributed_share: share(attributed, row.file_bytes),
                 cached_files: files.map_or(0, |f| f.files),

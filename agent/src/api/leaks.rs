@@ -9,7 +9,10 @@ use axum::{
 
 use memlens_attribution::query::{self, QueryError};
 use memlens_exporters as exporters;
-use memlens_types::leaks::{LeakEntry, LeaksQuery, LeaksResponse};
+use memlens_types::{
+    leaks::{LeakEntry, LeaksQuery, LeaksResponse},
+    Workload,
+};
 
 use super::{
     server::{blocking, pprof_answer, svg_answer, Failure},
@@ -21,21 +24,34 @@ fn run(
     q: &LeaksQuery,
     export: bool,
 ) -> Result<(LeaksResponse, Vec<LeakEntry>), Failure> {
-    query::run(&state.views, &state.leaks, q, export).map_err(|e| {
-        if let (QueryError::BadRequest(_), Some(wanted)) = (&e, &q.cgroup) {
-            let view = state.views.latest();
-            if view.select(wanted).is_empty() {
-                return (StatusCode::NOT_FOUND, state.no_cgroup(&view, wanted));
-            }
+    let named = |(mut response, mut exported): (LeaksResponse, Vec<LeakEntry>)| {
+        for e in response
+            .by_growth
+            .iter_mut()
+            .chain(&mut response.by_held)
+            .chain(&mut exported)
+        {
+            e.pod = state.pod_of(&Workload::from_path(&e.cgroup));
         }
-        let code = match e {
-            QueryError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            QueryError::Gone(_) => StatusCode::GONE,
-            QueryError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        (code, e.to_string())
-    })
+        (response, exported)
+    };
+    query::run(&state.views, &state.leaks, q, export)
+        .map(named)
+        .map_err(|e| {
+            if let (QueryError::BadRequest(_), Some(wanted)) = (&e, &q.cgroup) {
+                let view = state.views.latest();
+                if view.select(wanted).is_empty() {
+                    return (StatusCode::NOT_FOUND, state.no_cgroup(&view, wanted));
+                }
+            }
+            let code = match e {
+                QueryError::BadRequest(_) => StatusCode::BAD_REQUEST,
+                QueryError::Gone(_) => StatusCode::GONE,
+                QueryError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            (code, e.to_string())
+        })
 }
 
 pub async fn leaks(

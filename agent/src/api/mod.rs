@@ -21,7 +21,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use memlens_attribution::{query::LeakSources, view::View, Views};
 use memlens_runtimes::go_heap::GoHeapReader;
-use memlens_types::{selector::CgroupSelector, unix_ms};
+use memlens_types::{pod::PodMeta, selector::CgroupSelector, unix_ms, Workload};
 
 use crate::{health::Health, status::StatusSource, workers::engine::CheckRequest};
 
@@ -55,6 +55,18 @@ impl AppState {
         wanted
             .hierarchy_path(&view.mounts)
             .filter(|p| self.memory_root.join(p.trim_start_matches('/')).is_dir())
+    }
+
+    /// Kubernetes names of the pod (and container) a cgroup of `workload` runs, when known.
+    fn pod_of(&self, workload: &Workload) -> Option<PodMeta> {
+        match workload {
+            Workload::Pod {
+                pod_uid,
+                container_id,
+                ..
+            } => self.metrics.pods.lookup(pod_uid, container_id.as_deref()),
+            _ => None,
+        }
     }
 
     /// Why `wanted` names no cgroup of `view`: none by that name, or one made since its census.

@@ -18,7 +18,7 @@ use axum::{
 use memlens_store::Reader;
 use memlens_types::{
     api::{self, Endpoint, ErrorBody},
-    cgroups::{TopQuery, TopResponse, MAX_TOP_ROWS},
+    cgroups::{CgroupRow, TopQuery, TopResponse, MAX_TOP_ROWS},
     history::{HistoryQuery, HistoryResponse, MAX_HISTORY_POINTS},
     status::StatusResponse,
 };
@@ -311,7 +311,14 @@ async fn top(
         taken_at_unix_ms: snapshot.taken_at_unix_ms,
         sample_shift: snapshot.sample_shift,
         page_size: snapshot.page_size,
-        cgroups: matching.into_iter().take(limit).cloned().collect(),
+        cgroups: matching
+            .into_iter()
+            .take(limit)
+            .map(|row| CgroupRow {
+                pod: state.pod_of(&row.workload),
+                ..row.clone()
+            })
+            .collect(),
         truncated,
         census: snapshot.census.clone(),
     })

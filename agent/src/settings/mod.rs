@@ -124,6 +124,15 @@ pub struct AgentArgs {
     /// cgroup's "other stacks" entry.
     #[arg(long, env = "MEMLENS_MAX_STACKS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
     pub max_stacks: u64,
+    /// Where the kubelet keeps its `pods` and `containers` log directories, which name pods and
+    /// containers when the Kubernetes API is out of reach (mounted elsewhere in a container).
+    #[arg(
+        long,
+        env = "MEMLENS_KUBELET_LOGS",
+        value_name = "DIR",
+        default_value = "/var/log"
+    )]
+    pub kubelet_logs: PathBuf,
 }
 
 /// Reads, parses and validates the config file at `path`, then fills `host` with this node's
@@ -243,6 +252,7 @@ const FILE_SETTINGS: &[&str] = &[
     "history_interval",
     "retention",
     "metrics_addr",
+    "kubelet_logs",
     "max_stacks",
 ];
 

@@ -371,6 +371,7 @@ mod tests {
             path: path.into(),
             name: path.into(),
             workload: Workload::Cgroup,
+            pod: None,
             usage_bytes: 300 << 20,
             anon_bytes: 200 << 20,
             file_bytes: 100 << 20,

@@ -35,7 +35,7 @@ window = "2m"
 
 /// How long the workloads run: longer than the warming ones take to settle (about a minute) and
 /// than the lookback's first half.
-const RUN: Duration = Duration::from_secs(150);
+const RUN: Duration = Duration::from_secs(120);
 
 /// One healthy workload: its process, its cgroup (removed after the process ends), what it is.
 struct Healthy {

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 mod harness;
 mod healthy;
+mod names;
 mod oom;
 
 use harness::{events, history, lifecycle, names_function, poll, setup};

@@ -6,7 +6,7 @@
 
 use std::{sync::Mutex, time::Duration};
 
-use memlens_tests::{go_bin, leak_bin, TestCgroup, Workload, MIB};
+use memlens_tests::{go_bin, leak_bin, Agent, TestCgroup, Workload, MIB};
 use serde_json::Value;
 
 mod harness;
@@ -35,13 +35,6 @@ fn a_steady_leak_is_forecast_before_its_oom_kill_across_an_agent_restart() {
     });
     let id = first["id"].as_u64().expect("id");
     let evidence = &first["evidence"];
-    let evaluated_at = evidence["evaluated_at_unix_ms"]
-        .as_u64()
-        .expect("evaluated");
-    let forecast_ms = evidence["time_to_limit_seconds"]
-        .as_f64()
-        .expect("time to limit")
-        * 1000.0;
     assert_eq!(first["status"], "open");
     assert_eq!(
         evidence["limit_bytes"].as_u64(),
@@ -101,30 +94,11 @@ fn a_steady_leak_is_forecast_before_its_oom_kill_across_an_agent_restart() {
                 .iter()
                 .any(|e| names_function(&e["evidence"]["allocation_stacks"], "leak_slowly"));
         }
-        lifecycle(&agent, &cgroup.path)
-            .into_iter()
-            .find(|r| r["kind"] == "oom_kill" && r["pid"].as_u64() == Some(u64::from(leak.pid())))
+        oom_kill_of(&agent, &cgroup.path, &mut leak)
     });
-    let status = leak.wait();
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(9),
-        "{status:?}"
-    );
     assert!(named, "no leak evidence named leak_slowly");
     assert!(traced, "no allocator trace named leak_slowly");
-    let actual_ms = (oom["ts_ms"].as_u64().expect("ts") - evaluated_at) as f64;
-    let error = (forecast_ms - actual_ms).abs() / actual_ms;
-    eprintln!(
-        "raised {:.1} s before the OOM kill at {} MiB growing {:.2} MiB/s ({} samples), forecast {:.1} s: error {:.1}%",
-        actual_ms / 1000.0,
-        evidence["usage_bytes"].as_u64().unwrap_or(0) / MIB,
-        evidence["growth_bytes_per_hour"].as_f64().unwrap_or(0.0) / 3600.0 / MIB as f64,
-        evidence["samples"],
-        forecast_ms / 1000.0,
-        error * 100.0
-    );
-    assert!(error <= 0.20, "time to limit off by {:.0}%", error * 100.0);
+    time_to_limit_holds(evidence, &oom);
     assert!(oom["oom_killed"] == true && oom["signal"] == 9, "{oom}");
     assert!(
         names_function(&oom["evidence"]["top_stacks"], "leak_slowly"),
@@ -189,6 +163,44 @@ fn a_go_leak_event_names_the_function_from_the_runtimes_own_profile() {
     service.send("exit");
 }
 
+/// The kernel's OOM kill of `process` in `cgroup`, once recorded; the process is then reaped
+/// (it must have died of SIGKILL).
+fn oom_kill_of(agent: &Agent, cgroup: &str, process: &mut Workload) -> Option<Value> {
+    let kill = lifecycle(agent, cgroup)
+        .into_iter()
+        .find(|r| r["kind"] == "oom_kill" && r["pid"].as_u64() == Some(u64::from(process.pid())))?;
+    let status = process.wait();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "{status:?}"
+    );
+    Some(kill)
+}
+
+/// The event's time to the limit, from when it was evaluated, is within 20% of the OOM kill.
+fn time_to_limit_holds(evidence: &Value, oom: &Value) {
+    let evaluated_at = evidence["evaluated_at_unix_ms"]
+        .as_u64()
+        .expect("evaluated");
+    let forecast_ms = evidence["time_to_limit_seconds"]
+        .as_f64()
+        .expect("time to limit")
+        * 1000.0;
+    let actual_ms = (oom["ts_ms"].as_u64().expect("ts") - evaluated_at) as f64;
+    let error = (forecast_ms - actual_ms).abs() / actual_ms;
+    eprintln!(
+        "raised {:.1} s before the OOM kill at {} MiB of working set growing {:.2} MiB/s ({} samples), forecast {:.1} s: error {:.1}%",
+        actual_ms / 1000.0,
+        evidence["measured_bytes"].as_u64().unwrap_or(0) / MIB,
+        evidence["growth_bytes_per_hour"].as_f64().unwrap_or(0.0) / 3600.0 / MIB as f64,
+        evidence["samples"],
+        forecast_ms / 1000.0,
+        error * 100.0
+    );
+    assert!(error <= 0.20, "time to limit off by {:.0}%", error * 100.0);
+}
+
 /// Removes a file at the end of a test, even a failed one: a tmpfs file holds memory.
 struct RemoveOnDrop(std::path::PathBuf);
 
@@ -239,32 +251,9 @@ fn a_log_on_tmpfs_filling_a_limited_cgroup_is_file_cache_pressure_before_its_oom
         .filter_map(|f| f["path"].as_str())
         .collect();
     eprintln!("top files: {files:?}; why: {}", evidence["reason"]);
-    let evaluated_at = evidence["evaluated_at_unix_ms"]
-        .as_u64()
-        .expect("evaluated");
-    let forecast_ms = evidence["time_to_limit_seconds"]
-        .as_f64()
-        .expect("time to limit")
-        * 1000.0;
     let oom = poll(Duration::from_secs(120), "the writer's OOM kill", || {
-        lifecycle(&agent, &cgroup.path)
-            .into_iter()
-            .find(|r| r["kind"] == "oom_kill" && r["pid"].as_u64() == Some(u64::from(writer.pid())))
+        oom_kill_of(&agent, &cgroup.path, &mut writer)
     });
-    let status = writer.wait();
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(9),
-        "{status:?}"
-    );
-    let actual_ms = (oom["ts_ms"].as_u64().expect("ts") - evaluated_at) as f64;
-    let error = (forecast_ms - actual_ms).abs() / actual_ms;
-    eprintln!(
-        "raised {:.1} s before the OOM kill, forecast {:.1} s: error {:.1}%",
-        actual_ms / 1000.0,
-        forecast_ms / 1000.0,
-        error * 100.0
-    );
-    assert!(error <= 0.20, "time to limit off by {:.0}%", error * 100.0);
+    time_to_limit_holds(evidence, &oom);
     assert_eq!(events(&agent, "leak_suspected", &cgroup.path).len(), 0);
 }

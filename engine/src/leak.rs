@@ -177,22 +177,32 @@ fn describe(c: &Candidate<'_>) -> (String, Severity) {
             },
         )
     };
-    let what = match c.kind {
-        EventKind::LeakSuspected => "memory leak suspected",
-        _ if c.thrashing => "page cache thrashes",
-        _ => "page cache fills the working set",
+    let summary = if c.thrashing {
+        format!(
+            "page cache thrashes in {}: {} read back in soon after eviction over the window, \
+             usage {} of {} limit",
+            e.cgroup,
+            Bytes(e.reclaim.refaulted_bytes.unwrap_or(0)),
+            Bytes(e.usage_bytes),
+            Bytes(e.limit_bytes),
+        )
+    } else {
+        let what = match c.kind {
+            EventKind::LeakSuspected => "memory leak suspected",
+            _ => "page cache fills the working set",
+        };
+        format!(
+            "{what} in {}: {} +{}/h (anon +{}/h, file +{}/h), {} of {} limit, reaches it {}",
+            e.cgroup,
+            e.measure,
+            Bytes(e.growth_bytes_per_hour.max(0.0) as u64),
+            Bytes(e.anon_growth_bytes_per_hour.max(0.0) as u64),
+            Bytes(e.file_growth_bytes_per_hour.max(0.0) as u64),
+            Bytes(e.measured_bytes),
+            Bytes(e.limit_bytes),
+            when(e.time_to_limit_seconds),
+        )
     };
-    let summary = format!(
-        "{what} in {}: {} +{}/h (anon +{}/h, file +{}/h), {} of {} limit, reaches it {}",
-        e.cgroup,
-        e.measure,
-        Bytes(e.growth_bytes_per_hour.max(0.0) as u64),
-        Bytes(e.anon_growth_bytes_per_hour.max(0.0) as u64),
-        Bytes(e.file_growth_bytes_per_hour.max(0.0) as u64),
-        Bytes(e.measured_bytes),
-        Bytes(e.limit_bytes),
-        when(e.time_to_limit_seconds),
-    );
     let reaches_limit = e
         .time_to_limit_seconds
         .is_some_and(|s| s <= e.horizon_seconds);

@@ -4,7 +4,7 @@
 //! an OOM-killed workload, with every kill recorded from the kernel's own OOM event. False
 //! positives (none allowed): healthy growth, in `healthy`.
 
-use std::{sync::Mutex, time::Duration};
+use std::{path::Path, sync::Mutex, time::Duration};
 
 use memlens_tests::{go_bin, leak_bin, Agent, TestCgroup, Workload, MIB};
 use serde_json::Value;
@@ -256,4 +256,48 @@ fn a_log_on_tmpfs_filling_a_limited_cgroup_is_file_cache_pressure_before_its_oom
     });
     time_to_limit_holds(evidence, &oom);
     assert_eq!(events(&agent, "leak_suspected", &cgroup.path).len(), 0);
+}
+
+/// A cgroup reading a file larger than its limit again and again: reclaim evicts the pages the
+/// next pass reads back in (the kernel's `workingset_refault_file`). File-cache pressure with no
+/// growth at all: the working set is flat at the limit.
+#[test]
+fn a_file_read_again_and_again_past_its_limit_is_thrashing() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let setup = setup();
+    let cgroup = TestCgroup::new("thrash");
+    cgroup.set_limit(32 * MIB);
+    let refaults_counted = std::fs::read_to_string(cgroup.dir.join("memory.stat"))
+        .is_ok_and(|stat| stat.contains("workingset_refault"));
+    let agent = setup.agent();
+    let data = setup.dir.path().join("dataset");
+    let script = format!(
+        "dd if=/dev/zero of={data} bs=1M count=48 status=none && echo ready && \
+         while :; do cat {data} > /dev/null; sleep 0.5; done",
+        data = data.display()
+    );
+    let mut reader = Workload::start_program(&cgroup, Path::new("/bin/sh"), &["-c", &script]);
+    reader.expect_line("ready");
+    if !refaults_counted {
+        eprintln!("this kernel counts no refaults in memory.stat: nothing to tell thrashing by");
+        return;
+    }
+    let event = poll(Duration::from_secs(60), "file cache event", || {
+        events(&agent, "file_cache_pressure", &cgroup.path).pop()
+    });
+    let evidence = &event["evidence"];
+    eprintln!("{}", event["summary"]);
+    assert!(
+        evidence["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("reclaim cannot keep up")),
+        "{evidence}"
+    );
+    assert!(
+        evidence["reclaim"]["refaulted_bytes"].as_u64() > Some(32 * MIB),
+        "{evidence}"
+    );
+    assert!(events(&agent, "leak_suspected", &cgroup.path).is_empty());
 }

@@ -219,7 +219,7 @@ impl Attribution {
             .filter(|f| f.found_by == FoundBy::UnwindTables)
             .count();
         let method = match stack.len().saturating_sub(1) {
-            callers if by_tables == callers => UnwindMethod::UnwindTables,
+            callers if callers > 0 && by_tables == callers => UnwindMethod::UnwindTables,
             _ if by_tables > 0 => UnwindMethod::Mixed,
             _ => UnwindMethod::FramePointers,
         };
@@ -307,6 +307,31 @@ mod tests {
 7fa01f400000-7fa01f421000 rwxp 00000000 00:00 0 
 7ffc1b0f1000-7ffc1b112000 rw-p 00000000 00:00 0                          [stack]
 ";
+
+    /// A copy whose unwinding stopped at its first frame found no caller by any method: it is
+    /// not labelled as unwound by tables (a Go leak's stacks were, all of them, one frame long).
+    #[test]
+    fn a_stack_that_stops_at_its_leaf_is_not_said_to_be_unwound_by_tables() {
+        use memlens_model::user_stack::UnwoundFrame;
+        let leaf = UnwoundFrame {
+            addr: 0x45_e1b3,
+            found_by: FoundBy::Registers,
+        };
+        let stopped = UnwoundStack::new(&[leaf], Some(StackStop::UnknownAddress));
+        assert_eq!(
+            Attribution::unwound_stack(&stopped).method,
+            UnwindMethod::FramePointers
+        );
+        let caller = UnwoundFrame {
+            addr: 0x48_4f1e,
+            found_by: FoundBy::UnwindTables,
+        };
+        let unwound = UnwoundStack::new(&[leaf, caller], None);
+        assert_eq!(
+            Attribution::unwound_stack(&unwound).method,
+            UnwindMethod::UnwindTables
+        );
+    }
 
     fn process(tgid: u32, text: &str) -> ProcessInfo {
         ProcessInfo {

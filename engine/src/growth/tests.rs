@@ -135,6 +135,17 @@ fn config() -> Config {
 
 /// Judges `seconds` of one-a-second samples of `held(t)` under `limit`, at the last one.
 fn judge(config: &Config, limit: Option<u64>, seconds: u64, held: impl Fn(f64) -> Held) -> Verdict {
+    judge_allowed(config, limit, seconds, held, None)
+}
+
+/// [`judge`] for a cgroup that matched the allowance `allowed`.
+fn judge_allowed(
+    config: &Config,
+    limit: Option<u64>,
+    seconds: u64,
+    held: impl Fn(f64) -> Held,
+    allowed: Option<&Allowed>,
+) -> Verdict {
     let series = Series(
         (0..=seconds)
             .map(|t| sample(t * 1000, held(t as f64), limit))
@@ -149,7 +160,7 @@ fn judge(config: &Config, limit: Option<u64>, seconds: u64, held: impl Fn(f64) -
         mem_total: MEM_TOTAL,
         sources: &series,
     };
-    assess(&cx, &rows[0], None)
+    assess(&cx, &rows[0], allowed)
 }
 
 fn raised(v: &Verdict) -> Option<(EventKind, &GrowthEvidence)> {
@@ -257,30 +268,15 @@ fn an_allowance_holds_growth_back_up_to_its_size() {
         anon: (t * 1.0) as u64 * MIB,
         ..Held::default()
     };
-    let config = config();
-    let series = Series(
-        (0..=120)
-            .map(|t| sample(t * 1000, grow(t as f64), Some(256 * MIB)))
-            .collect(),
-    );
-    let rows = [row(Some(256 * MIB))];
-    let cx = Context {
-        now_ms: 120_000,
-        rows: &rows,
-        config: &config,
-        host: "node",
-        mem_total: MEM_TOTAL,
-        sources: &series,
-    };
-    let reason = held_back(&assess(&cx, &rows[0], Some(&allowed))).map(str::to_string);
+    let limit = Some(256 * MIB);
+    let within = judge_allowed(&config(), limit, 120, grow, Some(&allowed));
+    let reason = held_back(&within);
     assert!(
-        reason
-            .as_deref()
-            .is_some_and(|r| r.contains("within its allowance")),
+        reason.is_some_and(|r| r.contains("within its allowance")),
         "{reason:?}"
     );
     // Without it, the same growth is a leak.
-    assert!(raised(&assess(&cx, &rows[0], None)).is_some());
+    assert!(raised(&judge(&config(), limit, 120, grow)).is_some());
 }
 
 #[test]
